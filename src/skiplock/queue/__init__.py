@@ -1,0 +1,34 @@
+"""Jobs in PostgreSQL: states, the job model, the SQL runner, the client, migrations."""
+
+from skiplock.queue.client import Client
+from skiplock.queue.errors import (
+    IdempotencyConflict,
+    InvalidJob,
+    JobNotFound,
+    JobStateConflict,
+    SchemaMismatch,
+    SkiplockError,
+)
+from skiplock.queue.migrate import check_schema, migrate
+from skiplock.queue.models import Job, JobError, JobSpec, Page
+from skiplock.queue.states import TERMINAL_STATES, JobState
+from skiplock.queue.store import Store
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Client",
+    "IdempotencyConflict",
+    "InvalidJob",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "JobSpec",
+    "JobState",
+    "JobStateConflict",
+    "Page",
+    "SchemaMismatch",
+    "SkiplockError",
+    "Store",
+    "check_schema",
+    "migrate",
+]

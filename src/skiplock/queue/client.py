@@ -1,0 +1,279 @@
+"""The client applications use: enqueue, get, list, cancel, retry."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Self
+
+import asyncpg
+import orjson
+
+from skiplock.queue.errors import (
+    IdempotencyConflict,
+    InvalidJob,
+    JobNotFound,
+    JobStateConflict,
+    SkiplockError,
+)
+from skiplock.queue.jsoncodec import dumps
+from skiplock.queue.models import Job, JobSpec, Page
+from skiplock.queue.states import JobState
+from skiplock.queue.store import Executor, Store
+
+__all__ = ["Client", "decode_cursor", "encode_cursor"]
+
+_IDEMPOTENCY_ROUNDS = 3
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor pointing after ``job`` in a newest-first listing."""
+    raw = orjson.dumps([job.created_at.isoformat(), str(job.id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Decode :func:`encode_cursor`'s output; ValueError on anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return when, uuid.UUID(job_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"invalid cursor: {cursor!r}") from exc
+
+
+def _same_request(spec: JobSpec, job: Job) -> bool:
+    return spec.task == job.task and orjson.loads(spec.args_json) == job.args
+
+
+class Client:
+    """Puts jobs into PostgreSQL and reads them back.
+
+    Create one with :meth:`connect` (it owns a small pool) or hand it an
+    existing ``asyncpg`` pool. Every method also accepts ``connection=``: the
+    application's own connection, so a job can be enqueued inside the
+    application's transaction and exists exactly when that transaction commits.
+
+    ``tenant=None`` on reads means "any tenant" (operators); the status API
+    always passes the caller's tenant, so the scoping happens in SQL.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool[Any], *, schema: str = "skiplock", owns_pool: bool = False
+    ) -> None:
+        self.pool = pool
+        self.store = Store(schema)
+        self._owns_pool = owns_pool
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, schema: str = "skiplock", min_size: int = 1, max_size: int = 10
+    ) -> Self:
+        """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`."""
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        return cls(pool, schema=schema, owns_pool=True)
+
+    async def close(self) -> None:
+        """Close the pool if this client opened it."""
+        if self._owns_pool:
+            await self.pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema this client works in."""
+        return self.store.schema
+
+    def _ex(self, connection: Executor | None) -> Executor:
+        return self.pool if connection is None else connection
+
+    async def enqueue(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int = 3,
+        tenant: str = "default",
+        idempotency_key: str | None = None,
+        meta: Mapping[str, Any] | None = None,
+        connection: Executor | None = None,
+    ) -> Job:
+        """Enqueue one job and return it.
+
+        With ``idempotency_key``, the same (tenant, key) returns the job that
+        already holds it; the same key with another task or other args raises
+        :class:`IdempotencyConflict`. Bad input raises :class:`InvalidJob` and
+        writes nothing.
+        """
+        spec = JobSpec(
+            task=task,
+            args={} if args is None else args,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            meta={} if meta is None else meta,
+        )
+        (job,) = await self.enqueue_many([spec], connection=connection)
+        return job
+
+    async def enqueue_many(
+        self, specs: Iterable[JobSpec], *, connection: Executor | None = None
+    ) -> list[Job]:
+        """Enqueue many jobs in one round trip; returns them in the order given.
+
+        Specs carrying an idempotency key that already exists resolve to the
+        existing job (or raise :class:`IdempotencyConflict`), as in :meth:`enqueue`.
+        """
+        batch = list(specs)
+        if not batch:
+            return []
+        for spec in batch:
+            if not isinstance(spec, JobSpec):
+                raise InvalidJob(f"enqueue_many takes JobSpec objects, not {type(spec).__name__}")
+        ex = self._ex(connection)
+        found: dict[uuid.UUID, Job] = {}
+        pending = batch
+        for _ in range(_IDEMPOTENCY_ROUNDS):
+            for job in await self.store.enqueue_many(ex, pending):
+                found[job.id] = job
+            pending = [s for s in pending if s.id not in found]
+            if not pending:
+                break
+            keyed = [(s.tenant, s.idempotency_key) for s in pending if s.idempotency_key]
+            existing = {
+                (j.tenant, j.idempotency_key): j
+                for j in await self.store.get_by_idempotency_keys(ex, keyed)
+            }
+            still: list[JobSpec] = []
+            for spec in pending:
+                job = existing.get((spec.tenant, spec.idempotency_key))
+                if job is None:
+                    still.append(spec)  # the holder vanished meanwhile: insert again
+                    continue
+                if not _same_request(spec, job):
+                    raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", job.id)
+                found[spec.id] = job
+            pending = still
+            if not pending:
+                break
+        if pending:
+            raise SkiplockError(
+                "could not resolve idempotency keys held by a concurrent transaction; retry"
+            )
+        return [found[s.id] for s in batch]
+
+    async def get(
+        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        connection: Executor | None = None,
+    ) -> Job | None:
+        """The job, or None when it does not exist (or belongs to another tenant)."""
+        parsed = _parse_id(job_id)
+        if parsed is None:
+            return None
+        return await self.store.get_job(self._ex(connection), parsed, tenant)
+
+    async def list(
+        self,
+        *,
+        tenant: str | None = None,
+        states: Sequence[JobState | str] | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        meta: Mapping[str, Any] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        connection: Executor | None = None,
+    ) -> Page:
+        """Jobs newest first. ``meta`` keeps jobs whose meta contains those labels.
+
+        Pass the returned ``next_cursor`` back as ``cursor`` for the next page.
+        """
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        state_values = None if states is None else [JobState(s).value for s in states]
+        meta_json = None if meta is None else dumps(dict(meta), what="meta filter")
+        jobs = await self.store.list_jobs(
+            self._ex(connection),
+            tenant=tenant,
+            states=state_values,
+            task=task,
+            queue=queue,
+            created_after=created_after,
+            created_before=created_before,
+            meta_json=meta_json,
+            cursor=None if cursor is None else decode_cursor(cursor),
+            limit=limit + 1,
+        )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return Page(tuple(jobs), encode_cursor(jobs[-1]) if more else None)
+
+    async def cancel(
+        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        connection: Executor | None = None,
+    ) -> Job:
+        """Cancel a job: a queued one ends ``cancelled`` at once; a running one
+        gets a cancel request that its worker acts on (it ends ``cancelled``).
+
+        Cancelling a job that already ended returns it unchanged. Raises
+        :class:`JobNotFound` when there is no such job for this tenant.
+        """
+        parsed = _parse_id(job_id)
+        ex = self._ex(connection)
+        if parsed is not None:
+            job = await self.store.cancel_job(ex, parsed, tenant)
+            if job is not None:
+                return job
+            job = await self.store.get_job(ex, parsed, tenant)
+            if job is not None:
+                return job
+        raise JobNotFound(job_id)
+
+    async def retry(
+        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        connection: Executor | None = None,
+    ) -> Job:
+        """Put a failed or cancelled job back in the queue, due now.
+
+        Raises :class:`JobNotFound`, or :class:`JobStateConflict` when the job is
+        queued, running or succeeded.
+        """
+        parsed = _parse_id(job_id)
+        ex = self._ex(connection)
+        if parsed is not None:
+            job = await self.store.retry_job(ex, parsed, tenant)
+            if job is not None:
+                return job
+            current = await self.store.get_job(ex, parsed, tenant)
+            if current is not None:
+                raise JobStateConflict(current.id, current.state.value, "retry")
+        raise JobNotFound(job_id)
+
+
+def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID | None:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        return None

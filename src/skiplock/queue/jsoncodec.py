@@ -1,0 +1,30 @@
+"""JSON encoding at the edge: what PostgreSQL's jsonb accepts, or a clear error."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["dumps", "loads"]
+
+# jsonb refuses the escaped NUL character; an even number of backslashes before
+# it means the backslashes escape each other, not the NUL.
+_NUL_RE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def dumps(value: Any, *, what: str) -> str:
+    """Encode ``value`` as JSON text for a jsonb column, or raise ValueError naming ``what``."""
+    try:
+        data = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ValueError(f"{what} is not JSON-serializable: {exc}") from None
+    if b"\\u0000" in data and _NUL_RE.search(data):
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which PostgreSQL rejects")
+    return data.decode()
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON text read from the database."""
+    return orjson.loads(text)

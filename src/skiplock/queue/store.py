@@ -1,0 +1,269 @@
+"""The one place that runs SQL.
+
+Each method runs the query file of the same name (``sql/queries/<name>.sql``)
+and converts what comes back into frozen dataclasses: ``asyncpg.Record`` does
+not leave this module. Every method takes the executor to run on (a pool, a
+pooled connection, or the application's own connection inside its
+transaction), so callers decide about transactions and connections.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from skiplock import sql
+from skiplock.queue.jsoncodec import loads
+from skiplock.queue.models import Job, JobError, JobSpec
+from skiplock.queue.states import JobState
+
+__all__ = ["AppliedMigration", "Completion", "Executor", "ProgressWrite", "Rescued", "Store"]
+
+Executor: TypeAlias = (
+    "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
+)
+
+Outcome = Literal["succeeded", "failed", "cancelled", "retry", "release"]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one attempt, written by :meth:`Store.complete_jobs`.
+
+    ``progress``/``message``/``eta_seconds`` carry the last progress report not
+    yet written, so the final value always reaches the row.
+    """
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    outcome: Outcome
+    result_json: str | None = None
+    error_json: str | None = None
+    delay_seconds: float | None = None
+    progress: float | None = None
+    message: str | None = None
+    eta_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressWrite:
+    """The latest progress of one running attempt."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    progress: float
+    message: str | None
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """A job whose expired lease was taken back by the rescuer."""
+
+    job_id: uuid.UUID
+    state: JobState
+    attempt: int
+    worker_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedMigration:
+    """A row of the migration ledger."""
+
+    version: int
+    name: str
+    checksum: str
+
+
+def _job(row: asyncpg.Record) -> Job:
+    result = row["result"]
+    return Job(
+        id=row["id"],
+        queue=row["queue"],
+        task=row["task"],
+        args=loads(row["args"]),
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        run_at=row["run_at"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        worker_id=row["worker_id"],
+        progress=row["progress"],
+        progress_message=row["progress_message"],
+        eta=row["eta"],
+        result=None if result is None else loads(result),
+        errors=tuple(JobError.from_json(e) for e in loads(row["errors"])),
+        tenant=row["tenant"],
+        idempotency_key=row["idempotency_key"],
+        meta=loads(row["meta"]),
+        cancel_requested=row["cancel_requested"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+class Store:
+    """Runs skiplock's named queries against one schema."""
+
+    def __init__(self, schema: str = "skiplock") -> None:
+        self.schema = sql.validate_schema(schema)
+
+    def _q(self, name: str) -> str:
+        return sql.query(name, self.schema)
+
+    # -- migrations -------------------------------------------------------
+
+    async def create_schema(self, ex: Executor) -> None:
+        await ex.execute(self._q("create_schema"))
+
+    async def create_migrations_table(self, ex: Executor) -> None:
+        await ex.execute(self._q("create_migrations_table"))
+
+    async def lock_migrations(self, ex: Executor) -> None:
+        await ex.execute(self._q("lock_migrations"), self.schema)
+
+    async def unlock_migrations(self, ex: Executor) -> None:
+        await ex.execute(self._q("unlock_migrations"), self.schema)
+
+    async def migrations_table_exists(self, ex: Executor) -> bool:
+        return bool(await ex.fetchval(self._q("migrations_table_exists"), self.schema))
+
+    async def applied_migrations(self, ex: Executor) -> list[AppliedMigration]:
+        rows = await ex.fetch(self._q("applied_migrations"))
+        return [AppliedMigration(r["version"], r["name"], r["checksum"]) for r in rows]
+
+    async def record_migration(self, ex: Executor, version: int, name: str, checksum: str) -> None:
+        await ex.execute(self._q("record_migration"), version, name, checksum)
+
+    # -- the client -------------------------------------------------------
+
+    async def enqueue_many(self, ex: Executor, specs: Sequence[JobSpec]) -> list[Job]:
+        rows = await ex.fetch(
+            self._q("enqueue_many"),
+            [s.id for s in specs],
+            [s.queue for s in specs],
+            [s.task for s in specs],
+            [s.args_json for s in specs],
+            [s.priority for s in specs],
+            [s.run_at for s in specs],
+            [s.delay_seconds for s in specs],
+            [s.max_attempts for s in specs],
+            [s.tenant for s in specs],
+            [s.idempotency_key for s in specs],
+            [s.meta_json for s in specs],
+        )
+        return [_job(r) for r in rows]
+
+    async def get_by_idempotency_keys(
+        self, ex: Executor, keys: Iterable[tuple[str, str]]
+    ) -> list[Job]:
+        pairs = list(keys)
+        rows = await ex.fetch(
+            self._q("get_by_idempotency_keys"), [t for t, _ in pairs], [k for _, k in pairs]
+        )
+        return [_job(r) for r in rows]
+
+    async def get_job(self, ex: Executor, job_id: uuid.UUID, tenant: str | None) -> Job | None:
+        row = await ex.fetchrow(self._q("get_job"), job_id, tenant)
+        return None if row is None else _job(row)
+
+    async def list_jobs(
+        self,
+        ex: Executor,
+        *,
+        tenant: str | None,
+        states: Sequence[str] | None,
+        task: str | None,
+        queue: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        meta_json: str | None,
+        cursor: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[Job]:
+        rows = await ex.fetch(
+            self._q("list_jobs"),
+            tenant,
+            None if states is None else list(states),
+            task,
+            queue,
+            created_after,
+            created_before,
+            meta_json,
+            None if cursor is None else cursor[0],
+            None if cursor is None else cursor[1],
+            limit,
+        )
+        return [_job(r) for r in rows]
+
+    async def cancel_job(self, ex: Executor, job_id: uuid.UUID, tenant: str | None) -> Job | None:
+        row = await ex.fetchrow(self._q("cancel_job"), job_id, tenant)
+        return None if row is None else _job(row)
+
+    async def retry_job(self, ex: Executor, job_id: uuid.UUID, tenant: str | None) -> Job | None:
+        row = await ex.fetchrow(self._q("retry_job"), job_id, tenant)
+        return None if row is None else _job(row)
+
+    # -- the worker -------------------------------------------------------
+
+    async def claim_jobs(
+        self, ex: Executor, queues: Sequence[str], limit: int, lease_seconds: float, worker_id: str
+    ) -> list[Job]:
+        rows = await ex.fetch(self._q("claim_jobs"), list(queues), limit, lease_seconds, worker_id)
+        return [_job(r) for r in rows]
+
+    async def heartbeat_jobs(
+        self, ex: Executor, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float
+    ) -> dict[uuid.UUID, bool]:
+        """Extend leases; returns {job id: cancel requested} for the leases still held."""
+        rows = await ex.fetch(
+            self._q("heartbeat_jobs"),
+            [i for i, _ in leases],
+            [t for _, t in leases],
+            lease_seconds,
+        )
+        return {r["id"]: r["cancel_requested"] for r in rows}
+
+    async def update_progress(
+        self, ex: Executor, writes: Sequence[ProgressWrite]
+    ) -> set[uuid.UUID]:
+        rows = await ex.fetch(
+            self._q("update_progress"),
+            [w.job_id for w in writes],
+            [w.lease_token for w in writes],
+            [w.progress for w in writes],
+            [w.message for w in writes],
+            [w.eta_seconds for w in writes],
+        )
+        return {r["id"] for r in rows}
+
+    async def complete_jobs(
+        self, ex: Executor, completions: Sequence[Completion]
+    ) -> set[uuid.UUID]:
+        rows = await ex.fetch(
+            self._q("complete_jobs"),
+            [c.job_id for c in completions],
+            [c.lease_token for c in completions],
+            [c.outcome for c in completions],
+            [c.result_json for c in completions],
+            [c.error_json for c in completions],
+            [c.delay_seconds for c in completions],
+            [c.progress for c in completions],
+            [c.message for c in completions],
+            [c.eta_seconds for c in completions],
+        )
+        return {r["id"] for r in rows}
+
+    async def rescue_expired(self, ex: Executor, limit: int) -> list[Rescued]:
+        rows = await ex.fetch(self._q("rescue_expired"), limit)
+        return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]

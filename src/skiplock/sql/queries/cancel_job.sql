@@ -1,0 +1,13 @@
+-- cancel_job: a queued job becomes cancelled at once; a running job gets its
+-- cancel flag set (the trigger tells its worker, which stops the handler).
+-- Parameters: $1 id uuid, $2 tenant or NULL.
+-- Result: the updated row, or none when the job is missing or already finished.
+UPDATE skiplock.jobs j SET
+    state = CASE WHEN j.state = 'queued' THEN 'cancelled'::skiplock.job_state ELSE j.state END,
+    finished_at = CASE WHEN j.state = 'queued' THEN now() ELSE j.finished_at END,
+    cancel_requested = true,
+    updated_at = now()
+WHERE j.id = $1::uuid
+  AND ($2::text IS NULL OR j.tenant = $2::text)
+  AND j.state IN ('queued', 'running')
+RETURNING j.*

@@ -1,0 +1,22 @@
+-- enqueue_many: insert a batch of jobs in one statement. Rows whose
+-- (tenant, idempotency_key) already exists are skipped; the caller reads them
+-- with get_by_idempotency_keys.
+-- Parameters (arrays of equal length, one element per job):
+--   $1 id uuid[], $2 queue text[], $3 task text[], $4 args (JSON text)[],
+--   $5 priority int[], $6 run_at timestamptz[] (NULL: now() + delay),
+--   $7 delay seconds float8[] (NULL: 0), $8 max_attempts int[], $9 tenant text[],
+--   $10 idempotency_key text[], $11 meta (JSON text)[]
+-- Result: the inserted rows.
+INSERT INTO skiplock.jobs AS j
+    (id, queue, task, args, priority, run_at, max_attempts, tenant, idempotency_key, meta)
+SELECT
+    n.id, n.queue, n.task, n.args::jsonb, n.priority,
+    coalesce(n.run_at, now() + make_interval(secs => coalesce(n.delay, 0))),
+    n.max_attempts, n.tenant, n.idempotency_key, n.meta::jsonb
+FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[],
+    $7::float8[], $8::int[], $9::text[], $10::text[], $11::text[]
+) AS n (id, queue, task, args, priority, run_at, delay, max_attempts, tenant,
+        idempotency_key, meta)
+ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING j.*

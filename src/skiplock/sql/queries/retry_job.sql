@@ -1,0 +1,16 @@
+-- retry_job: a failed or cancelled job goes back to queued, due now, with at
+-- least one attempt left.
+-- Parameters: $1 id uuid, $2 tenant or NULL.
+-- Result: the updated row, or none when the job is missing or not retryable.
+UPDATE skiplock.jobs j SET
+    state = 'queued',
+    run_at = now(),
+    finished_at = NULL,
+    max_attempts = greatest(j.max_attempts, j.attempt + 1),
+    cancel_requested = false,
+    result = NULL,
+    updated_at = now()
+WHERE j.id = $1::uuid
+  AND ($2::text IS NULL OR j.tenant = $2::text)
+  AND j.state IN ('failed', 'cancelled')
+RETURNING j.*

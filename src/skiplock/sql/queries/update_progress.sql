@@ -1,0 +1,14 @@
+-- update_progress: write the latest progress of several running jobs at once,
+-- fenced by their lease tokens. NULL message or ETA keeps the previous value.
+-- Parameters: $1 ids uuid[], $2 lease tokens uuid[], $3 progress real[],
+--   $4 messages text[], $5 ETA seconds from now float8[].
+-- Result: the ids written; a missing id is a lost lease.
+UPDATE skiplock.jobs j SET
+    progress = p.progress,
+    progress_message = coalesce(p.message, j.progress_message),
+    eta = coalesce(now() + make_interval(secs => p.eta), j.eta),
+    updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::real[], $4::text[], $5::float8[])
+    AS p (id, lease_token, progress, message, eta)
+WHERE j.id = p.id AND j.lease_token = p.lease_token AND j.state = 'running'
+RETURNING j.id

@@ -1,0 +1,19 @@
+"""Workers: task registry, job context, retry policy, and the runner."""
+
+from skiplock.worker.context import JobContext
+from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.registry import Task, TaskRegistry
+from skiplock.worker.retry import RetryPolicy
+from skiplock.worker.runner import Worker, WorkerSettings
+
+__all__ = [
+    "Cancelled",
+    "Fail",
+    "JobContext",
+    "Retry",
+    "RetryPolicy",
+    "Task",
+    "TaskRegistry",
+    "Worker",
+    "WorkerSettings",
+]

@@ -1,0 +1,30 @@
+"""Exceptions a handler raises to steer its job's outcome."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = ["Cancelled", "Fail", "Retry"]
+
+
+class Retry(Exception):  # noqa: N818 - read as a verb at the raise site: `raise Retry(30)`
+    """Ask for another attempt after ``delay`` (seconds or a timedelta).
+
+    Counts as an attempt: when none is left the job ends ``failed``.
+    """
+
+    def __init__(self, delay: float | timedelta = 0.0, reason: str = "retry requested") -> None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError("Retry delay must not be negative")
+        super().__init__(reason)
+        self.delay = seconds
+        self.reason = reason
+
+
+class Fail(Exception):  # noqa: N818 - read as a verb at the raise site: `raise Fail("bad input")`
+    """End the job ``failed`` at once, without further attempts."""
+
+
+class Cancelled(Exception):  # noqa: N818 - names the state the job is in
+    """Raised by ``JobContext.raise_if_cancelled`` inside a sync handler being stopped."""

@@ -1,0 +1,711 @@
+"""The worker: claims jobs, runs handlers, writes outcomes, keeps leases alive.
+
+One :class:`Worker` runs these loops in an anyio task group:
+
+- **claimer** — claims a batch sized to the free slots in one
+  ``FOR UPDATE SKIP LOCKED`` statement, then waits for a NOTIFY or a jittered
+  poll timer;
+- **executor** — one task per claimed job: runs the handler (with timeout and
+  cancellation), turns its return or exception into an outcome;
+- **completer** — writes queued outcomes in one statement, the next batch as
+  soon as the previous write returns; retries while the lease still holds;
+- **progress flusher** — writes coalesced progress reports, at most one per
+  job per ``progress_interval``;
+- **heartbeat** — extends every held lease in one statement, learns of cancel
+  requests and lost leases, and gives up handlers whose lease may have run out
+  while the database was unreachable;
+- **rescuer** — re-queues (or fails) jobs whose lease expired anywhere;
+- **listener** — a dedicated LISTEN connection, reconnected with backoff.
+
+Every write for an attempt is fenced by ``state='running' AND lease_token=…``;
+a write that touches no row means the lease is gone, and the handler is
+stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+import asyncpg
+import structlog
+
+from skiplock.queue.jsoncodec import dumps
+from skiplock.queue.migrate import check_schema
+from skiplock.queue.models import Job
+from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store
+from skiplock.worker.context import JobContext, ProgressReport
+from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.registry import Task, TaskRegistry
+
+__all__ = ["Worker", "WorkerSettings"]
+
+log = structlog.get_logger("skiplock.worker")
+
+CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
+
+# Errors that mean "the database is unreachable right now": retry later.
+_DB_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+MAX_TRACEBACK_CHARS = 16_000
+MAX_ERROR_MESSAGE_CHARS = 4_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker behaves. Times are in seconds.
+
+    ``heartbeat`` defaults to a third of ``lease``. ``progress_interval`` is the
+    minimum time between two progress writes of one job (0.1 s: at most 10
+    writes per job per second). ``max_result_bytes`` caps a handler's JSON result.
+    """
+
+    queues: Sequence[str] = ("default",)
+    concurrency: int = 10
+    lease: float = 30.0
+    heartbeat: float | None = None
+    poll: float = 1.0
+    rescue: float = 5.0
+    shutdown_grace: float = 30.0
+    progress_interval: float = 0.1
+    max_claim_batch: int = 1000
+    max_complete_batch: int = 2000
+    max_result_bytes: int = 16 * 1024 * 1024
+    db_timeout: float = 10.0
+    schema: str = "skiplock"
+    worker_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.lease <= 0.5:
+            raise ValueError("lease must be longer than 0.5 s")
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            raise ValueError("heartbeat must be positive and shorter than the lease")
+        if self.poll <= 0 or self.rescue <= 0 or self.shutdown_grace < 0:
+            raise ValueError("poll and rescue must be positive, shutdown_grace non-negative")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats."""
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3
+
+
+@dataclass(eq=False, slots=True)
+class _Lease:
+    """One attempt this worker holds, from claim until its outcome is written."""
+
+    job: Job
+    token: uuid.UUID
+    deadline: float  # monotonic time by which the lease may have run out
+    ctx: JobContext | None = None
+    scope: anyio.CancelScope | None = None
+    cancel_reason: CancelReason | None = None
+    progress: ProgressReport | None = None  # latest report
+    progress_dirty: bool = False
+    progress_written_at: float = 0.0
+    completing: bool = False  # outcome handed to the completer
+    claimed_at: float = field(default_factory=time.monotonic)
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _error_json(
+    exc: BaseException | None, *, kind: str, message: str, attempt: int, worker: str
+) -> str:
+    tb = None
+    if exc is not None:
+        tb = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
+    return dumps(
+        {
+            "type": kind,
+            "message": message[:MAX_ERROR_MESSAGE_CHARS],
+            "traceback": tb,
+            "attempt": attempt,
+            "worker": worker,
+            "at": datetime.now(UTC).isoformat(),
+        },
+        what="error",
+    )
+
+
+class Worker:
+    """Runs registered tasks from the given queues until stopped.
+
+    >>> worker = Worker(tasks, dsn, WorkerSettings(queues=["default"], concurrency=20))
+    >>> await worker.run_until_signal()   # SIGTERM/SIGINT: drain, then release
+
+    :meth:`stop` drains gracefully: no new claims, in-flight handlers get
+    ``shutdown_grace`` seconds, then are cancelled and their jobs released to
+    ``queued`` at once. :meth:`kill` stops at once; leases then expire and any
+    worker's rescuer re-queues the jobs.
+    """
+
+    def __init__(
+        self, registry: TaskRegistry, dsn: str, settings: WorkerSettings | None = None
+    ) -> None:
+        self.registry = registry
+        self.dsn = dsn
+        self.settings = settings or WorkerSettings()
+        self.id = self.settings.worker_id or _default_worker_id()
+        self.store = Store(self.settings.schema)
+        self._queues = list(self.settings.queues)
+        self._queue_set = frozenset(self._queues)
+        self._leases: dict[uuid.UUID, _Lease] = {}
+        self._running = 0  # handlers executing (slots in use)
+        self._pending: list[Completion] = []
+        self._pending_leases: dict[uuid.UUID, _Lease] = {}
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._stopping = False
+        self._outer: anyio.CancelScope | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread_limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        self._log = log.bind(worker_id=self.id)
+        # asyncio events (the worker runs on asyncio: asyncpg needs it)
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._completions_ready = asyncio.Event()
+        self._completions_drained = asyncio.Event()
+        self._progress_ready = asyncio.Event()
+        self._heartbeat_now = asyncio.Event()
+        self._started = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        """The worker's connection pool (open while running)."""
+        if self._pool is None:
+            raise RuntimeError("the worker is not running")
+        return self._pool
+
+    async def wait_started(self) -> None:
+        """Return once the worker has checked the schema and is claiming."""
+        await self._started.wait()
+
+    def stop(self) -> None:
+        """Drain: stop claiming, give handlers the grace period, then release them."""
+        if not self._stopping:
+            self._stopping = True
+            self._log.info("worker_stopping", in_flight=self._running)
+        self._wake.set()
+        self._slot_free.set()
+
+    def kill(self) -> None:
+        """Stop at once, without writing outcomes: leases expire and get rescued."""
+        self._stopping = True
+        self._log.warning("worker_killed", in_flight=self._running)
+        if self._outer is not None:
+            self._outer.cancel()
+
+    async def run_until_signal(self) -> None:
+        """Run until SIGTERM/SIGINT (drain), or a second signal (stop at once)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_signals)
+            await self.run()
+            tg.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not self._stopping:
+                    self._log.info("shutdown_signal_received", signal=signum.name)
+                    self.stop()
+                else:
+                    self._log.warning("second_signal_received", signal=signum.name)
+                    self.kill()
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (drains) or :meth:`kill`. Raises on an unknown schema."""
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=6)
+        assert pool is not None
+        self._pool = pool
+        try:
+            await check_schema(pool, schema=s.schema)
+            self._log.info(
+                "worker_started",
+                queues=self._queues,
+                concurrency=s.concurrency,
+                tasks=sorted(t.name for t in self.registry),
+            )
+            with anyio.CancelScope() as outer:
+                self._outer = outer
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._listen_loop)
+                    loops.start_soon(self._heartbeat_loop)
+                    loops.start_soon(self._rescue_loop)
+                    loops.start_soon(self._completer_loop)
+                    loops.start_soon(self._progress_loop)
+                    async with anyio.create_task_group() as handlers:
+                        self._started.set()
+                        await self._claim_loop(handlers)
+                        await self._drain(handlers)
+                    with anyio.move_on_after(s.lease):
+                        await self._wait_completions_drained()
+                    loops.cancel_scope.cancel()
+        finally:
+            self._pool = None
+            await pool.close()
+            self._log.info("worker_stopped")
+
+    async def _drain(self, handlers: anyio.abc.TaskGroup) -> None:
+        if self._running:
+            self._log.info("worker_draining", in_flight=self._running, grace=self.settings.shutdown_grace)
+            with anyio.move_on_after(self.settings.shutdown_grace):
+                await self._wait_idle()
+        for lease in list(self._leases.values()):
+            if not lease.completing:
+                self._cancel(lease, "shutdown")
+
+    async def _wait_idle(self) -> None:
+        while self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _wait_completions_drained(self) -> None:
+        while self._pending or self._pending_leases:
+            self._completions_drained.clear()
+            await self._completions_drained.wait()
+
+    # -- claimer ----------------------------------------------------------
+
+    async def _claim_loop(self, handlers: anyio.abc.TaskGroup) -> None:
+        s = self.settings
+        backoff = 0.1
+        while not self._stopping:
+            free = s.concurrency - self._running
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            limit = min(free, s.max_claim_batch)
+            deadline = time.monotonic() + s.lease
+            try:
+                with anyio.fail_after(s.db_timeout):
+                    jobs = await self.store.claim_jobs(
+                        self.pool, self._queues, limit, s.lease, self.id
+                    )
+            except _DB_DOWN as exc:
+                self._log.warning("claim_failed", error=repr(exc), retry_in=round(backoff, 2))
+                await self._sleep_or_wake(backoff)
+                backoff = min(backoff * 2, s.poll * 5)
+                continue
+            backoff = 0.1
+            for job in jobs:
+                assert job.lease_token is not None
+                lease = _Lease(job=job, token=job.lease_token, deadline=deadline)
+                self._leases[job.id] = lease
+                self._running += 1
+                handlers.start_soon(self._execute, lease)
+            if jobs:
+                self._log.debug("jobs_claimed", count=len(jobs))
+            if len(jobs) < limit:
+                await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+
+    def _on_queue_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if self._queue_set.intersection(payload.split(",")):
+            self._wake.set()
+
+    # -- executor ---------------------------------------------------------
+
+    async def _execute(self, lease: _Lease) -> None:
+        job = lease.job
+        joblog = self._log.bind(
+            job_id=str(job.id), task=job.task, attempt=job.attempt, tenant=job.tenant, queue=job.queue
+        )
+        ctx = JobContext(job, report=partial(self._report_progress, lease), log=joblog)
+        lease.ctx = ctx
+        try:
+            completion = await self._run_handler(lease, ctx, joblog)
+        finally:
+            self._running -= 1
+            self._slot_free.set()
+            if not self._running:
+                self._idle.set()
+        if completion is None:
+            self._forget(lease)
+        else:
+            self._submit(lease, completion)
+
+    async def _run_handler(
+        self, lease: _Lease, ctx: JobContext, joblog: structlog.typing.FilteringBoundLogger
+    ) -> Completion | None:
+        job = lease.job
+        task = self.registry.get(job.task)
+        if task is None:
+            message = f"no handler for task {job.task!r} is registered on worker {self.id}"
+            joblog.error("job_task_unknown")
+            return self._failure(lease, None, "UnknownTask", message, retryable=True, task=None)
+        joblog.info("job_started")
+        started = time.monotonic()
+        result: Any = None
+        error: BaseException | None = None
+        with anyio.CancelScope() as scope:
+            lease.scope = scope
+            if lease.cancel_reason is not None:
+                scope.cancel()
+            if task.timeout is not None:
+                scope.deadline = anyio.current_time() + task.timeout
+            try:
+                result = await self._call(task, ctx, job.args)
+            except (Exception, Cancelled) as exc:
+                error = exc
+        lease.scope = None
+        elapsed = round(time.monotonic() - started, 4)
+
+        reason = lease.cancel_reason
+        if reason == "lease_lost":
+            joblog.warning("job_abandoned", reason="lease_lost", seconds=elapsed)
+            return None
+        if reason == "shutdown":
+            joblog.info("job_released", seconds=elapsed)
+            return self._completion(lease, "release")
+        if reason == "cancel_requested":
+            joblog.info("job_cancelled", seconds=elapsed)
+            return self._completion(lease, "cancelled")
+        if scope.cancelled_caught:
+            message = f"attempt {job.attempt} exceeded the task timeout of {task.timeout} s"
+            joblog.warning("job_timed_out", seconds=elapsed)
+            return self._failure(lease, None, "TimeoutError", message, retryable=True, task=task)
+        if isinstance(error, Fail):
+            joblog.warning("job_failed", error=str(error), seconds=elapsed)
+            return self._failure(lease, error, type(error).__name__, str(error), retryable=False, task=task)
+        if isinstance(error, Retry):
+            joblog.info("job_retry_requested", delay=error.delay, seconds=elapsed)
+            return self._failure(
+                lease, None, "Retry", error.reason, retryable=True, task=task, delay=error.delay
+            )
+        if error is not None:
+            joblog.warning("job_errored", error=repr(error), seconds=elapsed)
+            return self._failure(lease, error, type(error).__name__, str(error), retryable=True, task=task)
+        try:
+            result_json = dumps(result, what=f"the result of task {job.task!r}")
+        except ValueError as exc:
+            joblog.error("job_result_invalid", error=str(exc))
+            return self._failure(lease, None, "InvalidResult", str(exc), retryable=False, task=task)
+        if len(result_json) > self.settings.max_result_bytes:
+            message = (
+                f"the result of task {job.task!r} is {len(result_json)} bytes, over the "
+                f"limit of {self.settings.max_result_bytes}"
+            )
+            joblog.error("job_result_too_large", size=len(result_json))
+            return self._failure(lease, None, "ResultTooLarge", message, retryable=False, task=task)
+        joblog.info("job_succeeded", seconds=elapsed)
+        return self._completion(lease, "succeeded", result_json=result_json)
+
+    async def _call(self, task: Task, ctx: JobContext, args: dict[str, Any]) -> Any:
+        if task.is_async:
+            return await task.fn(ctx, **args)
+        return await anyio.to_thread.run_sync(
+            partial(task.fn, ctx, **args), limiter=self._thread_limiter, abandon_on_cancel=True
+        )
+
+    def _completion(
+        self,
+        lease: _Lease,
+        outcome: Outcome,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+        delay: float | None = None,
+    ) -> Completion:
+        report = lease.progress
+        return Completion(
+            job_id=lease.job.id,
+            lease_token=lease.token,
+            outcome=outcome,
+            result_json=result_json,
+            error_json=error_json,
+            delay_seconds=delay,
+            progress=None if report is None else report.percent,
+            message=None if report is None else report.message,
+            eta_seconds=None if report is None else report.eta_seconds,
+        )
+
+    def _failure(
+        self,
+        lease: _Lease,
+        exc: BaseException | None,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool,
+        task: Task | None,
+        delay: float | None = None,
+    ) -> Completion:
+        job = lease.job
+        error_json = _error_json(exc, kind=kind, message=message, attempt=job.attempt, worker=self.id)
+        if retryable and job.attempt < job.max_attempts:
+            if delay is None:
+                delay = task.retry.delay(job.attempt) if task is not None else 5.0
+            return self._completion(lease, "retry", error_json=error_json, delay=delay)
+        return self._completion(lease, "failed", error_json=error_json)
+
+    def _cancel(self, lease: _Lease, reason: CancelReason) -> None:
+        if lease.cancel_reason is None:
+            lease.cancel_reason = reason
+        if lease.ctx is not None:
+            lease.ctx._cancel(reason)
+        if lease.scope is not None:
+            lease.scope.cancel()
+
+    # -- completer --------------------------------------------------------
+
+    def _submit(self, lease: _Lease, completion: Completion) -> None:
+        lease.completing = True
+        lease.progress_dirty = False
+        self._pending.append(completion)
+        self._pending_leases[lease.job.id] = lease
+        self._completions_ready.set()
+
+    def _forget(self, lease: _Lease) -> None:
+        self._leases.pop(lease.job.id, None)
+        self._pending_leases.pop(lease.job.id, None)
+        if not self._pending and not self._pending_leases:
+            self._completions_drained.set()
+
+    async def _completer_loop(self) -> None:
+        while True:
+            await self._completions_ready.wait()
+            self._completions_ready.clear()
+            while self._pending:
+                batch = self._pending[: self.settings.max_complete_batch]
+                del self._pending[: len(batch)]
+                await self._write_completions(batch)
+            if not self._pending_leases:
+                self._completions_drained.set()
+
+    async def _write_completions(self, batch: list[Completion]) -> None:
+        backoff = 0.05
+        while batch:
+            try:
+                with anyio.fail_after(self.settings.db_timeout):
+                    written = await self.store.complete_jobs(self.pool, batch)
+            except _DB_DOWN as exc:
+                now = time.monotonic()
+                keep: list[Completion] = []
+                for c in batch:
+                    lease = self._pending_leases.get(c.job_id)
+                    if lease is not None and lease.deadline > now:
+                        keep.append(c)
+                    else:
+                        self._log.warning("completion_abandoned", job_id=str(c.job_id), reason="lease_expired")
+                        if lease is not None:
+                            self._forget(lease)
+                batch = keep
+                self._log.warning(
+                    "completion_write_failed", error=repr(exc), jobs=len(batch), retry_in=backoff
+                )
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for c in batch:
+                lease = self._pending_leases.get(c.job_id)
+                if c.job_id not in written:
+                    self._log.warning(
+                        "lease_lost", job_id=str(c.job_id), outcome=c.outcome, write="completion"
+                    )
+                if lease is not None:
+                    self._forget(lease)
+            return
+
+    # -- progress ---------------------------------------------------------
+
+    def _report_progress(self, lease: _Lease, report: ProgressReport) -> None:
+        lease.progress = report
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._mark_progress(lease)
+        else:  # a sync handler's thread
+            loop.call_soon_threadsafe(self._mark_progress, lease)
+
+    def _mark_progress(self, lease: _Lease) -> None:
+        if not lease.completing:
+            lease.progress_dirty = True
+            self._progress_ready.set()
+
+    async def _progress_loop(self) -> None:
+        interval = self.settings.progress_interval
+        while True:
+            await self._progress_ready.wait()
+            self._progress_ready.clear()
+            while True:
+                now = time.monotonic()
+                dirty = [l for l in self._leases.values() if l.progress_dirty and not l.completing]
+                if not dirty:
+                    break
+                due = [l for l in dirty if now - l.progress_written_at >= interval]
+                if not due:
+                    wait = min(l.progress_written_at + interval for l in dirty) - now
+                    await anyio.sleep(max(wait, 0.001))
+                    continue
+                await self._write_progress(due, now)
+
+    async def _write_progress(self, leases: list[_Lease], now: float) -> None:
+        writes: list[ProgressWrite] = []
+        for lease in leases:
+            report = lease.progress
+            assert report is not None
+            lease.progress_dirty = False
+            lease.progress_written_at = now
+            writes.append(
+                ProgressWrite(lease.job.id, lease.token, report.percent, report.message, report.eta_seconds)
+            )
+        try:
+            with anyio.fail_after(self.settings.db_timeout):
+                written = await self.store.update_progress(self.pool, writes)
+        except _DB_DOWN as exc:
+            self._log.warning("progress_write_failed", error=repr(exc), jobs=len(writes))
+            for lease in leases:
+                lease.progress_dirty = True  # try again; the completion carries it anyway
+            await anyio.sleep(min(1.0, self.settings.heartbeat_interval))
+            return
+        for lease in leases:
+            if lease.job.id not in written and not lease.completing:
+                self._lost(lease, write="progress")
+
+    def _lost(self, lease: _Lease, *, write: str) -> None:
+        self._log.warning("lease_lost", job_id=str(lease.job.id), task=lease.job.task, write=write)
+        self._leases.pop(lease.job.id, None)
+        self._cancel(lease, "lease_lost")
+
+    # -- heartbeat --------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while True:
+            with anyio.move_on_after(s.heartbeat_interval):
+                await self._heartbeat_now.wait()
+            self._heartbeat_now.clear()
+            leases = list(self._leases.values())
+            if leases:
+                await self._heartbeat(leases)
+            now = time.monotonic()
+            for lease in list(self._leases.values()):
+                if lease.deadline <= now and not lease.completing:
+                    self._log.warning(
+                        "lease_expired_locally", job_id=str(lease.job.id),
+                        reason="no heartbeat reached the database within the lease",
+                    )
+                    self._lost(lease, write="heartbeat")
+
+    async def _heartbeat(self, leases: list[_Lease]) -> None:
+        s = self.settings
+        sent_at = time.monotonic()
+        try:
+            with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
+                held = await self.store.heartbeat_jobs(
+                    self.pool, [(l.job.id, l.token) for l in leases], s.lease
+                )
+        except _DB_DOWN as exc:
+            self._log.warning("heartbeat_failed", error=repr(exc), jobs=len(leases))
+            return
+        for lease in leases:
+            cancel_requested = held.get(lease.job.id)
+            if cancel_requested is None:
+                if not lease.completing:
+                    self._lost(lease, write="heartbeat")
+                continue
+            lease.deadline = sent_at + s.lease
+            if cancel_requested and not lease.completing:
+                self._cancel(lease, "cancel_requested")
+
+    def _on_cancel_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        for raw in payload.split(","):
+            try:
+                job_id = uuid.UUID(raw)
+            except ValueError:
+                continue
+            lease = self._leases.get(job_id)
+            if lease is not None and not lease.completing:
+                self._log.info("cancel_requested", job_id=raw)
+                self._cancel(lease, "cancel_requested")
+
+    # -- rescuer ----------------------------------------------------------
+
+    async def _rescue_loop(self) -> None:
+        s = self.settings
+        while True:
+            await anyio.sleep(s.rescue * random.uniform(0.5, 1.0))
+            try:
+                while True:
+                    with anyio.fail_after(s.db_timeout):
+                        rescued = await self.store.rescue_expired(self.pool, 500)
+                    for r in rescued:
+                        self._log.warning(
+                            "lease_expired_job_rescued", job_id=str(r.job_id), state=r.state.value,
+                            attempt=r.attempt, previous_worker=r.worker_id,
+                        )
+                    if len(rescued) < 500:
+                        break
+            except _DB_DOWN as exc:
+                self._log.warning("rescue_failed", error=repr(exc))
+
+    # -- listener ---------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        schema = self.settings.schema
+        backoff = 0.1
+        while True:
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self.settings.db_timeout)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(f"{schema}.queue", self._on_queue_notification)
+                await conn.add_listener(f"{schema}.cancel", self._on_cancel_notification)
+                self._log.info("listener_connected")
+                backoff = 0.1
+                # Catch up on what was missed while not listening.
+                self._wake.set()
+                self._heartbeat_now.set()
+                while not lost.is_set():
+                    with anyio.move_on_after(self.settings.poll * 5):
+                        await lost.wait()
+                    with anyio.fail_after(self.settings.db_timeout):
+                        await conn.fetchval("SELECT 1")
+            except _DB_DOWN as exc:
+                self._log.warning("listener_lost", error=repr(exc), retry_in=round(backoff, 2))
+            finally:
+                if conn is not None:
+                    with anyio.CancelScope(shield=True):
+                        conn.terminate()
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
