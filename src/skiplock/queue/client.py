@@ -164,13 +164,13 @@ class Client:
             }
             still: list[JobSpec] = []
             for spec in pending:
-                job = existing.get((spec.tenant, spec.idempotency_key))
-                if job is None:
+                holder = existing.get((spec.tenant, spec.idempotency_key))
+                if holder is None:
                     still.append(spec)  # the holder vanished meanwhile: insert again
                     continue
-                if not _same_request(spec, job):
-                    raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", job.id)
-                found[spec.id] = job
+                if not _same_request(spec, holder):
+                    raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", holder.id)
+                found[spec.id] = holder
             pending = still
             if not pending:
                 break
@@ -181,7 +181,10 @@ class Client:
         return [found[s.id] for s in batch]
 
     async def get(
-        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: str | None = None,
         connection: Executor | None = None,
     ) -> Job | None:
         """The job, or None when it does not exist (or belongs to another tenant)."""
@@ -229,7 +232,10 @@ class Client:
         return Page(tuple(jobs), encode_cursor(jobs[-1]) if more else None)
 
     async def cancel(
-        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: str | None = None,
         connection: Executor | None = None,
     ) -> Job:
         """Cancel a job: a queued one ends ``cancelled`` at once; a running one
@@ -250,7 +256,10 @@ class Client:
         raise JobNotFound(job_id)
 
     async def retry(
-        self, job_id: uuid.UUID | str, *, tenant: str | None = None,
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: str | None = None,
         connection: Executor | None = None,
     ) -> Job:
         """Put a failed or cancelled job back in the queue, due now.

@@ -25,9 +25,7 @@ from skiplock.queue.states import JobState
 
 __all__ = ["AppliedMigration", "Completion", "Executor", "ProgressWrite", "Rescued", "Store"]
 
-Executor: TypeAlias = (
-    "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
-)
+Executor: TypeAlias = "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
 
 Outcome = Literal["succeeded", "failed", "cancelled", "retry", "release"]
 

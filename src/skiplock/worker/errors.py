@@ -7,7 +7,7 @@ from datetime import timedelta
 __all__ = ["Cancelled", "Fail", "Retry"]
 
 
-class Retry(Exception):  # noqa: N818 - read as a verb at the raise site: `raise Retry(30)`
+class Retry(Exception):  # read as a verb at the raise site: `raise Retry(30)`
     """Ask for another attempt after ``delay`` (seconds or a timedelta).
 
     Counts as an attempt: when none is left the job ends ``failed``.
@@ -22,9 +22,9 @@ class Retry(Exception):  # noqa: N818 - read as a verb at the raise site: `raise
         self.reason = reason
 
 
-class Fail(Exception):  # noqa: N818 - read as a verb at the raise site: `raise Fail("bad input")`
+class Fail(Exception):  # read as a verb at the raise site: `raise Fail("bad input")`
     """End the job ``failed`` at once, without further attempts."""
 
 
-class Cancelled(Exception):  # noqa: N818 - names the state the job is in
+class Cancelled(Exception):  # names the state the job is in
     """Raised by ``JobContext.raise_if_cancelled`` inside a sync handler being stopped."""

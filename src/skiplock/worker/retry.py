@@ -21,7 +21,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.factor < 1 or self.maximum < 0 or not 0 <= self.jitter <= 1:
-            raise ValueError("RetryPolicy needs base >= 0, factor >= 1, maximum >= 0, 0 <= jitter <= 1")
+            raise ValueError(
+                "RetryPolicy needs base >= 0, factor >= 1, maximum >= 0, 0 <= jitter <= 1"
+            )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

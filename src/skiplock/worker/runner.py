@@ -129,6 +129,10 @@ class _Lease:
     claimed_at: float = field(default_factory=time.monotonic)
 
 
+def _set_event(event: asyncio.Event, *_: object) -> None:
+    event.set()
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -276,7 +280,9 @@ class Worker:
 
     async def _drain(self, handlers: anyio.abc.TaskGroup) -> None:
         if self._running:
-            self._log.info("worker_draining", in_flight=self._running, grace=self.settings.shutdown_grace)
+            self._log.info(
+                "worker_draining", in_flight=self._running, grace=self.settings.shutdown_grace
+            )
             with anyio.move_on_after(self.settings.shutdown_grace):
                 await self._wait_idle()
         for lease in list(self._leases.values()):
@@ -333,8 +339,10 @@ class Worker:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
 
-    def _on_queue_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if self._queue_set.intersection(payload.split(",")):
+    def _on_queue_notification(
+        self, _conn: object, _pid: int, _channel: str, payload: object
+    ) -> None:
+        if self._queue_set.intersection(str(payload).split(",")):
             self._wake.set()
 
     # -- executor ---------------------------------------------------------
@@ -342,7 +350,11 @@ class Worker:
     async def _execute(self, lease: _Lease) -> None:
         job = lease.job
         joblog = self._log.bind(
-            job_id=str(job.id), task=job.task, attempt=job.attempt, tenant=job.tenant, queue=job.queue
+            job_id=str(job.id),
+            task=job.task,
+            attempt=job.attempt,
+            tenant=job.tenant,
+            queue=job.queue,
         )
         ctx = JobContext(job, report=partial(self._report_progress, lease), log=joblog)
         lease.ctx = ctx
@@ -400,7 +412,9 @@ class Worker:
             return self._failure(lease, None, "TimeoutError", message, retryable=True, task=task)
         if isinstance(error, Fail):
             joblog.warning("job_failed", error=str(error), seconds=elapsed)
-            return self._failure(lease, error, type(error).__name__, str(error), retryable=False, task=task)
+            return self._failure(
+                lease, error, type(error).__name__, str(error), retryable=False, task=task
+            )
         if isinstance(error, Retry):
             joblog.info("job_retry_requested", delay=error.delay, seconds=elapsed)
             return self._failure(
@@ -408,7 +422,9 @@ class Worker:
             )
         if error is not None:
             joblog.warning("job_errored", error=repr(error), seconds=elapsed)
-            return self._failure(lease, error, type(error).__name__, str(error), retryable=True, task=task)
+            return self._failure(
+                lease, error, type(error).__name__, str(error), retryable=True, task=task
+            )
         try:
             result_json = dumps(result, what=f"the result of task {job.task!r}")
         except ValueError as exc:
@@ -465,7 +481,9 @@ class Worker:
         delay: float | None = None,
     ) -> Completion:
         job = lease.job
-        error_json = _error_json(exc, kind=kind, message=message, attempt=job.attempt, worker=self.id)
+        error_json = _error_json(
+            exc, kind=kind, message=message, attempt=job.attempt, worker=self.id
+        )
         if retryable and job.attempt < job.max_attempts:
             if delay is None:
                 delay = task.retry.delay(job.attempt) if task is not None else 5.0
@@ -520,7 +538,9 @@ class Worker:
                     if lease is not None and lease.deadline > now:
                         keep.append(c)
                     else:
-                        self._log.warning("completion_abandoned", job_id=str(c.job_id), reason="lease_expired")
+                        self._log.warning(
+                            "completion_abandoned", job_id=str(c.job_id), reason="lease_expired"
+                        )
                         if lease is not None:
                             self._forget(lease)
                 batch = keep
@@ -568,12 +588,16 @@ class Worker:
             self._progress_ready.clear()
             while True:
                 now = time.monotonic()
-                dirty = [l for l in self._leases.values() if l.progress_dirty and not l.completing]
+                dirty = [
+                    lease
+                    for lease in self._leases.values()
+                    if lease.progress_dirty and not lease.completing
+                ]
                 if not dirty:
                     break
-                due = [l for l in dirty if now - l.progress_written_at >= interval]
+                due = [lease for lease in dirty if now - lease.progress_written_at >= interval]
                 if not due:
-                    wait = min(l.progress_written_at + interval for l in dirty) - now
+                    wait = min(lease.progress_written_at + interval for lease in dirty) - now
                     await anyio.sleep(max(wait, 0.001))
                     continue
                 await self._write_progress(due, now)
@@ -586,7 +610,9 @@ class Worker:
             lease.progress_dirty = False
             lease.progress_written_at = now
             writes.append(
-                ProgressWrite(lease.job.id, lease.token, report.percent, report.message, report.eta_seconds)
+                ProgressWrite(
+                    lease.job.id, lease.token, report.percent, report.message, report.eta_seconds
+                )
             )
         try:
             with anyio.fail_after(self.settings.db_timeout):
@@ -621,7 +647,8 @@ class Worker:
             for lease in list(self._leases.values()):
                 if lease.deadline <= now and not lease.completing:
                     self._log.warning(
-                        "lease_expired_locally", job_id=str(lease.job.id),
+                        "lease_expired_locally",
+                        job_id=str(lease.job.id),
                         reason="no heartbeat reached the database within the lease",
                     )
                     self._lost(lease, write="heartbeat")
@@ -632,7 +659,7 @@ class Worker:
         try:
             with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
                 held = await self.store.heartbeat_jobs(
-                    self.pool, [(l.job.id, l.token) for l in leases], s.lease
+                    self.pool, [(lease.job.id, lease.token) for lease in leases], s.lease
                 )
         except _DB_DOWN as exc:
             self._log.warning("heartbeat_failed", error=repr(exc), jobs=len(leases))
@@ -647,8 +674,10 @@ class Worker:
             if cancel_requested and not lease.completing:
                 self._cancel(lease, "cancel_requested")
 
-    def _on_cancel_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        for raw in payload.split(","):
+    def _on_cancel_notification(
+        self, _conn: object, _pid: int, _channel: str, payload: object
+    ) -> None:
+        for raw in str(payload).split(","):
             try:
                 job_id = uuid.UUID(raw)
             except ValueError:
@@ -670,8 +699,11 @@ class Worker:
                         rescued = await self.store.rescue_expired(self.pool, 500)
                     for r in rescued:
                         self._log.warning(
-                            "lease_expired_job_rescued", job_id=str(r.job_id), state=r.state.value,
-                            attempt=r.attempt, previous_worker=r.worker_id,
+                            "lease_expired_job_rescued",
+                            job_id=str(r.job_id),
+                            state=r.state.value,
+                            attempt=r.attempt,
+                            previous_worker=r.worker_id,
                         )
                     if len(rescued) < 500:
                         break
@@ -688,7 +720,7 @@ class Worker:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=self.settings.db_timeout)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(partial(_set_event, lost))
                 await conn.add_listener(f"{schema}.queue", self._on_queue_notification)
                 await conn.add_listener(f"{schema}.cancel", self._on_cancel_notification)
                 self._log.info("listener_connected")
@@ -705,7 +737,6 @@ class Worker:
                 self._log.warning("listener_lost", error=repr(exc), retry_in=round(backoff, 2))
             finally:
                 if conn is not None:
-                    with anyio.CancelScope(shield=True):
-                        conn.terminate()
+                    conn.terminate()
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,169 @@
+"""The ``skiplock`` command (also ``python -m skiplock``)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from skiplock.config import Settings
+from skiplock.logs import configure_logging
+from skiplock.queue import SchemaMismatch, migrate
+from skiplock.worker import TaskRegistry, Worker, WorkerSettings
+
+__all__ = ["cli", "main"]
+
+EXIT_USAGE = 2
+EXIT_SCHEMA = 3
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"skiplock: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.option("--database-url", envvar="SKIPLOCK_DATABASE_URL", help="PostgreSQL DSN.")
+@click.option("--schema", envvar="SKIPLOCK_SCHEMA", default="skiplock", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default=None,
+    help="Log output (default: JSON unless on a terminal).",
+)
+@click.option("--log-level", default=None, help="debug, info, warning or error.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    database_url: str | None,
+    schema: str,
+    log_format: str | None,
+    log_level: str | None,
+) -> None:
+    """skiplock: durable jobs on PostgreSQL."""
+    try:
+        overrides: dict[str, Any] = {"SKIPLOCK_SCHEMA": schema}
+        if database_url:
+            overrides["database_url"] = database_url
+        if log_format:
+            overrides["log_format"] = log_format
+        if log_level:
+            overrides["log_level"] = log_level
+        settings = Settings(**overrides)
+        configure_logging(settings.log_format, settings.log_level)
+    except ValueError as exc:
+        _fail(str(exc).splitlines()[0] if "\n" not in str(exc) else str(exc), EXIT_USAGE)
+    ctx.obj = settings
+
+
+@cli.command("migrate")
+@click.pass_context
+def migrate_cmd(ctx: click.Context) -> None:
+    """Apply pending schema migrations (safe to run concurrently)."""
+    settings = _settings(ctx)
+    try:
+        dsn = settings.require_database_url()
+        applied = asyncio.run(migrate(dsn, schema=settings.schema_name))
+    except (ValueError, SchemaMismatch) as exc:
+        _fail(str(exc), EXIT_SCHEMA if isinstance(exc, SchemaMismatch) else EXIT_USAGE)
+        return
+    except OSError as exc:
+        _fail(f"cannot reach the database: {exc}")
+        return
+    if applied:
+        click.echo(f"applied migrations: {', '.join(str(v) for v in applied)}")
+    else:
+        click.echo("schema is up to date")
+
+
+def load_registry(spec: str) -> TaskRegistry:
+    """Import ``module:attribute`` and return the TaskRegistry it names."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter("expected module:attribute, e.g. myapp.jobs:tasks")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    registry = getattr(module, attr, None)
+    if not isinstance(registry, TaskRegistry):
+        raise click.BadParameter(f"{spec!r} is not a skiplock TaskRegistry")
+    return registry
+
+
+@cli.command("worker")
+@click.option("--app", "app", required=True, help="module:attribute of your TaskRegistry.")
+@click.option(
+    "--queues", default=None, help="Comma-separated queues (default: SKIPLOCK_QUEUES or 'default')."
+)
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=None)
+@click.option(
+    "--lease", type=click.FloatRange(0.5, min_open=True), default=None, help="Lease seconds."
+)
+@click.option("--heartbeat", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--poll", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--rescue", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--shutdown-grace", type=click.FloatRange(0), default=None)
+@click.option("--worker-id", default=None)
+@click.pass_context
+def worker_cmd(
+    ctx: click.Context,
+    app: str,
+    queues: str | None,
+    concurrency: int | None,
+    lease: float | None,
+    heartbeat: float | None,
+    poll: float | None,
+    rescue: float | None,
+    shutdown_grace: float | None,
+    worker_id: str | None,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (drain) or a second signal (stop now)."""
+    settings = _settings(ctx)
+    sys.path.insert(0, "")
+    registry = load_registry(app)
+    try:
+        dsn = settings.require_database_url()
+        ws = WorkerSettings(
+            queues=[q.strip() for q in queues.split(",") if q.strip()]
+            if queues
+            else settings.queues,
+            concurrency=concurrency or settings.concurrency,
+            lease=lease or settings.lease_seconds,
+            heartbeat=heartbeat or settings.heartbeat_seconds,
+            poll=poll or settings.poll_seconds,
+            rescue=rescue or settings.rescue_seconds,
+            shutdown_grace=settings.shutdown_grace_seconds
+            if shutdown_grace is None
+            else shutdown_grace,
+            progress_interval=settings.progress_interval_seconds,
+            schema=settings.schema_name,
+            worker_id=worker_id,
+        )
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+        return
+    try:
+        asyncio.run(Worker(registry, dsn, ws).run_until_signal())
+    except SchemaMismatch as exc:
+        _fail(str(exc), EXIT_SCHEMA)
+    except OSError as exc:
+        _fail(f"cannot reach the database: {exc}")
+
+
+def main() -> None:
+    """Entry point of the ``skiplock`` script."""
+    cli(prog_name="skiplock")
+
+
+if __name__ == "__main__":
+    main()

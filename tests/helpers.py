@@ -1,0 +1,55 @@
+"""Waiting for states and events, never sleeping to synchronise."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+import anyio
+
+from skiplock import Client, Job, JobState
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    timeout: float = 10.0,
+    what: str = "condition",
+) -> T:
+    """Call ``probe`` until ``accept`` says yes; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    value = await probe()
+    while not accept(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {value!r}")
+        await anyio.sleep(0.01)
+        value = await probe()
+    return value
+
+
+async def wait_for_state(
+    client: Client,
+    job_id: uuid.UUID,
+    states: JobState | Iterable[JobState],
+    *,
+    timeout: float = 10.0,
+) -> Job:
+    """Wait until the job is in one of ``states`` and return it."""
+    wanted = {states} if isinstance(states, JobState) else set(states)
+
+    async def probe() -> Job | None:
+        return await client.get(job_id)
+
+    job = await wait_for(
+        probe,
+        lambda j: j is not None and j.state in wanted,
+        timeout=timeout,
+        what=f"job {job_id} in {sorted(s.value for s in wanted)}",
+    )
+    assert job is not None
+    return job
