@@ -160,6 +160,20 @@ def worker_cmd(
         _fail(f"cannot reach the database: {exc}")
 
 
+@cli.command("demo")
+@click.pass_context
+def demo_cmd(ctx: click.Context) -> None:
+    """Run sample jobs with live progress (throwaway PostgreSQL unless one is configured)."""
+    from skiplock.demo import run_demo  # keeps the other commands light
+
+    settings = _settings(ctx)
+    try:
+        asyncio.run(run_demo(settings.database_url, click.echo))
+    except KeyboardInterrupt:
+        click.echo("interrupted; cleaned up", err=True)
+        sys.exit(130)
+
+
 def main() -> None:
     """Entry point of the ``skiplock`` script."""
     cli(prog_name="skiplock")
