@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import click
+import orjson
 
 from skiplock.config import Settings
 from skiplock.logs import configure_logging
@@ -158,6 +159,134 @@ def worker_cmd(
         _fail(str(exc), EXIT_SCHEMA)
     except OSError as exc:
         _fail(f"cannot reach the database: {exc}")
+
+
+@cli.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.pass_context
+def api_cmd(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the status API with uvicorn (settings from SKIPLOCK_* variables)."""
+    import uvicorn  # keeps the other commands light
+
+    from skiplock.api import ApiSettings, create_app
+
+    settings = _settings(ctx)
+    try:
+        api_settings = ApiSettings(
+            database_url=settings.require_database_url(), SKIPLOCK_SCHEMA=settings.schema_name
+        )
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+        return
+    uvicorn.run(create_app(api_settings), host=host, port=port, log_config=None)
+
+
+@cli.group("apikey")
+def apikey_group() -> None:
+    """Create, list and revoke status-API keys."""
+
+
+def _with_store(settings: Settings, work: Any) -> Any:
+    async def run() -> Any:
+        import asyncpg
+
+        from skiplock.queue import Store, check_schema
+
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            await check_schema(conn, schema=settings.schema_name)
+            return await work(Store(settings.schema_name), conn)
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    except SchemaMismatch as exc:
+        _fail(str(exc), EXIT_SCHEMA)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot reach the database: {exc}")
+
+
+@apikey_group.command("create")
+@click.option("--tenant", required=True)
+@click.option("--scopes", default="read,write", show_default=True, help="read, write, admin")
+@click.option("--name", default="", help="A label to recognise the key by.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def apikey_create(ctx: click.Context, tenant: str, scopes: str, name: str, as_json: bool) -> None:
+    """Make a key; its secret is printed once and never stored."""
+    from skiplock.api.auth import create_api_key
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    made = _with_store(
+        _settings(ctx),
+        lambda store, conn: create_api_key(
+            store, conn, tenant=tenant, scopes=wanted, name=name or f"{tenant} key"
+        ),
+    )
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {
+                    "id": str(made.key.id),
+                    "tenant": tenant,
+                    "scopes": list(made.key.scopes),
+                    "secret": made.secret,
+                }
+            ).decode()
+        )
+    else:
+        click.echo(f"key {made.key.id} for tenant {tenant!r} ({', '.join(made.key.scopes)})")
+        click.echo(f"secret (shown once): {made.secret}")
+
+
+@apikey_group.command("list")
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def apikey_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
+    """List keys (never their secrets)."""
+    keys = _with_store(_settings(ctx), lambda store, conn: store.list_api_keys(conn, tenant))
+    rows = [
+        {
+            "id": str(k.id),
+            "name": k.name,
+            "tenant": k.tenant,
+            "scopes": list(k.scopes),
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in keys
+    ]
+    if as_json:
+        click.echo(orjson.dumps(rows).decode())
+        return
+    for r in rows:
+        status = "revoked" if r["revoked_at"] else "active"
+        click.echo(
+            f"{r['id']}  {r['tenant']:<20} {','.join(r['scopes']):<18} {status:<8} {r['name']}"
+        )
+
+
+@apikey_group.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def apikey_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key by id (effective within the API's key cache time)."""
+    import uuid
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        _fail(f"not a key id: {key_id!r}", EXIT_USAGE)
+        return
+    key = _with_store(_settings(ctx), lambda store, conn: store.revoke_api_key(conn, parsed))
+    if key is None:
+        _fail(f"no key {key_id}", 4)
+    click.echo(f"revoked {key_id}")
 
 
 @cli.command("demo")

@@ -1,3 +1,17 @@
 """The status API (Starlette): create, follow and cancel jobs over HTTP."""
 
-__all__: list[str] = []
+from skiplock.api.app import create_app
+from skiplock.api.auth import Principal, create_api_key, sign_share_token, verify_share_token
+from skiplock.api.hub import EventHub
+from skiplock.api.settings import ApiSettings, ExposedTask
+
+__all__ = [
+    "ApiSettings",
+    "EventHub",
+    "ExposedTask",
+    "Principal",
+    "create_api_key",
+    "create_app",
+    "sign_share_token",
+    "verify_share_token",
+]

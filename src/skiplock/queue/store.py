@@ -23,7 +23,17 @@ from skiplock.queue.jsoncodec import loads
 from skiplock.queue.models import Job, JobError, JobSpec
 from skiplock.queue.states import JobState
 
-__all__ = ["AppliedMigration", "Completion", "Executor", "ProgressWrite", "Rescued", "Store"]
+__all__ = [
+    "ApiKey",
+    "AppliedMigration",
+    "Completion",
+    "Executor",
+    "JobCount",
+    "ProgressWrite",
+    "Rescued",
+    "Store",
+    "TaskWindowStats",
+]
 
 Executor: TypeAlias = "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
 
@@ -77,6 +87,55 @@ class AppliedMigration:
     version: int
     name: str
     checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored (its secret is never stored)."""
+
+    id: uuid.UUID
+    name: str
+    tenant: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobCount:
+    """How many jobs of one queue and task are in one state."""
+
+    queue: str
+    task: str
+    state: JobState
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskWindowStats:
+    """Outcomes and timings of one task's jobs finished within a time window."""
+
+    task: str
+    succeeded: int
+    failed: int
+    cancelled: int
+    wait_p50: float | None
+    wait_p95: float | None
+    run_p50: float | None
+    run_p95: float | None
+
+
+def _api_key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        tenant=row["tenant"],
+        scopes=tuple(row["scopes"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
 
 
 def _job(row: asyncpg.Record) -> Job:
@@ -175,6 +234,12 @@ class Store:
         row = await ex.fetchrow(self._q("get_job"), job_id, tenant)
         return None if row is None else _job(row)
 
+    async def get_jobs(
+        self, ex: Executor, job_ids: Sequence[uuid.UUID], tenant: str | None
+    ) -> list[Job]:
+        rows = await ex.fetch(self._q("get_jobs"), list(job_ids), tenant)
+        return [_job(r) for r in rows]
+
     async def list_jobs(
         self,
         ex: Executor,
@@ -265,3 +330,58 @@ class Store:
     async def rescue_expired(self, ex: Executor, limit: int) -> list[Rescued]:
         rows = await ex.fetch(self._q("rescue_expired"), limit)
         return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
+
+    # -- the status API ---------------------------------------------------
+
+    async def ping(self, ex: Executor) -> bool:
+        return bool(await ex.fetchval(self._q("ping")))
+
+    async def create_api_key(
+        self,
+        ex: Executor,
+        *,
+        key_id: uuid.UUID,
+        name: str,
+        tenant: str,
+        scopes: Sequence[str],
+        key_hash: bytes,
+        expires_at: datetime | None,
+    ) -> ApiKey:
+        row = await ex.fetchrow(
+            self._q("create_api_key"), key_id, name, tenant, list(scopes), key_hash, expires_at
+        )
+        assert row is not None
+        return _api_key(row)
+
+    async def get_api_key(self, ex: Executor, key_hash: bytes) -> ApiKey | None:
+        row = await ex.fetchrow(self._q("get_api_key"), key_hash)
+        return None if row is None else _api_key(row)
+
+    async def list_api_keys(self, ex: Executor, tenant: str | None) -> list[ApiKey]:
+        return [_api_key(r) for r in await ex.fetch(self._q("list_api_keys"), tenant)]
+
+    async def revoke_api_key(self, ex: Executor, key_id: uuid.UUID) -> ApiKey | None:
+        row = await ex.fetchrow(self._q("revoke_api_key"), key_id)
+        return None if row is None else _api_key(row)
+
+    async def job_counts(self, ex: Executor, tenant: str | None) -> list[JobCount]:
+        rows = await ex.fetch(self._q("job_counts"), tenant)
+        return [JobCount(r["queue"], r["task"], JobState(r["state"]), r["count"]) for r in rows]
+
+    async def job_window_stats(
+        self, ex: Executor, tenant: str | None, window_seconds: float
+    ) -> list[TaskWindowStats]:
+        rows = await ex.fetch(self._q("job_window_stats"), tenant, window_seconds)
+        return [
+            TaskWindowStats(
+                task=r["task"],
+                succeeded=r["succeeded"],
+                failed=r["failed"],
+                cancelled=r["cancelled"],
+                wait_p50=r["wait_p50"],
+                wait_p95=r["wait_p95"],
+                run_p50=r["run_p50"],
+                run_p95=r["run_p95"],
+            )
+            for r in rows
+        ]

@@ -1,0 +1,222 @@
+"""The event hub: one LISTEN connection fanned out to many subscribers.
+
+Workers' writes fire NOTIFY on ``<schema>.job`` with ``[[id, state,
+progress], …]``. The hub keeps one dedicated connection listening, collects
+the ids that somebody watches, re-reads those rows in one query (so a burst of
+progress notifications for a job costs one read), and hands the fresh
+:class:`~skiplock.queue.Job` to every subscriber of that job through a bounded
+buffer. A subscriber whose buffer is full is too slow: it is dropped (its
+stream ends, the client reconnects and gets the current state first), so it
+never blocks the others or grows memory.
+
+When the LISTEN connection drops, the hub reconnects with backoff, re-LISTENs
+and re-reads every watched job, so no subscriber misses a terminal state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import asyncpg
+import orjson
+import structlog
+
+from skiplock.queue.models import Job
+from skiplock.queue.store import Store
+
+__all__ = ["EventHub", "HubStats", "Subscription"]
+
+log = structlog.get_logger("skiplock.api.hub")
+
+_DB_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
+
+
+class Subscription:
+    """One subscriber's view of one job: fresh snapshots, or the end of the stream."""
+
+    def __init__(self, job_id: uuid.UUID, tenant: str, buffer: int) -> None:
+        self.job_id = job_id
+        self.tenant = tenant
+        self.dropped = False
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=buffer)
+
+    def _offer(self, job: Job) -> bool:
+        """Queue a snapshot; False (and the subscriber is dropped) when the buffer is full."""
+        if self.dropped:
+            return False
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._drop()
+            return False
+        return True
+
+    def _drop(self) -> None:
+        self.dropped = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    async def next(self, within: float) -> Job | None:
+        """The next snapshot, or None after ``within`` seconds without one.
+
+        Raises :class:`EOFError` when the subscriber was dropped for being slow.
+        """
+        with anyio.move_on_after(within):
+            item = await self._queue.get()
+            if item is None:
+                raise EOFError("subscriber dropped: it did not keep up")
+            return item
+        return None
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Counters for metrics and tests."""
+
+    connected: bool = False
+    reconnects: int = 0
+    notifications: int = 0
+    reads: int = 0
+    dropped: int = 0
+    subscribers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EventHub:
+    """Fans ``<schema>.job`` notifications out to per-job subscribers."""
+
+    def __init__(self, dsn: str, store: Store, pool: asyncpg.Pool[Any], *, buffer: int = 64):
+        self._dsn = dsn
+        self._store = store
+        self._pool = pool
+        self._buffer = buffer
+        self._subs: dict[uuid.UUID, set[Subscription]] = {}
+        self._dirty: set[uuid.UUID] = set()
+        self._dirty_event = asyncio.Event()
+        self._connected = asyncio.Event()
+        self.stats = HubStats()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the LISTEN connection is up."""
+        return self.stats.connected
+
+    async def wait_connected(self) -> None:
+        """Return once the LISTEN connection is up."""
+        await self._connected.wait()
+
+    @contextmanager
+    def subscribe(self, job_id: uuid.UUID, tenant: str) -> Iterator[Subscription]:
+        """Watch one job; the subscription ends when the block exits."""
+        sub = Subscription(job_id, tenant, self._buffer)
+        self._subs.setdefault(job_id, set()).add(sub)
+        self.stats.subscribers += 1
+        try:
+            yield sub
+        finally:
+            self.stats.subscribers -= 1
+            subs = self._subs.get(job_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[job_id]
+
+    async def run(self) -> None:
+        """Listen and fan out until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._fanout_loop)
+            await self._listen_loop()
+
+    # -- listening --------------------------------------------------------
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self.stats.notifications += 1
+        try:
+            entries = orjson.loads(str(payload))
+        except orjson.JSONDecodeError:
+            log.warning("notification_unreadable", payload=str(payload)[:200])
+            return
+        for entry in entries:
+            try:
+                job_id = uuid.UUID(str(entry[0]))
+            except (ValueError, IndexError, TypeError):
+                continue
+            if job_id in self._subs:
+                self._dirty.add(job_id)
+        if self._dirty:
+            self._dirty_event.set()
+
+    async def _listen_loop(self) -> None:
+        channel = f"{self._store.schema}.job"
+        backoff = 0.1
+        while True:
+            conn: asyncpg.Connection[Any] | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(partial(_set, lost))
+                await conn.add_listener(channel, self._on_notify)
+                self.stats.connected = True
+                self._connected.set()
+                log.info("hub_listening", channel=channel)
+                backoff = 0.1
+                # Catch up: re-read every watched job, changes may have been missed.
+                self._dirty.update(self._subs)
+                self._dirty_event.set()
+                while not lost.is_set():
+                    with anyio.move_on_after(5):
+                        await lost.wait()
+                    with anyio.fail_after(10):
+                        await conn.fetchval("SELECT 1")
+            except _DB_DOWN as exc:
+                log.warning("hub_listener_lost", error=repr(exc), retry_in=round(backoff, 2))
+            finally:
+                self.stats.connected = False
+                self._connected = asyncio.Event()
+                if conn is not None:
+                    conn.terminate()
+            self.stats.reconnects += 1
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    # -- fan-out ----------------------------------------------------------
+
+    async def _fanout_loop(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event.clear()
+            ids = [i for i in self._dirty if i in self._subs]
+            self._dirty.clear()
+            if not ids:
+                continue
+            try:
+                jobs = await self._store.get_jobs(self._pool, ids, None)
+            except _DB_DOWN as exc:
+                log.warning("hub_read_failed", error=repr(exc), jobs=len(ids))
+                self._dirty.update(ids)
+                await anyio.sleep(0.2)
+                self._dirty_event.set()
+                continue
+            self.stats.reads += 1
+            for job in jobs:
+                for sub in list(self._subs.get(job.id, ())):
+                    if sub.tenant == job.tenant and not sub._offer(job):
+                        self.stats.dropped += 1
+                        log.info("subscriber_dropped", job_id=str(job.id), reason="slow")
+
+
+def _set(event: asyncio.Event, *_: object) -> None:
+    event.set()

@@ -1,0 +1,64 @@
+"""Settings of the status API, from ``SKIPLOCK_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from skiplock import sql
+
+__all__ = ["ApiSettings", "ExposedTask"]
+
+
+class ExposedTask(BaseModel):
+    """A task clients may create over HTTP, with the JSON Schema its args must match."""
+
+    args_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    queue: str = "default"
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    description: str = ""
+
+
+class ApiSettings(BaseSettings):
+    """Every knob of ``skiplock api``.
+
+    ``exposed_tasks`` is the allowlist of tasks ``POST /v1/jobs`` may create,
+    as JSON in ``SKIPLOCK_EXPOSED_TASKS``: ``{"render": {"args_schema": {…}}}``.
+    ``share_secret`` signs read-only share links; without it they are disabled.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
+
+    database_url: str | None = None
+    schema_name: str = Field(default="skiplock", alias="SKIPLOCK_SCHEMA")
+    exposed_tasks: dict[str, ExposedTask] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    share_secret: str | None = Field(default=None, min_length=32)
+    share_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    key_cache_seconds: float = Field(default=2.0, ge=0)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    subscriber_buffer: int = Field(default=64, ge=1, le=100_000)
+    max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+    public_url: str = ""
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        return sql.validate_schema(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    def require_database_url(self) -> str:
+        """The DSN, or a clear error saying how to set it."""
+        if not self.database_url:
+            raise ValueError("no database configured: set SKIPLOCK_DATABASE_URL")
+        return self.database_url
