@@ -81,8 +81,7 @@ def _line(job: Job) -> str:
     elif job.errors:
         detail += f" (retrying after {job.errors[-1].type})"
     return (
-        f"  {job.task:<13} {job.state.value:<10} a{job.attempt} "
-        f"[{bar:<20}] {pct:5.1f}%  {detail}"
+        f"  {job.task:<13} {job.state.value:<10} a{job.attempt} [{bar:<20}] {pct:5.1f}%  {detail}"
     )
 
 
