@@ -18,6 +18,7 @@ and another tenant's job answers exactly like a missing one.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -309,6 +310,8 @@ async def list_jobs(request: Request) -> Response:
     q = request.query_params
     states = q.getlist("state") or None
     try:
+        if any("\x00" in k or "\x00" in v for k, v in q.multi_items()):
+            raise ValueError("query parameters must not contain NUL characters")
         if states is not None:
             states = [JobState(s).value for s in states]
         created_after = _parse_time(q.get("created_after"), "created_after")
@@ -345,6 +348,10 @@ def _parse_time(raw: str | None, name: str) -> datetime | None:
         raise ValueError(f"{name} must be an ISO 8601 timestamp with a time zone") from None
     if value.tzinfo is None:
         raise ValueError(f"{name} must include a time zone")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range") from None
     return value
 
 
@@ -449,7 +456,8 @@ async def share_job(request: Request) -> Response:
             409, "share links are disabled: set SKIPLOCK_SHARE_SECRET", code="sharing-disabled"
         )
     ttl = _float_param(request, "ttl", state.settings.share_ttl_seconds)
-    expires = time.time() + (ttl or state.settings.share_ttl_seconds)
+    # Whole seconds, as the token carries them: the link lives until exactly expires_at.
+    expires = math.ceil(time.time() + (ttl or state.settings.share_ttl_seconds))
     token = sign_share_token(job_id, principal.tenant, expires, secret)
     base = _base(request)
     return _json(

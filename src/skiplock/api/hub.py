@@ -35,10 +35,13 @@ __all__ = ["EventHub", "HubStats", "Subscription"]
 
 log = structlog.get_logger("skiplock.api.hub")
 
+# Any server error counts: a refused connect ("the database system is starting
+# up", "not currently accepting connections", "too many clients") must mean
+# "retry with backoff", never a crashed hub (and with it the app's lifespan).
 _DB_DOWN: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
 
@@ -213,7 +216,8 @@ class EventHub:
             self.stats.reads += 1
             for job in jobs:
                 for sub in list(self._subs.get(job.id, ())):
-                    if sub.tenant == job.tenant and not sub._offer(job):
+                    # A subscriber already dropped is not dropped (or counted) again.
+                    if sub.tenant == job.tenant and not sub.dropped and not sub._offer(job):
                         self.stats.dropped += 1
                         log.info("subscriber_dropped", job_id=str(job.id), reason="slow")
 

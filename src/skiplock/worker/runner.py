@@ -137,16 +137,25 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def _exc_message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception cannot be printed."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
 def _error_json(
     exc: BaseException | None, *, kind: str, message: str, attempt: int, worker: str
 ) -> str:
+    # jsonb refuses NUL characters: drop them, as JobContext.progress does for messages
     tb = None
     if exc is not None:
-        tb = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:]
+        tb = "".join(traceback.format_exception(exc)).replace("\x00", "")[-MAX_TRACEBACK_CHARS:]
     return dumps(
         {
-            "type": kind,
-            "message": message[:MAX_ERROR_MESSAGE_CHARS],
+            "type": kind.replace("\x00", ""),
+            "message": message.replace("\x00", "")[:MAX_ERROR_MESSAGE_CHARS],
             "traceback": tb,
             "attempt": attempt,
             "worker": worker,
@@ -411,9 +420,9 @@ class Worker:
             joblog.warning("job_timed_out", seconds=elapsed)
             return self._failure(lease, None, "TimeoutError", message, retryable=True, task=task)
         if isinstance(error, Fail):
-            joblog.warning("job_failed", error=str(error), seconds=elapsed)
+            joblog.warning("job_failed", error=_exc_message(error), seconds=elapsed)
             return self._failure(
-                lease, error, type(error).__name__, str(error), retryable=False, task=task
+                lease, error, type(error).__name__, _exc_message(error), retryable=False, task=task
             )
         if isinstance(error, Retry):
             joblog.info("job_retry_requested", delay=error.delay, seconds=elapsed)
@@ -423,7 +432,7 @@ class Worker:
         if error is not None:
             joblog.warning("job_errored", error=repr(error), seconds=elapsed)
             return self._failure(
-                lease, error, type(error).__name__, str(error), retryable=True, task=task
+                lease, error, type(error).__name__, _exc_message(error), retryable=True, task=task
             )
         try:
             result_json = dumps(result, what=f"the result of task {job.task!r}")

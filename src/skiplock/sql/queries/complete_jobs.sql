@@ -2,33 +2,34 @@
 -- fenced by its lease token, so a late write from a lost lease changes nothing.
 -- Outcomes: 'succeeded' (result), 'failed' (error appended), 'cancelled',
 -- 'retry' (queued again after delay, error appended), 'release' (queued now,
--- the attempt not counted: graceful shutdown).
+-- the attempt not counted: graceful shutdown). A retry or release of a job whose
+-- cancel was requested meanwhile ends it 'cancelled' instead: the cancel is kept.
 -- Parameters: $1 ids uuid[], $2 lease tokens uuid[], $3 outcomes text[],
 --   $4 results (JSON text)[], $5 errors (JSON text)[], $6 retry delay seconds
 --   float8[], $7 final progress real[] (NULL keeps), $8 final message text[],
 --   $9 final ETA seconds float8[].
 -- Result: the ids written; a missing id is a lost lease.
 UPDATE skiplock.jobs j SET
-    state = CASE c.outcome
-        WHEN 'retry' THEN 'queued'
-        WHEN 'release' THEN 'queued'
+    state = CASE
+        WHEN c.outcome IN ('retry', 'release') AND j.cancel_requested THEN 'cancelled'
+        WHEN c.outcome IN ('retry', 'release') THEN 'queued'
         ELSE c.outcome
     END::skiplock.job_state,
     attempt = CASE WHEN c.outcome = 'release' THEN j.attempt - 1 ELSE j.attempt END,
     result = CASE WHEN c.outcome = 'succeeded' THEN c.result::jsonb ELSE j.result END,
     errors = CASE WHEN c.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(c.error::jsonb) END,
-    run_at = CASE WHEN c.outcome IN ('retry', 'release')
+    run_at = CASE WHEN c.outcome IN ('retry', 'release') AND NOT j.cancel_requested
                   THEN now() + make_interval(secs => coalesce(c.delay, 0))
                   ELSE j.run_at END,
-    finished_at = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+    finished_at = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled')
+                            OR j.cancel_requested THEN now() END,
     progress = CASE WHEN c.outcome = 'succeeded' THEN 100
                     ELSE coalesce(c.progress, j.progress) END,
     progress_message = coalesce(c.message, j.progress_message),
-    eta = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled') THEN NULL
+    eta = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled') OR j.cancel_requested
+               THEN NULL
                ELSE coalesce(now() + make_interval(secs => c.eta), j.eta) END,
-    cancel_requested = CASE WHEN c.outcome IN ('retry', 'release') THEN false
-                            ELSE j.cancel_requested END,
     lease_token = NULL,
     lease_expires_at = NULL,
     updated_at = now()

@@ -1,7 +1,8 @@
 -- rescue_expired: jobs whose lease expired (their worker died, froze or lost
--- the database) go back to queued, or to failed when no attempt is left. Uses
--- the database clock only. Takes at most $1 rows, skipping locked ones, so
--- several rescuers never block each other.
+-- the database) go back to queued, or to failed when no attempt is left, or to
+-- cancelled when their cancel was requested. Uses the database clock only.
+-- Takes at most $1 rows, skipping locked ones, so several rescuers never block
+-- each other.
 -- Parameters: $1 limit. Result: (id, state, attempt, worker_id) of rescued rows.
 WITH expired AS (
     SELECT e.id
@@ -12,9 +13,10 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE skiplock.jobs j SET
-    state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed'
+    state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                 WHEN j.attempt >= j.max_attempts THEN 'failed'
                  ELSE 'queued' END::skiplock.job_state,
-    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts THEN now() END,
     run_at = now(),
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'type', 'LeaseExpired',

@@ -1,0 +1,543 @@
+"""The client: enqueue (also inside the application's transaction), get, list, cancel, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+import skiplock
+from skiplock import (
+    Client,
+    IdempotencyConflict,
+    InvalidJob,
+    Job,
+    JobNotFound,
+    JobSpec,
+    JobState,
+    JobStateConflict,
+)
+from skiplock.queue.store import Completion, Outcome
+
+
+@pytest_asyncio.fixture
+async def app_conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """The application's own connection, outside the client's pool."""
+    c = await asyncpg.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _count(client: Client, where: str = "true", *args: Any) -> int:
+    value = await client.pool.fetchval(f"SELECT count(*) FROM skiplock.jobs WHERE {where}", *args)  # noqa: S608 - fixed test clauses
+    return int(value)
+
+
+async def _running(client: Client, **kwargs: Any) -> Job:
+    """Enqueue a job on a queue of its own and claim it, as a worker would."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    job = await client.enqueue("t", queue=queue, **kwargs)
+    (claimed,) = await client.store.claim_jobs(client.pool, [queue], 1, 30.0, "worker-1")
+    assert claimed.id == job.id
+    return claimed
+
+
+async def _finished(client: Client, outcome: Outcome, **kwargs: Any) -> Job:
+    """A job that ran and ended with ``outcome``."""
+    job = await _running(client, **kwargs)
+    assert job.lease_token is not None
+    error = '{"type": "Boom", "message": "boom", "attempt": 1}' if outcome == "failed" else None
+    result = "42" if outcome == "succeeded" else None
+    done = await client.store.complete_jobs(
+        client.pool,
+        [Completion(job.id, job.lease_token, outcome, result_json=result, error_json=error)],
+    )
+    assert done == {job.id}
+    ended = await client.get(job.id)
+    assert ended is not None
+    assert ended.state == outcome
+    return ended
+
+
+# -- enqueue -------------------------------------------------------------------
+
+
+async def test_enqueue_returns_job_with_given_fields(client: Client) -> None:
+    """enqueue returns the stored job carrying every field it was given."""
+    run_at = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    job = await client.enqueue(
+        "send_email",
+        {"to": "a@example.com", "n": [1, 2.5, None]},
+        queue="mail",
+        priority=-5,
+        run_at=run_at,
+        max_attempts=7,
+        tenant="acme",
+        idempotency_key="k-1",
+        meta={"model": "m1"},
+    )
+    assert (job.task, job.args, job.queue, job.priority, job.run_at) == (
+        "send_email",
+        {"to": "a@example.com", "n": [1, 2.5, None]},
+        "mail",
+        -5,
+        run_at,
+    )
+    assert (job.max_attempts, job.tenant, job.idempotency_key, job.meta) == (
+        7,
+        "acme",
+        "k-1",
+        {"model": "m1"},
+    )
+    assert (job.state, job.attempt, job.errors, job.result, job.cancel_requested) == (
+        JobState.QUEUED,
+        0,
+        (),
+        None,
+        False,
+    )
+    assert (job.lease_token, job.lease_expires_at, job.worker_id) == (None, None, None)
+    assert (job.started_at, job.finished_at, job.progress) == (None, None, None)
+    assert await client.get(job.id) == job
+
+
+async def test_enqueue_without_schedule_is_due_at_creation(client: Client) -> None:
+    """A job with neither run_at nor delay is due at its creation time."""
+    job = await client.enqueue("t")
+    assert job.run_at == job.created_at
+
+
+async def test_enqueue_delay_counts_from_database_now(client: Client) -> None:
+    """A delayed job is due exactly delay after its creation, by the database clock."""
+    job = await client.enqueue("t", delay=timedelta(seconds=2.5))
+    assert job.run_at - job.created_at == timedelta(seconds=2.5)
+
+
+async def test_literal_backslash_u0000_round_trips(client: Client) -> None:
+    """Args holding the text \\u0000 (not a NUL) are stored and read back unchanged."""
+    args = {"s": "\\u0000", "t": "\\\\u0000", "u": "é\u2028"}
+    job = await client.enqueue("t", args)
+    stored = await client.get(job.id)
+    assert stored is not None
+    assert job.args == stored.args == args
+
+
+async def test_invalid_enqueue_writes_nothing(client: Client) -> None:
+    """An enqueue rejected by validation leaves the table empty."""
+    with pytest.raises(InvalidJob, match="NUL"):
+        await client.enqueue("t", {"s": "\x00"})
+    assert await _count(client) == 0
+
+
+async def test_transactional_enqueue_invisible_until_commit(
+    client: Client, app_conn: asyncpg.Connection[Any]
+) -> None:
+    """A job enqueued in the app's transaction is invisible to others until commit."""
+    async with app_conn.transaction():
+        job = await client.enqueue("t", {"a": 1}, connection=app_conn)
+        assert await client.get(job.id, connection=app_conn) == job
+        assert await client.get(job.id) is None
+        assert await _count(client) == 0
+    assert await client.get(job.id) == job
+
+
+async def test_rolled_back_enqueue_leaves_no_job(
+    client: Client, app_conn: asyncpg.Connection[Any]
+) -> None:
+    """A job enqueued in a transaction that rolls back never exists."""
+    tr = app_conn.transaction()
+    await tr.start()
+    job = await client.enqueue("t", connection=app_conn)
+    await tr.rollback()
+    assert await client.get(job.id) is None
+    assert await _count(client) == 0
+
+
+async def test_enqueue_many_keeps_order(client: Client) -> None:
+    """enqueue_many of 5,000 jobs in one call returns them in the given order, distinct."""
+    specs = [JobSpec(task="t", args={"i": i}, priority=i % 7) for i in range(5000)]
+    jobs = await client.enqueue_many(specs)
+    assert [j.id for j in jobs] == [s.id for s in specs]
+    assert [j.args["i"] for j in jobs] == list(range(5000))
+    assert len({j.id for j in jobs}) == 5000
+    assert len({j.created_at for j in jobs}) == 1  # one statement
+    assert await _count(client) == 5000
+
+
+async def test_enqueue_many_of_nothing(client: Client) -> None:
+    """enqueue_many of an empty batch returns [] and writes nothing."""
+    assert await client.enqueue_many([]) == []
+    assert await _count(client) == 0
+
+
+async def test_enqueue_many_refuses_non_specs(client: Client) -> None:
+    """enqueue_many refuses anything but JobSpec objects, writing nothing."""
+    batch: list[Any] = [JobSpec(task="t"), {"task": "t"}]
+    with pytest.raises(InvalidJob, match="takes JobSpec objects, not dict"):
+        await client.enqueue_many(batch)
+    assert await _count(client) == 0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="enqueue_many writes the batch's other jobs before raising the conflict"
+)
+async def test_conflicting_batch_writes_nothing(client: Client) -> None:
+    """An enqueue_many batch that raises IdempotencyConflict leaves none of its jobs behind."""
+    await client.enqueue("t", {"a": 1}, idempotency_key="k")
+    batch = [JobSpec(task="t"), JobSpec(task="t", args={"a": 2}, idempotency_key="k")]
+    with pytest.raises(IdempotencyConflict):
+        await client.enqueue_many(batch)
+    assert await _count(client) == 1
+
+
+# -- idempotency -----------------------------------------------------------------
+
+
+async def test_concurrent_enqueues_with_one_key_make_one_job(client: Client, db_dsn: str) -> None:
+    """50 concurrent enqueues with one idempotency key, each on its own connection, make one job."""
+    conns = await asyncio.gather(*(asyncpg.connect(db_dsn) for _ in range(50)))
+    try:
+        jobs = await asyncio.gather(
+            *(client.enqueue("t", {"a": 1}, idempotency_key="once", connection=c) for c in conns)
+        )
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    assert len({j.id for j in jobs}) == 1
+    assert await _count(client) == 1
+
+
+async def test_same_key_same_request_returns_existing_job(client: Client) -> None:
+    """Enqueueing the same task and args under a used key returns the existing job."""
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k")
+    again = await client.enqueue("t", {"a": 1}, idempotency_key="k")
+    assert again == first
+    assert await _count(client) == 1
+
+
+async def test_same_key_different_request_conflicts(client: Client) -> None:
+    """The same key with other args or another task raises IdempotencyConflict, adding no row."""
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k")
+    for task, args in [("t", {"a": 2}), ("other", {"a": 1})]:
+        with pytest.raises(IdempotencyConflict) as caught:
+            await client.enqueue(task, args, idempotency_key="k")
+        assert caught.value.job_id == first.id
+    assert await _count(client) == 1
+
+
+async def test_idempotency_key_is_per_tenant(client: Client) -> None:
+    """The same key in another tenant makes that tenant its own job."""
+    a = await client.enqueue("t", {"a": 1}, tenant="a", idempotency_key="k")
+    b = await client.enqueue("t", {"a": 1}, tenant="b", idempotency_key="k")
+    assert a.id != b.id
+    assert (a.tenant, b.tenant) == ("a", "b")
+    assert await _count(client) == 2
+
+
+# -- get ---------------------------------------------------------------------------
+
+
+async def test_get_with_wrong_tenant_returns_none(client: Client) -> None:
+    """get scoped to another tenant does not see the job."""
+    job = await client.enqueue("t", tenant="acme")
+    assert await client.get(job.id, tenant="other") is None
+    assert await client.get(job.id, tenant="acme") == job
+
+
+async def test_get_accepts_string_id(client: Client) -> None:
+    """get takes the id as text too."""
+    job = await client.enqueue("t")
+    assert await client.get(str(job.id)) == job
+
+
+async def test_get_malformed_id_returns_none(client: Client) -> None:
+    """get with a malformed id returns None instead of raising."""
+    await client.enqueue("t")
+    for job_id in ["not-a-uuid", "", "1234", "00000000-0000-0000-0000"]:
+        assert await client.get(job_id) is None, job_id
+
+
+async def test_get_unknown_id_returns_none(client: Client) -> None:
+    """get of an id that does not exist returns None."""
+    await client.enqueue("t")
+    assert await client.get(uuid.uuid4()) is None
+
+
+# -- list --------------------------------------------------------------------------
+
+
+async def _ids(client: Client, **filters: Any) -> set[uuid.UUID]:
+    page = await client.list(limit=1000, **filters)
+    assert page.next_cursor is None
+    return {j.id for j in page.jobs}
+
+
+async def test_list_filters_by_state(client: Client) -> None:
+    """list(states=…) keeps jobs in those states only."""
+    queued = await client.enqueue("t")
+    cancelled = await client.cancel((await client.enqueue("t")).id)
+    running = await _running(client)
+    assert await _ids(client, states=["cancelled", JobState.RUNNING]) == {cancelled.id, running.id}
+    assert await _ids(client, states=[JobState.QUEUED]) == {queued.id}
+
+
+async def test_list_filters_by_task(client: Client) -> None:
+    """list(task=…) keeps that task's jobs only."""
+    x = await client.enqueue("x")
+    await client.enqueue("y")
+    assert await _ids(client, task="x") == {x.id}
+
+
+async def test_list_filters_by_queue(client: Client) -> None:
+    """list(queue=…) keeps that queue's jobs only."""
+    await client.enqueue("t", queue="a")
+    b = await client.enqueue("t", queue="b")
+    assert await _ids(client, queue="b") == {b.id}
+
+
+async def test_list_filters_by_created_range(client: Client) -> None:
+    """list(created_after=…, created_before=…) keeps jobs created in [after, before)."""
+    jobs = [await client.enqueue("t", {"i": i}) for i in range(5)]
+    assert [j.created_at for j in jobs] == sorted({j.created_at for j in jobs})
+    found = await _ids(client, created_after=jobs[1].created_at, created_before=jobs[3].created_at)
+    assert found == {jobs[1].id, jobs[2].id}
+
+
+async def test_list_filters_by_meta_containment(client: Client) -> None:
+    """list(meta=…) keeps jobs whose meta contains the given labels, nested ones too."""
+    a = await client.enqueue("t", meta={"model": "a", "provider": "p", "tags": {"x": 1, "y": 2}})
+    b = await client.enqueue("t", meta={"model": "b", "provider": "p"})
+    await client.enqueue("t")
+    assert await _ids(client, meta={"model": "a"}) == {a.id}
+    assert await _ids(client, meta={"provider": "p"}) == {a.id, b.id}
+    assert await _ids(client, meta={"tags": {"x": 1}}) == {a.id}
+    assert await _ids(client, meta={"model": "c"}) == set()
+
+
+async def test_list_filters_by_tenant(client: Client) -> None:
+    """list(tenant=…) keeps that tenant's jobs only; no tenant means every tenant."""
+    a = await client.enqueue("t", tenant="a")
+    b = await client.enqueue("t", tenant="b")
+    assert await _ids(client, tenant="a") == {a.id}
+    assert await _ids(client) == {a.id, b.id}
+
+
+async def test_list_combines_filters(client: Client) -> None:
+    """Several filters keep only the jobs matching all of them."""
+    match = await client.enqueue("x", tenant="a", queue="q")
+    await client.enqueue("x", tenant="b", queue="q")
+    await client.enqueue("y", tenant="a", queue="q")
+    await client.enqueue("x", tenant="a", queue="other")
+    await client.cancel((await client.enqueue("x", tenant="a", queue="q")).id)
+    assert await _ids(client, tenant="a", task="x", queue="q", states=["queued"]) == {match.id}
+
+
+async def _walk(client: Client, limit: int, **filters: Any) -> list[list[Job]]:
+    pages: list[list[Job]] = []
+    cursor: str | None = None
+    while True:
+        page = await client.list(cursor=cursor, limit=limit, **filters)
+        pages.append(list(page.jobs))
+        if page.next_cursor is None:
+            return pages
+        assert len(pages) < 1000, "pagination does not end"
+        cursor = page.next_cursor
+
+
+async def test_list_pages_through_everything_once(client: Client) -> None:
+    """Keyset pages (ties on created_at included) cover every job once, newest first."""
+    jobs: list[Job] = []
+    for size in (40, 1, 62, 1, 3):  # a batch shares one created_at: ties broken by id
+        jobs += await client.enqueue_many([JobSpec(task="t") for _ in range(size)])
+    pages = await _walk(client, limit=7)
+    seen = [j.id for page in pages for j in page]
+    assert all(len(page) == 7 for page in pages[:-1])
+    assert len(seen) == len(set(seen)) == len(jobs)
+    newest_first = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)
+    assert seen == [j.id for j in newest_first]
+
+
+async def test_list_full_last_page_has_no_cursor(client: Client) -> None:
+    """When the jobs fill the last page exactly, it carries no cursor (no empty page follows)."""
+    await client.enqueue_many([JobSpec(task="t") for _ in range(14)])
+    pages = await _walk(client, limit=7)
+    assert [len(p) for p in pages] == [7, 7]
+
+
+async def test_list_pages_keep_filters(client: Client) -> None:
+    """Paging a filtered listing yields exactly the matching jobs."""
+    mine = await client.enqueue_many([JobSpec(task="t", tenant="a") for _ in range(23)])
+    await client.enqueue_many([JobSpec(task="t", tenant="b") for _ in range(23)])
+    pages = await _walk(client, limit=5, tenant="a")
+    seen = [j.id for page in pages for j in page]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == {j.id for j in mine}
+
+
+async def test_list_refuses_bad_limit(client: Client) -> None:
+    """list refuses a page size outside 1..1000."""
+    for limit in (0, 1001):
+        with pytest.raises(ValueError, match="limit must be between 1 and 1000"):
+            await client.list(limit=limit)
+
+
+async def test_list_refuses_bad_cursor(client: Client) -> None:
+    """list refuses a cursor it did not make."""
+    with pytest.raises(ValueError, match="invalid cursor"):
+        await client.list(cursor="bm90IGEgY3Vyc29y")
+
+
+# -- cancel ------------------------------------------------------------------------
+
+
+async def test_cancel_queued_job(client: Client) -> None:
+    """Cancelling a queued job ends it cancelled at once, with finished_at."""
+    job = await client.enqueue("t")
+    cancelled = await client.cancel(job.id)
+    assert cancelled.state is JobState.CANCELLED
+    assert cancelled.finished_at is not None
+    assert cancelled.finished_at >= job.created_at
+    assert await client.get(job.id) == cancelled
+
+
+async def test_cancel_running_job_requests_cancel(client: Client) -> None:
+    """Cancelling a running job sets cancel_requested and leaves it running with its lease."""
+    job = await _running(client)
+    cancelled = await client.cancel(job.id)
+    assert cancelled.state is JobState.RUNNING
+    assert cancelled.cancel_requested is True
+    assert cancelled.finished_at is None
+    assert cancelled.lease_token == job.lease_token
+
+
+async def test_cancel_finished_job_returns_it_unchanged(client: Client) -> None:
+    """Cancelling a job that already ended (in any way) returns it exactly as it was."""
+    outcomes: list[Outcome] = ["succeeded", "failed", "cancelled"]
+    for outcome in outcomes:
+        ended = await _finished(client, outcome)
+        assert await client.cancel(ended.id) == ended
+        assert await client.get(ended.id) == ended
+
+
+async def test_cancel_unknown_job_not_found(client: Client) -> None:
+    """Cancelling a job that does not exist (or a malformed id) raises JobNotFound."""
+    for job_id in (uuid.UUID(int=1), "not-a-uuid"):
+        with pytest.raises(JobNotFound, match=f"job {job_id} not found"):
+            await client.cancel(job_id)
+
+
+async def test_cancel_other_tenants_job_not_found(client: Client) -> None:
+    """Cancelling another tenant's job raises JobNotFound and leaves it queued."""
+    job = await client.enqueue("t", tenant="a")
+    with pytest.raises(JobNotFound):
+        await client.cancel(job.id, tenant="b")
+    assert await client.get(job.id) == job
+
+
+# -- retry -------------------------------------------------------------------------
+
+
+async def test_retry_failed_job(client: Client) -> None:
+    """Retrying a failed job queues it again, due now, with an attempt left and its history."""
+    failed = await _finished(client, "failed", max_attempts=1)
+    assert (failed.attempt, failed.max_attempts) == (1, 1)
+    retried = await client.retry(failed.id)
+    assert retried.state is JobState.QUEUED
+    assert retried.finished_at is None
+    assert retried.max_attempts > retried.attempt == 1
+    assert retried.errors == failed.errors
+    assert retried.run_at == retried.updated_at  # due at the database's now
+    (again,) = await client.store.claim_jobs(client.pool, [failed.queue], 1, 30.0, "w")
+    assert (again.id, again.attempt) == (failed.id, 2)
+
+
+async def test_retry_cancelled_job(client: Client) -> None:
+    """Retrying a cancelled job queues it again without its cancel request."""
+    cancelled = await client.cancel((await client.enqueue("t")).id)
+    retried = await client.retry(cancelled.id)
+    assert retried.state is JobState.QUEUED
+    assert retried.cancel_requested is False
+    assert retried.finished_at is None
+    assert retried.max_attempts == 3
+
+
+async def test_retry_queued_job_conflicts(client: Client) -> None:
+    """Retrying a queued job raises JobStateConflict and changes nothing."""
+    job = await client.enqueue("t")
+    with pytest.raises(JobStateConflict, match=r"cannot retry job .*: it is queued") as caught:
+        await client.retry(job.id)
+    assert caught.value.state == "queued"
+    assert await client.get(job.id) == job
+
+
+async def test_retry_running_job_conflicts(client: Client) -> None:
+    """Retrying a running job raises JobStateConflict."""
+    job = await _running(client)
+    with pytest.raises(JobStateConflict, match="it is running"):
+        await client.retry(job.id)
+
+
+async def test_retry_succeeded_job_conflicts(client: Client) -> None:
+    """Retrying a succeeded job raises JobStateConflict and keeps its result."""
+    job = await _finished(client, "succeeded")
+    with pytest.raises(JobStateConflict, match="it is succeeded"):
+        await client.retry(job.id)
+    assert await client.get(job.id) == job
+
+
+async def test_retry_unknown_job_not_found(client: Client) -> None:
+    """Retrying a job that does not exist (or a malformed id) raises JobNotFound."""
+    for job_id in (uuid.UUID(int=1), "not-a-uuid"):
+        with pytest.raises(JobNotFound, match=f"job {job_id} not found"):
+            await client.retry(job_id)
+
+
+async def test_retry_other_tenants_job_not_found(client: Client) -> None:
+    """Retrying another tenant's failed job raises JobNotFound and leaves it failed."""
+    failed = await _finished(client, "failed", tenant="a")
+    with pytest.raises(JobNotFound):
+        await client.retry(failed.id, tenant="b")
+    assert await client.get(failed.id) == failed
+
+
+# -- constraints and schemas ---------------------------------------------------------
+
+
+async def test_finished_check_rejects_inconsistent_update(client: Client) -> None:
+    """The CHECK tying terminal state and finished_at rejects a direct UPDATE that breaks it."""
+    job = await client.enqueue("t")
+    for assignment in ("state = 'succeeded'", "finished_at = now()"):
+        with pytest.raises(asyncpg.CheckViolationError) as caught:
+            await client.pool.execute(
+                f"UPDATE skiplock.jobs SET {assignment} WHERE id = $1",  # noqa: S608 - fixed test clauses
+                job.id,
+            )
+        assert caught.value.constraint_name == "jobs_finished_check"
+    assert await client.get(job.id) == job
+
+
+async def test_lease_check_rejects_running_without_lease(client: Client) -> None:
+    """The CHECK tying the running state to a lease rejects a running row without one."""
+    job = await client.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await client.pool.execute(
+            "UPDATE skiplock.jobs SET state = 'running' WHERE id = $1", job.id
+        )
+    assert caught.value.constraint_name == "jobs_lease_check"
+
+
+async def test_client_in_custom_schema(db_dsn: str, client: Client) -> None:
+    """A client for another schema writes there and not in the default schema."""
+    await skiplock.migrate(db_dsn, schema="jobs_alt")
+    async with await Client.connect(db_dsn, schema="jobs_alt") as alt:
+        job = await alt.enqueue("t")
+        assert await alt.get(job.id) == job
+        assert await alt.pool.fetchval("SELECT count(*) FROM jobs_alt.jobs") == 1
+    assert await _count(client) == 0

@@ -1,0 +1,230 @@
+"""Migrations: from zero to the committed snapshot, once, concurrently, forward-only."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+import pytest_asyncio
+
+import skiplock
+from skiplock import SchemaMismatch, check_schema, sql
+from skiplock.queue.store import Store
+from tests.integration.schemadump import render_schema
+
+SNAPSHOT = Path(__file__).with_name("schema_snapshot.txt")
+LATEST = sql.migrations()[-1].version
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest_asyncio.fixture
+async def empty_db_dsn(pg_admin_dsn: str) -> AsyncIterator[str]:
+    """A brand-new database without any skiplock objects, dropped afterwards."""
+    name = f"skiplock_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        try:
+            yield _with_database(pg_admin_dsn, name)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def conn(empty_db_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection to the empty database."""
+    c = await asyncpg.connect(empty_db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def _ledger(conn: asyncpg.Connection[Any]) -> list[tuple[Any, ...]]:
+    rows = await conn.fetch("SELECT * FROM skiplock.migrations ORDER BY version")
+    return [tuple(r.values()) for r in rows]
+
+
+async def test_migrations_from_zero_match_snapshot(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """Migrating an empty database yields exactly the committed schema_snapshot.txt.
+
+    A deliberate schema change (a new migration) changes the snapshot: rewrite it
+    with ``SKIPLOCK_UPDATE_SNAPSHOT=1 pytest tests/integration/test_migrations.py``
+    and commit the diff with the migration.
+    """
+    await skiplock.migrate(empty_db_dsn)
+    rendered = await render_schema(conn, "skiplock")
+    if os.environ.get("SKIPLOCK_UPDATE_SNAPSHOT") == "1":
+        SNAPSHOT.write_text(rendered, encoding="utf-8")
+        pytest.skip(f"rewrote {SNAPSHOT.name}")
+    expected = SNAPSHOT.read_text(encoding="utf-8")
+    diff = "".join(
+        difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            rendered.splitlines(keepends=True),
+            fromfile=f"{SNAPSHOT.name} (committed)",
+            tofile="migrated schema",
+        )
+    )
+    assert rendered == expected, (
+        "the migrated schema differs from the snapshot; if intended, rerun with "
+        f"SKIPLOCK_UPDATE_SNAPSHOT=1 and commit the diff:\n{diff}"
+    )
+
+
+async def test_concurrent_migrations_apply_each_once(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """Ten concurrent migrate calls apply every migration exactly once, without errors."""
+    results: list[list[int]] = []
+
+    async def run() -> None:
+        results.append(await skiplock.migrate(empty_db_dsn))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(run)
+
+    all_versions = [m.version for m in sql.migrations()]
+    assert sorted(results) == [[]] * 9 + [all_versions]
+    versions = await conn.fetch("SELECT version FROM skiplock.migrations ORDER BY version")
+    assert [r["version"] for r in versions] == all_versions
+
+
+async def test_second_migrate_changes_nothing(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """Migrating an up-to-date database returns [] and leaves schema and ledger as they were."""
+    await skiplock.migrate(empty_db_dsn)
+    schema_before = await render_schema(conn, "skiplock")
+    ledger_before = await _ledger(conn)
+
+    assert await skiplock.migrate(empty_db_dsn) == []
+
+    assert await render_schema(conn, "skiplock") == schema_before
+    assert await _ledger(conn) == ledger_before
+
+
+async def test_changed_migration_refused(empty_db_dsn: str, conn: asyncpg.Connection[Any]) -> None:
+    """An applied migration whose recorded checksum differs makes migrate raise SchemaMismatch."""
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute("UPDATE skiplock.migrations SET checksum = 'edited' WHERE version = 1")
+    ledger_before = await _ledger(conn)
+
+    with pytest.raises(SchemaMismatch, match=r"migration 0001_jobs .*checksum mismatch"):
+        await skiplock.migrate(empty_db_dsn)
+    assert await _ledger(conn) == ledger_before
+
+
+async def test_check_schema_refuses_changed_migration(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """check_schema raises SchemaMismatch when an applied migration's checksum differs."""
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute("UPDATE skiplock.migrations SET checksum = 'edited' WHERE version = 1")
+
+    with pytest.raises(SchemaMismatch, match="checksum mismatch"):
+        await check_schema(conn)
+
+
+async def test_unknown_migration_refused(empty_db_dsn: str, conn: asyncpg.Connection[Any]) -> None:
+    """A ledger holding a migration this version does not ship makes migrate ask for an upgrade."""
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute(
+        "INSERT INTO skiplock.migrations (version, name, checksum) VALUES ($1, 'future', 'x')",
+        LATEST + 1,
+    )
+
+    with pytest.raises(SchemaMismatch, match=r"does not know: upgrade skiplock"):
+        await skiplock.migrate(empty_db_dsn)
+
+
+async def test_failed_migration_leaves_nothing(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails midway leaves neither its objects nor its ledger row."""
+    shipped = sql.migrations()
+    broken = sql.Migration(
+        LATEST + 1, "broken", "CREATE TABLE skiplock.half_done (x int);\nSELECT 1 / 0;\n"
+    )
+    monkeypatch.setattr(sql, "migrations", lambda: (*shipped, broken))
+
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await skiplock.migrate(empty_db_dsn)
+
+    assert await conn.fetchval("SELECT to_regclass('skiplock.half_done')") is None
+    versions = await conn.fetch("SELECT version FROM skiplock.migrations ORDER BY version")
+    assert [r["version"] for r in versions] == [m.version for m in shipped]
+
+
+async def test_migration_commits_with_its_ledger_row(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration whose ledger row cannot be written leaves none of its objects behind."""
+
+    async def refuse(*args: object) -> None:
+        raise RuntimeError("ledger write failed")
+
+    monkeypatch.setattr(Store, "record_migration", refuse)
+    with pytest.raises(RuntimeError, match="ledger write failed"):
+        await skiplock.migrate(empty_db_dsn)
+    assert await conn.fetchval("SELECT to_regclass('skiplock.jobs')") is None
+
+
+async def test_invalid_schema_name_refused_before_connecting() -> None:
+    """migrate refuses an invalid schema name without touching any database."""
+    with pytest.raises(ValueError, match="invalid schema name"):
+        await skiplock.migrate("postgresql://nobody@unreachable.invalid/x", schema="Jobs-Alt")
+
+
+async def test_check_schema_on_empty_database(conn: asyncpg.Connection[Any]) -> None:
+    """check_schema on a database without skiplock says to run `skiplock migrate`."""
+    with pytest.raises(SchemaMismatch, match=r"not installed in this database.*skiplock migrate"):
+        await check_schema(conn)
+
+
+async def test_check_schema_missing_latest_migration(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """check_schema on a ledger lacking the latest migration says to run `skiplock migrate`."""
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute("DELETE FROM skiplock.migrations WHERE version = $1", LATEST)
+
+    with pytest.raises(
+        SchemaMismatch,
+        match=rf"at version {LATEST - 1}, this skiplock needs {LATEST}.*skiplock migrate",
+    ):
+        await check_schema(conn)
+
+
+async def test_check_schema_returns_version(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """check_schema returns the schema version when every migration is applied."""
+    await skiplock.migrate(empty_db_dsn)
+    assert await check_schema(conn) == LATEST
+
+
+async def test_check_schema_looks_at_the_given_schema(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any]
+) -> None:
+    """check_schema for another schema name does not accept the default schema's install."""
+    await skiplock.migrate(empty_db_dsn)
+    with pytest.raises(SchemaMismatch, match="'jobs_alt' is not installed"):
+        await check_schema(conn, schema="jobs_alt")
