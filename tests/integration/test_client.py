@@ -186,9 +186,6 @@ async def test_enqueue_many_refuses_non_specs(client: Client) -> None:
     assert await _count(client) == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="enqueue_many writes the batch's other jobs before raising the conflict"
-)
 async def test_conflicting_batch_writes_nothing(client: Client) -> None:
     """An enqueue_many batch that raises IdempotencyConflict leaves none of its jobs behind."""
     await client.enqueue("t", {"a": 1}, idempotency_key="k")
@@ -541,3 +538,22 @@ async def test_client_in_custom_schema(db_dsn: str, client: Client) -> None:
         assert await alt.get(job.id) == job
         assert await alt.pool.fetchval("SELECT count(*) FROM jobs_alt.jobs") == 1
     assert await _count(client) == 0
+
+
+async def test_sending_the_same_spec_twice_returns_the_same_job(client: Client) -> None:
+    """Enqueueing one JobSpec again (a retry after a network error) returns the job it made."""
+    spec = JobSpec(task="t", args={"a": 1})
+    (first,) = await client.enqueue_many([spec])
+    (again,) = await client.enqueue_many([spec])
+    assert again.id == first.id == spec.id
+    assert await _count(client) == 1
+
+
+async def test_a_job_id_reused_for_another_request_is_refused(client: Client) -> None:
+    """A spec whose id already belongs to a different job is refused and writes nothing."""
+    spec = JobSpec(task="t", args={"a": 1})
+    await client.enqueue_many([spec])
+    other = JobSpec(task="t", args={"a": 2}, id=spec.id)
+    with pytest.raises(InvalidJob, match="already used"):
+        await client.enqueue_many([other, JobSpec(task="t")])
+    assert await _count(client) == 1

@@ -456,8 +456,12 @@ async def share_job(request: Request) -> Response:
             409, "share links are disabled: set SKIPLOCK_SHARE_SECRET", code="sharing-disabled"
         )
     ttl = _float_param(request, "ttl", state.settings.share_ttl_seconds)
+    if ttl == 0:
+        raise HTTPProblem(422, "ttl must be more than 0 seconds", code="invalid-parameter")
     # Whole seconds, as the token carries them: the link lives until exactly expires_at.
-    expires = math.ceil(time.time() + (ttl or state.settings.share_ttl_seconds))
+    expires = math.ceil(
+        time.time() + (ttl if ttl is not None else state.settings.share_ttl_seconds)
+    )
     token = sign_share_token(job_id, principal.tenant, expires, secret)
     base = _base(request)
     return _json(
@@ -578,6 +582,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem_response(status, str(detail), code=code, headers=getattr(exc, "headers", None))
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("request_failed", path=request.url.path, error=repr(exc), exc_info=exc)
+    return problem_response(500, "an internal error occurred", code="internal-error")
+
+
 async def _db_down(request: Request, exc: Exception) -> Response:
     log.warning("request_failed_database_unavailable", error=repr(exc), path=request.url.path)
     return problem_response(
@@ -686,6 +695,7 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         asyncpg.PostgresConnectionError: _db_down,
         asyncpg.InterfaceError: _db_down,
         asyncpg.CannotConnectNowError: _db_down,
+        Exception: _internal_error,
     }
     app = Starlette(
         routes=routes,

@@ -195,6 +195,13 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             "in": "query",
             "schema": {"type": "integer", "minimum": 1, "maximum": 200},
         },
+        {
+            "name": "meta.{label}",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "Keep jobs whose meta has this label with this value, e.g. "
+            "`meta.model=x1`; several labels must all match.",
+        },
     ]
     return {
         "openapi": "3.1.0",
@@ -336,7 +343,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
                             "in": "query",
                             "schema": {
                                 "type": "number",
-                                "minimum": 0,
+                                "exclusiveMinimum": 0,
                                 "maximum": settings.share_ttl_seconds,
                             },
                         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -150,7 +151,19 @@ class Client:
         for spec in batch:
             if not isinstance(spec, JobSpec):
                 raise InvalidJob(f"enqueue_many takes JobSpec objects, not {type(spec).__name__}")
-        ex = self._ex(connection)
+        if len(batch) == 1:  # one statement: atomic on its own
+            return await self._enqueue(self._ex(connection), batch)
+        # Several jobs: all or none, even when a conflict is found after the insert.
+        if connection is None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._enqueue(conn, batch)
+        if isinstance(connection, asyncpg.Pool):
+            async with connection.acquire() as conn, conn.transaction():
+                return await self._enqueue(conn, batch)
+        async with connection.transaction():  # a savepoint inside the caller's transaction
+            return await self._enqueue(connection, batch)
+
+    async def _enqueue(self, ex: Executor, batch: list[JobSpec]) -> builtins.list[Job]:
         found: dict[uuid.UUID, Job] = {}
         pending = batch
         for _ in range(_IDEMPOTENCY_ROUNDS):
@@ -159,21 +172,7 @@ class Client:
             pending = [s for s in pending if s.id not in found]
             if not pending:
                 break
-            keyed = [(s.tenant, s.idempotency_key) for s in pending if s.idempotency_key]
-            existing = {
-                (j.tenant, j.idempotency_key): j
-                for j in await self.store.get_by_idempotency_keys(ex, keyed)
-            }
-            still: list[JobSpec] = []
-            for spec in pending:
-                holder = existing.get((spec.tenant, spec.idempotency_key))
-                if holder is None:
-                    still.append(spec)  # the holder vanished meanwhile: insert again
-                    continue
-                if not _same_request(spec, holder):
-                    raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", holder.id)
-                found[spec.id] = holder
-            pending = still
+            pending = await self._resolve_conflicts(ex, pending, found)
             if not pending:
                 break
         if pending:
@@ -181,6 +180,33 @@ class Client:
                 "could not resolve idempotency keys held by a concurrent transaction; retry"
             )
         return [found[s.id] for s in batch]
+
+    async def _resolve_conflicts(
+        self, ex: Executor, pending: builtins.list[JobSpec], found: dict[uuid.UUID, Job]
+    ) -> builtins.list[JobSpec]:
+        """Match skipped specs to the rows that hold their id or key; return the unmatched."""
+        by_id = {j.id: j for j in await self.store.get_jobs(ex, [s.id for s in pending], None)}
+        keyed = [(s.tenant, s.idempotency_key) for s in pending if s.idempotency_key]
+        by_key = {
+            (j.tenant, j.idempotency_key): j
+            for j in (await self.store.get_by_idempotency_keys(ex, keyed) if keyed else [])
+        }
+        still: builtins.list[JobSpec] = []
+        for spec in pending:
+            same_id = by_id.get(spec.id)
+            if same_id is not None:  # the same spec sent again (e.g. after a network error)
+                if same_id.tenant != spec.tenant or not _same_request(spec, same_id):
+                    raise InvalidJob(f"job id {spec.id} is already used by another job")
+                found[spec.id] = same_id
+                continue
+            holder = by_key.get((spec.tenant, spec.idempotency_key))
+            if holder is None:
+                still.append(spec)  # the holder vanished meanwhile: insert again
+                continue
+            if not _same_request(spec, holder):
+                raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", holder.id)
+            found[spec.id] = holder
+        return still
 
     async def get(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -22,7 +23,20 @@ def dumps(value: Any, *, what: str) -> str:
         raise ValueError(f"{what} is not JSON-serializable: {exc}") from None
     if b"\\u0000" in data and _NUL_RE.search(data):
         raise ValueError(f"{what} contains a NUL character (\\u0000), which PostgreSQL rejects")
+    # orjson writes NaN and infinities as null; only then is a walk needed.
+    if b"null" in data and _has_non_finite(value):
+        raise ValueError(f"{what} contains NaN or an infinite number, which JSON cannot hold")
     return data.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def loads(text: str | bytes) -> Any:

@@ -1,6 +1,6 @@
 -- enqueue_many: insert a batch of jobs in one statement. Rows whose
--- (tenant, idempotency_key) already exists are skipped; the caller reads them
--- with get_by_idempotency_keys.
+-- (tenant, idempotency_key) or id already exists are skipped; the caller reads
+-- them back with get_by_idempotency_keys / get_jobs.
 -- Parameters (arrays of equal length, one element per job):
 --   $1 id uuid[], $2 queue text[], $3 task text[], $4 args (JSON text)[],
 --   $5 priority int[], $6 run_at timestamptz[] (NULL: now() + delay),
@@ -18,5 +18,5 @@ FROM unnest(
     $7::float8[], $8::int[], $9::text[], $10::text[], $11::text[]
 ) AS n (id, queue, task, args, priority, run_at, delay, max_attempts, tenant,
         idempotency_key, meta)
-ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING j.*
