@@ -1,0 +1,1 @@
+"""Benchmarks of skiplock: programs that print measurements, not tests."""
