@@ -103,3 +103,13 @@ def test_well_encoded_wrong_payload_rejected(payload: Any) -> None:
     """Valid base64 JSON that is not a (aware timestamp, uuid) pair raises ValueError."""
     with pytest.raises(ValueError, match=r"^invalid cursor: "):
         decode_cursor(_raw_cursor(payload))
+
+
+def test_cursor_outside_the_calendar_rejected() -> None:
+    """A cursor whose timestamp overflows when converted to UTC is a ValueError, not a 500."""
+    import base64
+
+    raw = b'["0001-01-01T00:00:00+14:00","00000000-0000-0000-0000-000000000000"]'
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(ValueError, match="invalid cursor"):
+        decode_cursor(cursor)

@@ -6,7 +6,7 @@ import base64
 import builtins
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import asyncpg
@@ -45,8 +45,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         when = datetime.fromisoformat(created)
         if when.tzinfo is None:
             raise ValueError("naive timestamp")
+        when.astimezone(UTC)  # OverflowError near the ends of the calendar
         return when, uuid.UUID(job_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"invalid cursor: {cursor!r}") from exc
 
 

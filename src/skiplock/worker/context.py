@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from skiplock.queue.models import Job
-from skiplock.worker.errors import Cancelled
+from skiplock.worker.errors import MAX_DELAY_SECONDS, Cancelled
 
 __all__ = ["JobContext", "ProgressReport"]
 
@@ -111,14 +111,14 @@ class JobContext:
         if not math.isfinite(percent) or not 0 <= percent <= 100:
             raise ValueError("progress percent must be between 0 and 100")
         if message is not None:
-            message = str(message).replace("\x00", "")
+            message = str(message).replace("\x00", "").encode("utf-8", "replace").decode()
             if len(message) > MAX_MESSAGE_CHARS:
                 message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         eta_seconds: float | None = None
         if eta is not None:
             eta_seconds = eta.total_seconds() if isinstance(eta, timedelta) else float(eta)
-            if not math.isfinite(eta_seconds) or eta_seconds < 0:
-                raise ValueError("eta must be a non-negative duration")
+            if not 0 <= eta_seconds <= MAX_DELAY_SECONDS:  # also refuses NaN and infinity
+                raise ValueError(f"eta must be between 0 and {MAX_DELAY_SECONDS} seconds")
         self._report(ProgressReport(float(percent), message, eta_seconds))
         return _DONE
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-__all__ = ["Cancelled", "Fail", "Retry"]
+__all__ = ["MAX_DELAY_SECONDS", "Cancelled", "Fail", "Retry"]
+
+MAX_DELAY_SECONDS = 366 * 24 * 3600
 
 
 class Retry(Exception):  # read as a verb at the raise site: `raise Retry(30)`
@@ -15,8 +17,8 @@ class Retry(Exception):  # read as a verb at the raise site: `raise Retry(30)`
 
     def __init__(self, delay: float | timedelta = 0.0, reason: str = "retry requested") -> None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError("Retry delay must not be negative")
+        if not 0 <= seconds <= MAX_DELAY_SECONDS:  # also refuses NaN and infinity
+            raise ValueError(f"Retry delay must be between 0 and {MAX_DELAY_SECONDS} seconds")
         super().__init__(reason)
         self.delay = seconds
         self.reason = reason

@@ -56,14 +56,14 @@ log = structlog.get_logger("skiplock.worker")
 
 CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
 
-# Errors that mean "the database is unreachable right now": retry later.
+# Errors that mean "the database cannot do this right now": unreachable,
+# restarting, out of connections, a deadlock or statement timeout. Every loop
+# retries them with backoff instead of letting them end the worker.
 _DB_DOWN: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
 )
 
 MAX_TRACEBACK_CHARS = 16_000
@@ -145,17 +145,22 @@ def _exc_message(exc: BaseException) -> str:
         return f"<{type(exc).__name__}: str() failed>"
 
 
+def _clean(text: str) -> str:
+    """Text PostgreSQL accepts: no NUL, no lone surrogates."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def _error_json(
     exc: BaseException | None, *, kind: str, message: str, attempt: int, worker: str
 ) -> str:
     # jsonb refuses NUL characters: drop them, as JobContext.progress does for messages
     tb = None
     if exc is not None:
-        tb = "".join(traceback.format_exception(exc)).replace("\x00", "")[-MAX_TRACEBACK_CHARS:]
+        tb = _clean("".join(traceback.format_exception(exc)))[-MAX_TRACEBACK_CHARS:]
     return dumps(
         {
-            "type": kind.replace("\x00", ""),
-            "message": message.replace("\x00", "")[:MAX_ERROR_MESSAGE_CHARS],
+            "type": _clean(kind),
+            "message": _clean(message)[:MAX_ERROR_MESSAGE_CHARS],
             "traceback": tb,
             "attempt": attempt,
             "worker": worker,
@@ -369,6 +374,11 @@ class Worker:
         lease.ctx = ctx
         try:
             completion = await self._run_handler(lease, ctx, joblog)
+        except BaseException:
+            # Cancelled from outside (kill) or a handler that raised CancelledError
+            # itself: write nothing, stop heartbeating; the rescuer takes the job.
+            self._forget(lease)
+            raise
         finally:
             self._running -= 1
             self._slot_free.set()
@@ -402,6 +412,11 @@ class Worker:
                 result = await self._call(task, ctx, job.args)
             except (Exception, Cancelled) as exc:
                 error = exc
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if scope.cancel_called or (current is not None and current.cancelling()):
+                    raise  # a real cancellation: ours (caught by the scope) or the worker's
+                error = exc  # the handler raised it itself: an ordinary failure
         lease.scope = None
         elapsed = round(time.monotonic() - started, 4)
 
@@ -430,7 +445,7 @@ class Worker:
                 lease, None, "Retry", error.reason, retryable=True, task=task, delay=error.delay
             )
         if error is not None:
-            joblog.warning("job_errored", error=repr(error), seconds=elapsed)
+            joblog.warning("job_errored", error=_exc_message(error), seconds=elapsed)
             return self._failure(
                 lease, error, type(error).__name__, _exc_message(error), retryable=True, task=task
             )
@@ -538,7 +553,9 @@ class Worker:
         while batch:
             try:
                 with anyio.fail_after(self.settings.db_timeout):
-                    written = await self.store.complete_jobs(self.pool, batch)
+                    written = await self.store.complete_jobs(
+                        self.pool, sorted(batch, key=lambda c: c.job_id)
+                    )
             except _DB_DOWN as exc:
                 now = time.monotonic()
                 keep: list[Completion] = []
@@ -625,7 +642,9 @@ class Worker:
             )
         try:
             with anyio.fail_after(self.settings.db_timeout):
-                written = await self.store.update_progress(self.pool, writes)
+                written = await self.store.update_progress(
+                    self.pool, sorted(writes, key=lambda w: w.job_id)
+                )
         except _DB_DOWN as exc:
             self._log.warning("progress_write_failed", error=repr(exc), jobs=len(writes))
             for lease in leases:
@@ -667,8 +686,11 @@ class Worker:
         sent_at = time.monotonic()
         try:
             with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
+                # One lock order (by id) for every multi-row write: no deadlocks.
                 held = await self.store.heartbeat_jobs(
-                    self.pool, [(lease.job.id, lease.token) for lease in leases], s.lease
+                    self.pool,
+                    sorted((lease.job.id, lease.token) for lease in leases),
+                    s.lease,
                 )
         except _DB_DOWN as exc:
             self._log.warning("heartbeat_failed", error=repr(exc), jobs=len(leases))

@@ -6,7 +6,7 @@ UPDATE skiplock.jobs j SET
     state = 'queued',
     run_at = now(),
     finished_at = NULL,
-    max_attempts = greatest(j.max_attempts, j.attempt + 1),
+    max_attempts = greatest(j.max_attempts, least(j.attempt + 1, 1000)),
     cancel_requested = false,
     result = NULL,
     updated_at = now()

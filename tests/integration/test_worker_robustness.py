@@ -1,0 +1,90 @@
+"""A worker survives what handlers and the database throw at it (found in review)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from skiplock import Client, JobContext, JobState, Retry, TaskRegistry, Worker
+from skiplock.queue import Store
+from tests.helpers import wait_for_state
+from tests.worker_helpers import fast_settings, running
+
+
+async def test_exception_message_with_lone_surrogate_fails_the_job_not_the_worker(
+    db_dsn: str, client: Client
+) -> None:
+    """A lone surrogate in an exception message is replaced; the job fails, others still run."""
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def surrogate(ctx: JobContext) -> None:
+        raise ValueError("caf\udce9")
+
+    @tasks.task()
+    async def ok(ctx: JobContext) -> str:
+        return "fine"
+
+    bad = await client.enqueue("surrogate", max_attempts=1)
+    good = await client.enqueue("ok")
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        failed = await wait_for_state(client, bad.id, JobState.FAILED)
+        done = await wait_for_state(client, good.id, JobState.SUCCEEDED)
+    assert failed.errors[0].message == "caf?"
+    assert done.result == "fine"
+
+
+async def test_progress_message_with_lone_surrogate_is_written_replaced(
+    db_dsn: str, client: Client
+) -> None:
+    """A progress message with a lone surrogate is written with it replaced."""
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def report(ctx: JobContext) -> None:
+        await ctx.progress(40, message="caf\udce9")
+
+    job = await client.enqueue("report")
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED)
+    assert done.progress_message == "caf?"
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e13])
+def test_retry_refuses_unwritable_delays(delay: float) -> None:
+    """Retry refuses NaN, infinite and absurd delays that the database could not store."""
+    with pytest.raises(ValueError, match="between 0 and"):
+        Retry(delay)
+
+
+async def test_handler_raising_cancelled_error_gives_its_job_back(
+    db_dsn: str, client: Client
+) -> None:
+    """A handler raising CancelledError itself fails that attempt; the worker keeps going."""
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def rogue(ctx: JobContext) -> str:
+        if ctx.attempt == 1:
+            raise asyncio.CancelledError
+        return "second attempt"
+
+    job = await client.enqueue("rogue", max_attempts=3)
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED, timeout=10)
+    assert done.attempt == 2
+    assert [e.type for e in done.errors] == ["CancelledError"]
+
+
+async def test_retry_of_a_job_at_the_attempt_ceiling_stays_valid(client: Client) -> None:
+    """Retrying a failed job that used all 1000 attempts keeps max_attempts within bounds."""
+    job = await client.enqueue("t", max_attempts=1000)
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET state = 'failed', attempt = 1000, finished_at = now() "
+        "WHERE id = $1",
+        job.id,
+    )
+    retried = await client.retry(job.id)
+    assert (retried.state, retried.max_attempts) == (JobState.QUEUED, 1000)
+    assert await Store().get_job(client.pool, job.id, None) is not None
