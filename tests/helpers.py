@@ -53,3 +53,14 @@ async def wait_for_state(
     )
     assert job is not None
     return job
+
+
+async def wait_until(
+    condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until a local condition (one the test's own callbacks update) holds."""
+
+    async def probe() -> bool:
+        return condition()
+
+    await wait_for(probe, bool, timeout=within, what=what)

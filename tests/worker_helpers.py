@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,17 +64,6 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
                 await done.wait()
             if scope.cancelled_caught:
                 worker.kill()
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until a local condition (one the test's own callbacks update) holds."""
-
-    async def probe() -> bool:
-        return condition()
-
-    await wait_for(probe, bool, timeout=within, what=what)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from skiplock import (
     Worker,
 )
 from skiplock.queue import TERMINAL_STATES, Store
-from tests.helpers import wait_for, wait_for_state
+from tests.helpers import wait_for, wait_for_state, wait_until
 from tests.worker_helpers import (
     execute,
     fast_settings,
@@ -33,7 +33,6 @@ from tests.worker_helpers import (
     job_history,
     listening,
     running,
-    wait_until,
 )
 
 FAST_RETRY = RetryPolicy(base=0.05, factor=2, jitter=0)

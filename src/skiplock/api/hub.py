@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -28,6 +27,7 @@ import asyncpg
 import orjson
 import structlog
 
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.models import Job
 from skiplock.queue.store import Store
 
@@ -35,15 +35,7 @@ __all__ = ["EventHub", "HubStats", "Subscription"]
 
 log = structlog.get_logger("skiplock.api.hub")
 
-# Any server error counts: a refused connect ("the database system is starting
-# up", "not currently accepting connections", "too many clients") must mean
-# "retry with backoff", never a crashed hub (and with it the app's lifespan).
-_DB_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
+_DB_DOWN = TRANSIENT_DB_ERRORS
 
 
 class Subscription:
@@ -145,12 +137,12 @@ class EventHub:
 
     # -- listening --------------------------------------------------------
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+    def _on_notify(self, payload: str) -> None:
         self.stats.notifications += 1
         try:
-            entries = orjson.loads(str(payload))
+            entries = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            log.warning("notification_unreadable", payload=str(payload)[:200])
+            log.warning("notification_unreadable", payload=payload[:200])
             return
         for entry in entries:
             try:
@@ -163,37 +155,26 @@ class EventHub:
             self._dirty_event.set()
 
     async def _listen_loop(self) -> None:
-        channel = f"{self._store.schema}.job"
-        backoff = 0.1
-        while True:
-            conn: asyncpg.Connection[Any] | None = None
-            try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
-                lost = asyncio.Event()
-                conn.add_termination_listener(partial(_set, lost))
-                await conn.add_listener(channel, self._on_notify)
-                self.stats.connected = True
-                self._connected.set()
-                log.info("hub_listening", channel=channel)
-                backoff = 0.1
-                # Catch up: re-read every watched job, changes may have been missed.
-                self._dirty.update(self._subs)
-                self._dirty_event.set()
-                while not lost.is_set():
-                    with anyio.move_on_after(5):
-                        await lost.wait()
-                    with anyio.fail_after(10):
-                        await conn.fetchval("SELECT 1")
-            except _DB_DOWN as exc:
-                log.warning("hub_listener_lost", error=repr(exc), retry_in=round(backoff, 2))
-            finally:
-                self.stats.connected = False
-                self._connected = asyncio.Event()
-                if conn is not None:
-                    conn.terminate()
+        def connected() -> None:
+            self.stats.connected = True
+            self._connected.set()
+            # Catch up: re-read every watched job, changes may have been missed.
+            self._dirty.update(self._subs)
+            self._dirty_event.set()
+
+        def disconnected() -> None:  # a lost connection or a failed attempt: retrying
             self.stats.reconnects += 1
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            self.stats.connected = False
+            if self._connected.is_set():
+                self._connected = asyncio.Event()
+
+        await listen_forever(
+            self._dsn,
+            {f"{self._store.schema}.job": self._on_notify},
+            on_connected=connected,
+            on_disconnected=disconnected,
+            log=log,
+        )
 
     # -- fan-out ----------------------------------------------------------
 
@@ -220,7 +201,3 @@ class EventHub:
                     if sub.tenant == job.tenant and not sub.dropped and not sub._offer(job):
                         self.stats.dropped += 1
                         log.info("subscriber_dropped", job_id=str(job.id), reason="slow")
-
-
-def _set(event: asyncio.Event, *_: object) -> None:
-    event.set()

@@ -43,6 +43,7 @@ import asyncpg
 import structlog
 
 from skiplock.queue.jsoncodec import dumps
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.models import Job
 from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store
@@ -56,15 +57,7 @@ log = structlog.get_logger("skiplock.worker")
 
 CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
 
-# Errors that mean "the database cannot do this right now": unreachable,
-# restarting, out of connections, a deadlock or statement timeout. Every loop
-# retries them with backoff instead of letting them end the worker.
-_DB_DOWN: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
+_DB_DOWN = TRANSIENT_DB_ERRORS
 
 MAX_TRACEBACK_CHARS = 16_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
@@ -127,10 +120,6 @@ class _Lease:
     progress_written_at: float = 0.0
     completing: bool = False  # outcome handed to the completer
     claimed_at: float = field(default_factory=time.monotonic)
-
-
-def _set_event(event: asyncio.Event, *_: object) -> None:
-    event.set()
 
 
 def _default_worker_id() -> str:
@@ -353,10 +342,8 @@ class Worker:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
 
-    def _on_queue_notification(
-        self, _conn: object, _pid: int, _channel: str, payload: object
-    ) -> None:
-        if self._queue_set.intersection(str(payload).split(",")):
+    def _on_queue_notification(self, payload: str) -> None:
+        if self._queue_set.intersection(payload.split(",")):
             self._wake.set()
 
     # -- executor ---------------------------------------------------------
@@ -705,10 +692,8 @@ class Worker:
             if cancel_requested and not lease.completing:
                 self._cancel(lease, "cancel_requested")
 
-    def _on_cancel_notification(
-        self, _conn: object, _pid: int, _channel: str, payload: object
-    ) -> None:
-        for raw in str(payload).split(","):
+    def _on_cancel_notification(self, payload: str) -> None:
+        for raw in payload.split(","):
             try:
                 job_id = uuid.UUID(raw)
             except ValueError:
@@ -744,30 +729,19 @@ class Worker:
     # -- listener ---------------------------------------------------------
 
     async def _listen_loop(self) -> None:
+        def caught_up() -> None:  # claim and heartbeat now: notifications may have been missed
+            self._wake.set()
+            self._heartbeat_now.set()
+
         schema = self.settings.schema
-        backoff = 0.1
-        while True:
-            conn: asyncpg.Connection[Any] | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=self.settings.db_timeout)
-                lost = asyncio.Event()
-                conn.add_termination_listener(partial(_set_event, lost))
-                await conn.add_listener(f"{schema}.queue", self._on_queue_notification)
-                await conn.add_listener(f"{schema}.cancel", self._on_cancel_notification)
-                self._log.info("listener_connected")
-                backoff = 0.1
-                # Catch up on what was missed while not listening.
-                self._wake.set()
-                self._heartbeat_now.set()
-                while not lost.is_set():
-                    with anyio.move_on_after(self.settings.poll * 5):
-                        await lost.wait()
-                    with anyio.fail_after(self.settings.db_timeout):
-                        await conn.fetchval("SELECT 1")
-            except _DB_DOWN as exc:
-                self._log.warning("listener_lost", error=repr(exc), retry_in=round(backoff, 2))
-            finally:
-                if conn is not None:
-                    conn.terminate()
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        await listen_forever(
+            self.dsn,
+            {
+                f"{schema}.queue": self._on_queue_notification,
+                f"{schema}.cancel": self._on_cancel_notification,
+            },
+            on_connected=caught_up,
+            ping_every=self.settings.poll * 5,
+            db_timeout=self.settings.db_timeout,
+            log=self._log,
+        )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from skiplock import Fail, JobContext, TaskRegistry, Worker, WorkerSettings
 from skiplock.api import ApiSettings, EventHub, ExposedTask, create_api_key, create_app
 from skiplock.queue import Store
-from tests.helpers import wait_for
+from tests.helpers import wait_until
 
 TENANT_A = "acme"
 TENANT_B = "globex"
@@ -71,17 +71,6 @@ def bearer(secret: str) -> dict[str, str]:
 def render_body(video_id: str = "v1", **extra: Any) -> dict[str, Any]:
     """A valid ``POST /v1/jobs`` body."""
     return {"task": "render", "args": {"video_id": video_id}, **extra}
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until a condition on in-process state holds; fail after ``within`` seconds."""
-
-    async def probe() -> bool:
-        return condition()
-
-    await wait_for(probe, bool, timeout=within, what=what)
 
 
 # The routes that name one job, as (method, path template with {id}).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from skiplock import Client, JobState, Worker
-from tests.helpers import wait_for_state
+from tests.helpers import wait_for_state, wait_until
 from tests.integration.api.conftest import StartApi
 from tests.integration.api.support import (
     Keys,
@@ -21,7 +21,6 @@ from tests.integration.api.support import (
     bearer,
     create_job,
     sse,
-    wait_until,
 )
 
 READERS = 150

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from skiplock import Client, JobState, Worker
-from tests.helpers import wait_for_state
+from tests.helpers import wait_for_state, wait_until
 from tests.integration.api.support import (
     Keys,
     LiveApi,
@@ -16,7 +16,6 @@ from tests.integration.api.support import (
     bearer,
     render_body,
     sse,
-    wait_until,
 )
 
 

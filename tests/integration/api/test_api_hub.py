@@ -11,7 +11,7 @@ import asyncpg
 
 from skiplock import Client, JobState, Worker
 from skiplock.queue import Store
-from tests.helpers import wait_for_state
+from tests.helpers import wait_for_state, wait_until
 from tests.integration.api.conftest import StartApi, admin_execute
 from tests.integration.api.support import (
     Keys,
@@ -22,7 +22,6 @@ from tests.integration.api.support import (
     create_job,
     fetchval,
     sse,
-    wait_until,
 )
 
 APP_NAME = "skiplock-api-under-test"
