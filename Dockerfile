@@ -1,15 +1,31 @@
-# One image for `skiplock migrate`, `skiplock worker` and (later) `skiplock api`.
-FROM python:3.12-slim AS build
+# One image for every role: `skiplock migrate`, `skiplock worker --app …` and
+# `skiplock api --host 0.0.0.0`. The builder turns the project into a wheel;
+# the runtime stage installs only that wheel and its dependencies.
+
+FROM python:3.12-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# --no-deps: only the project's own wheel; the runtime resolves its
+# dependencies from the wheel's metadata.
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
-FROM python:3.12-slim
-RUN useradd --create-home --uid 10001 skiplock
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER skiplock
+FROM python:3.12-slim AS runtime
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A fixed, numeric UID/GID so volume ownership and Kubernetes
+# runAsNonRoot/runAsUser checks do not depend on /etc/passwd.
+RUN groupadd --system --gid 10001 skiplock \
+    && useradd --system --uid 10001 --gid skiplock --create-home \
+       --home-dir /home/skiplock --shell /usr/sbin/nologin skiplock
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install /wheels/*.whl
+USER 10001:10001
 WORKDIR /home/skiplock
+EXPOSE 8000
 ENTRYPOINT ["skiplock"]
 CMD ["--help"]
