@@ -13,6 +13,11 @@ import orjson
 from skiplock.config import Settings
 from skiplock.logs import configure_logging
 from skiplock.queue import SchemaMismatch, migrate
+from skiplock.queue.store import (
+    PURGE_CANCELLED_AFTER,
+    PURGE_FAILED_AFTER,
+    PURGE_SUCCEEDED_AFTER,
+)
 from skiplock.worker import TaskRegistry, Worker, WorkerSettings
 
 __all__ = ["cli", "main"]
@@ -287,6 +292,68 @@ def apikey_revoke(ctx: click.Context, key_id: str) -> None:
     if key is None:
         _fail(f"no key {key_id}", 4)
     click.echo(f"revoked {key_id}")
+
+
+@cli.command("purge")
+@click.option(
+    "--succeeded-after",
+    type=click.FloatRange(0),
+    default=PURGE_SUCCEEDED_AFTER,
+    show_default=True,
+    help="Delete succeeded jobs finished this many seconds ago.",
+)
+@click.option(
+    "--failed-after",
+    type=click.FloatRange(0),
+    default=PURGE_FAILED_AFTER,
+    show_default=True,
+    help="Delete failed jobs finished this many seconds ago.",
+)
+@click.option(
+    "--cancelled-after",
+    type=click.FloatRange(0),
+    default=PURGE_CANCELLED_AFTER,
+    show_default=True,
+    help="Delete cancelled jobs finished this many seconds ago.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Jobs deleted per statement.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def purge_cmd(
+    ctx: click.Context,
+    succeeded_after: float,
+    failed_after: float,
+    cancelled_after: float,
+    batch: int,
+    as_json: bool,
+) -> None:
+    """Delete old finished jobs (and finished jobs past expires_at), batch by batch."""
+
+    async def work(store: Any, conn: Any) -> int:
+        total = 0
+        while True:
+            deleted: int = await store.purge_finished(
+                conn,
+                batch,
+                succeeded_after=succeeded_after,
+                failed_after=failed_after,
+                cancelled_after=cancelled_after,
+            )
+            total += deleted
+            if deleted < batch:
+                return total
+
+    total = _with_store(_settings(ctx), work)
+    if as_json:
+        click.echo(orjson.dumps({"deleted": total}).decode())
+    else:
+        click.echo(f"deleted {total} finished jobs")
 
 
 @cli.command("demo")

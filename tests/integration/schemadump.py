@@ -66,7 +66,7 @@ WHERE t.tgrelid = $1 AND NOT t.tgisinternal
 ORDER BY t.tgname
 """
 
-_VIEW = "SELECT pg_get_viewdef($1::oid)"
+_VIEW_COMMENT = "SELECT obj_description($1::oid, 'pg_class')"
 
 # Enums and domains; leaves out the row types of relations and array types.
 _TYPES = """
@@ -128,8 +128,11 @@ async def _relation(conn: asyncpg.Connection[Any], schema: str, rel: Any) -> lis
         return lines
     lines += [_column(c) for c in await conn.fetch(_COLUMNS, rel["oid"])]
     if rel["relkind"] in ("v", "m"):
-        view = await conn.fetchval(_VIEW, rel["oid"])
-        lines += ["  as", *(f"    {line}" for line in str(view).strip().splitlines())]
+        # PostgreSQL 16 stopped qualifying single-table column references when it
+        # prints a view back, so the query text is version-dependent: keep the
+        # columns (above) and the comment; the definition is in the migration.
+        comment = await conn.fetchval(_VIEW_COMMENT, rel["oid"])
+        lines.append(f"  comment {comment!r}")
     for c in await conn.fetch(_CONSTRAINTS, rel["oid"]):
         lines.append(f"  constraint {c['conname']} {c['def']}")
     for i in await conn.fetch(_INDEXES, rel["oid"]):

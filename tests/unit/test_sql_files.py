@@ -17,6 +17,7 @@ from skiplock.queue.store import Store
 RELEASED_CHECKSUMS = {
     1: "8600a41b0bdf5a269f8f0e52e51de65eb2c6fa14d05f27643be3c27f4589abc0",
     2: "5bcb35813173d120130cfb9feb95f217bfeb27b0d092d190cc6000299f37305f",
+    3: "0a81169ac6f8c0af8d09c2d72452d2d9fe322853cba92a6cf3da65035769320e",
 }
 
 

@@ -24,6 +24,9 @@ from skiplock.queue.models import Job, JobError, JobSpec
 from skiplock.queue.states import JobState
 
 __all__ = [
+    "PURGE_CANCELLED_AFTER",
+    "PURGE_FAILED_AFTER",
+    "PURGE_SUCCEEDED_AFTER",
     "ApiKey",
     "AppliedMigration",
     "Completion",
@@ -36,6 +39,13 @@ __all__ = [
 ]
 
 Executor: TypeAlias = "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
+
+PURGE_SUCCEEDED_AFTER = 86_400.0
+"""Default age in seconds after which a succeeded job may be purged (1 day)."""
+PURGE_FAILED_AFTER = 7 * 86_400.0
+"""Default age in seconds after which a failed job may be purged (7 days)."""
+PURGE_CANCELLED_AFTER = 7 * 86_400.0
+"""Default age in seconds after which a cancelled job may be purged (7 days)."""
 
 Outcome = Literal["succeeded", "failed", "cancelled", "retry", "release"]
 
@@ -330,6 +340,23 @@ class Store:
     async def rescue_expired(self, ex: Executor, limit: int) -> list[Rescued]:
         rows = await ex.fetch(self._q("rescue_expired"), limit)
         return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
+
+    # -- operations -------------------------------------------------------
+
+    async def purge_finished(
+        self,
+        ex: Executor,
+        limit: int,
+        *,
+        succeeded_after: float | None = PURGE_SUCCEEDED_AFTER,
+        failed_after: float | None = PURGE_FAILED_AFTER,
+        cancelled_after: float | None = PURGE_CANCELLED_AFTER,
+    ) -> int:
+        """Delete at most ``limit`` finished jobs past their state's age (seconds) or expiry."""
+        deleted = await ex.fetchval(
+            self._q("purge_finished"), limit, succeeded_after, failed_after, cancelled_after
+        )
+        return int(deleted)
 
     # -- the status API ---------------------------------------------------
 
