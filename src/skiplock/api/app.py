@@ -231,7 +231,7 @@ async def create_job(request: Request) -> Response:
         raise HTTPProblem(
             422, f"task {body.task!r} cannot be created over HTTP", code="unknown-task"
         )
-    problems = sorted(validator.iter_errors(body.args), key=lambda e: list(e.path))
+    problems = sorted(validator.iter_errors(body.args), key=lambda e: [str(p) for p in e.path])
     if problems:
         errors = [
             {"loc": ".".join(["args", *(str(p) for p in e.path)]), "msg": e.message[:500]}
