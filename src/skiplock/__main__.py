@@ -5,14 +5,28 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 
 from skiplock.config import Settings
 from skiplock.logs import configure_logging
-from skiplock.queue import SchemaMismatch, migrate
+from skiplock.queue import (
+    Client,
+    IdempotencyConflict,
+    InvalidJob,
+    Job,
+    JobNotFound,
+    JobSpec,
+    JobState,
+    JobStateConflict,
+    SchemaMismatch,
+    check_schema,
+    migrate,
+)
 from skiplock.queue.store import (
     PURGE_CANCELLED_AFTER,
     PURGE_FAILED_AFTER,
@@ -24,6 +38,13 @@ __all__ = ["cli", "main"]
 
 EXIT_USAGE = 2
 EXIT_SCHEMA = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5
+
+ENQUEUE_CHUNK = 1000
+STATS_WINDOW_SECONDS = 3600.0
+
+_T = TypeVar("_T")
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -32,7 +53,7 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"skiplock: {message}", err=True)
     sys.exit(code)
 
@@ -192,11 +213,27 @@ def apikey_group() -> None:
     """Create, list and revoke status-API keys."""
 
 
+def _run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run one CLI coroutine and turn the errors scripts care about into exit codes."""
+    try:
+        return asyncio.run(coro)
+    except SchemaMismatch as exc:
+        _fail(str(exc), EXIT_SCHEMA)
+    except JobNotFound as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except (JobStateConflict, IdempotencyConflict) as exc:
+        _fail(str(exc), EXIT_CONFLICT)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot reach the database: {exc}")
+
+
 def _with_store(settings: Settings, work: Any) -> Any:
     async def run() -> Any:
         import asyncpg
 
-        from skiplock.queue import Store, check_schema
+        from skiplock.queue import Store
 
         conn = await asyncpg.connect(settings.require_database_url())
         try:
@@ -205,14 +242,7 @@ def _with_store(settings: Settings, work: Any) -> Any:
         finally:
             await conn.close()
 
-    try:
-        return asyncio.run(run())
-    except SchemaMismatch as exc:
-        _fail(str(exc), EXIT_SCHEMA)
-    except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
-        _fail(f"cannot reach the database: {exc}")
+    return _run_cli(run())
 
 
 @apikey_group.command("create")
@@ -354,6 +384,422 @@ def purge_cmd(
         click.echo(orjson.dumps({"deleted": total}).decode())
     else:
         click.echo(f"deleted {total} finished jobs")
+
+
+def _with_client(settings: Settings, work: Callable[[Client], Awaitable[_T]]) -> _T:
+    """Run ``work(client)`` on a small pool after the schema check; map errors to exit codes."""
+
+    async def run() -> _T:
+        import asyncpg
+
+        dsn = settings.require_database_url()
+        try:
+            client = await Client.connect(dsn, schema=settings.schema_name, max_size=2)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise OSError(str(exc)) from exc
+        try:
+            await check_schema(client.pool, schema=settings.schema_name)
+            return await work(client)
+        finally:
+            await client.close()
+
+    return _run_cli(run())
+
+
+def _ts(value: datetime | None) -> str | None:
+    """ISO 8601, or None."""
+    return None if value is None else value.isoformat()
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    """A job as a JSON-ready dict, error history included (the CLI is for operators)."""
+    return {
+        "id": str(job.id),
+        "task": job.task,
+        "queue": job.queue,
+        "tenant": job.tenant,
+        "state": job.state.value,
+        "args": job.args,
+        "meta": job.meta,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "idempotency_key": job.idempotency_key,
+        "progress": job.progress,
+        "message": job.progress_message,
+        "eta": _ts(job.eta),
+        "result": job.result,
+        "cancel_requested": job.cancel_requested,
+        "worker_id": job.worker_id,
+        "errors": [
+            {
+                "type": e.type,
+                "message": e.message,
+                "attempt": e.attempt,
+                "worker": e.worker,
+                "at": e.at,
+                "traceback": e.traceback,
+            }
+            for e in job.errors
+        ],
+        "run_at": _ts(job.run_at),
+        "created_at": _ts(job.created_at),
+        "updated_at": _ts(job.updated_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+    }
+
+
+def _echo_json(value: Any) -> None:
+    """Print ``value`` as one line of JSON."""
+    click.echo(orjson.dumps(value).decode())
+
+
+def _parse_object(text: str | None, what: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line; exit 2 on anything else."""
+    if text is None:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        _fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)
+    if not isinstance(value, dict):
+        _fail(f"{what} must be a JSON object", EXIT_USAGE)
+    return value
+
+
+_SPEC_KEYS = frozenset(
+    {
+        "task",
+        "args",
+        "queue",
+        "priority",
+        "delay",
+        "max_attempts",
+        "tenant",
+        "idempotency_key",
+        "meta",
+    }
+)
+
+
+def _spec_from_line(line: str) -> JobSpec:
+    """One JSONL line → JobSpec; ValueError (with the reason) on bad input."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys: {', '.join(unknown)}")
+    if "task" not in data:
+        raise ValueError("missing 'task'")
+    for key in ("args", "meta"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    return JobSpec(**data)
+
+
+def _read_specs(path: str) -> list[JobSpec]:
+    """Every job of a JSONL file (blank lines skipped); exit 2 at the first bad line."""
+    specs: list[JobSpec] = []
+    with click.open_file(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                specs.append(_spec_from_line(line))
+            except (ValueError, TypeError) as exc:
+                _fail(f"{path}:{number}: {exc}", EXIT_USAGE)
+    return specs
+
+
+def _chunks(specs: list[JobSpec], size: int) -> Iterator[list[JobSpec]]:
+    """Consecutive slices of at most ``size``."""
+    for start in range(0, len(specs), size):
+        yield specs[start : start + size]
+
+
+@cli.command("enqueue")
+@click.argument("task", required=False)
+@click.option("--args", "args_json", default=None, help="Arguments, a JSON object.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True, help="Smaller runs first.")
+@click.option("--delay", type=click.FloatRange(0), default=None, help="Run after SECONDS.")
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--idempotency-key", default=None)
+@click.option("--meta", "meta_json", default=None, help="Labels, a JSON object.")
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Bulk: a JSONL file, one job object per line ('-' for stdin).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def enqueue_cmd(
+    ctx: click.Context,
+    task: str | None,
+    args_json: str | None,
+    queue: str,
+    priority: int,
+    delay: float | None,
+    max_attempts: int,
+    tenant: str,
+    idempotency_key: str | None,
+    meta_json: str | None,
+    file_path: str | None,
+    as_json: bool,
+) -> None:
+    """Enqueue one job (TASK) or, with --file, every job of a JSONL file (all or none)."""
+    settings = _settings(ctx)
+    if (task is None) == (file_path is None):
+        _fail("give a TASK or --file, not both", EXIT_USAGE)
+    if file_path is not None:
+        specs = _read_specs(file_path)
+        _enqueue_file(settings, specs, as_json)
+        return
+    assert task is not None
+    try:
+        spec = JobSpec(
+            task=task,
+            args=_parse_object(args_json, "--args"),
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            meta=_parse_object(meta_json, "--meta"),
+        )
+    except InvalidJob as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+    async def work(client: Client) -> Job:
+        (job,) = await client.enqueue_many([spec])
+        return job
+
+    job = _with_client(settings, work)
+    if as_json:
+        _echo_json(_job_json(job))
+    else:
+        click.echo(f"{job.id}  {job.task}  {job.state.value}  run_at {job.run_at.isoformat()}")
+
+
+def _enqueue_file(settings: Settings, specs: list[JobSpec], as_json: bool) -> None:
+    """Enqueue ``specs`` in one transaction, in chunks, with a progress bar unless --json."""
+
+    async def work(client: Client) -> list[Job]:
+        done: list[Job] = []
+        async with client.pool.acquire() as conn, conn.transaction():
+            if as_json:
+                for chunk in _chunks(specs, ENQUEUE_CHUNK):
+                    done.extend(await client.enqueue_many(chunk, connection=conn))
+                return done
+            with click.progressbar(length=len(specs), label="enqueueing", file=sys.stderr) as bar:
+                for chunk in _chunks(specs, ENQUEUE_CHUNK):
+                    done.extend(await client.enqueue_many(chunk, connection=conn))
+                    bar.update(len(chunk))
+        return done
+
+    jobs = _with_client(settings, work) if specs else []
+    if as_json:
+        _echo_json({"enqueued": len(jobs), "ids": [str(j.id) for j in jobs]})
+    else:
+        click.echo(f"enqueued {len(jobs)} jobs")
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """List, show, cancel and retry jobs."""
+
+
+def _progress(job: Job) -> str:
+    """Progress as a percentage, or '-'."""
+    return "-" if job.progress is None else f"{job.progress * 100:.0f}%"
+
+
+@jobs_group.command("list")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in JobState]),
+    help="Repeat for several states.",
+)
+@click.option("--task", default=None)
+@click.option("--queue", default=None)
+@click.option("--tenant", default=None, help="Default: every tenant.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", default=None, help="next_cursor of the previous page.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_list(
+    ctx: click.Context,
+    states: tuple[str, ...],
+    task: str | None,
+    queue: str | None,
+    tenant: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """Jobs newest first, a page at a time."""
+    page = _with_client(
+        _settings(ctx),
+        lambda client: client.list(
+            tenant=tenant,
+            states=list(states) or None,
+            task=task,
+            queue=queue,
+            cursor=cursor,
+            limit=limit,
+        ),
+    )
+    if as_json:
+        _echo_json({"jobs": [_job_json(j) for j in page.jobs], "next_cursor": page.next_cursor})
+        return
+    header = ("id", "task", "queue", "state", "progress", "attempt", "created")
+    rows = [
+        (
+            str(j.id),
+            j.task,
+            j.queue,
+            j.state.value,
+            _progress(j),
+            f"{j.attempt}/{j.max_attempts}",
+            j.created_at.strftime("%Y-%m-%d %H:%M:%S%z"),
+        )
+        for j in page.jobs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+async def _get_job(client: Client, job_id: str) -> Job:
+    """The job, or JobNotFound."""
+    job = await client.get(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+@jobs_group.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """One job, with its arguments, result and error history."""
+    job = _with_client(_settings(ctx), lambda client: _get_job(client, job_id))
+    doc = _job_json(job)
+    if as_json:
+        _echo_json(doc)
+        return
+    errors = doc.pop("errors")
+    for key, value in doc.items():
+        shown = orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+        click.echo(f"{key + ':':<17} {'-' if shown is None else shown}")
+    for error in errors:
+        click.echo(f"error (attempt {error['attempt']}): {error['type']}: {error['message']}")
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@click.pass_context
+def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a queued job, or ask a running one's worker to stop it."""
+    job = _with_client(_settings(ctx), lambda client: client.cancel(job_id))
+    if job.state is JobState.RUNNING:
+        click.echo(f"cancel requested for running job {job.id}")
+    elif job.state is JobState.CANCELLED:
+        click.echo(f"cancelled {job.id}")
+    else:
+        click.echo(f"job {job.id} already ended: {job.state.value}")
+
+
+@jobs_group.command("retry")
+@click.argument("job_id")
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_id: str) -> None:
+    """Put a failed or cancelled job back in the queue, due now."""
+    job = _with_client(_settings(ctx), lambda client: client.retry(job_id))
+    click.echo(f"retried {job.id}: {job.state.value}")
+
+
+@cli.command("stats")
+@click.option("--tenant", default=None, help="Default: every tenant.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def stats_cmd(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
+    """Job counts by queue, task and state, and the last hour's outcomes and timings."""
+
+    async def work(client: Client) -> tuple[list[Any], list[Any]]:
+        counts = await client.store.job_counts(client.pool, tenant)
+        window = await client.store.job_window_stats(client.pool, tenant, STATS_WINDOW_SECONDS)
+        return counts, window
+
+    counts, window = _with_client(_settings(ctx), work)
+    if as_json:
+        _echo_json(
+            {
+                "counts": [
+                    {"queue": c.queue, "task": c.task, "state": c.state.value, "count": c.count}
+                    for c in counts
+                ],
+                "window_seconds": STATS_WINDOW_SECONDS,
+                "window": [
+                    {
+                        "task": w.task,
+                        "succeeded": w.succeeded,
+                        "failed": w.failed,
+                        "cancelled": w.cancelled,
+                        "wait_p50": w.wait_p50,
+                        "wait_p95": w.wait_p95,
+                        "run_p50": w.run_p50,
+                        "run_p95": w.run_p95,
+                    }
+                    for w in window
+                ],
+            }
+        )
+        return
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}s"
+
+    click.echo(f"{'queue':<16} {'task':<32} {'state':<10} {'count':>8}")
+    for c in counts:
+        click.echo(f"{c.queue:<16} {c.task:<32} {c.state.value:<10} {c.count:>8}")
+    click.echo("")
+    click.echo("last hour:")
+    click.echo(
+        f"{'task':<32} {'ok':>6} {'failed':>6} {'cancel':>6}"
+        f" {'wait p50':>9} {'wait p95':>9} {'run p50':>9} {'run p95':>9}"
+    )
+    for w in window:
+        click.echo(
+            f"{w.task:<32} {w.succeeded:>6} {w.failed:>6} {w.cancelled:>6}"
+            f" {secs(w.wait_p50):>9} {secs(w.wait_p95):>9}"
+            f" {secs(w.run_p50):>9} {secs(w.run_p95):>9}"
+        )
+
+
+@cli.command("check")
+@click.pass_context
+def check_cmd(ctx: click.Context) -> None:
+    """Exit 0 when the database is reachable and the schema current (3: schema, 1: unreachable)."""
+    settings = _settings(ctx)
+    version = _with_client(
+        settings, lambda client: check_schema(client.pool, schema=settings.schema_name)
+    )
+    click.echo(f"ok: schema version {version}")
 
 
 @cli.command("demo")

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skiplock.api.auth import Authenticator, Principal, sign_share_token, verify_share_token
+from skiplock.api.dashboard import dashboard_mount
 from skiplock.api.hub import EventHub
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.openapi import openapi_document
@@ -667,6 +668,7 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        dashboard_mount(),
     ]
     middleware = [Middleware(_MetricsMiddleware, state=state)]
     if settings.cors_origins:

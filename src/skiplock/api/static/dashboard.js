@@ -1,0 +1,210 @@
+// skiplock dashboard: counts, recent jobs with live progress, cancel / retry.
+"use strict";
+
+const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const REFRESH_MS = 3000;
+const KEY_ITEM = "skiplock.key";
+// Browsers allow about six connections per host: leave room for the polling.
+const MAX_STREAMS = 4;
+
+const docs = new Map(); // job id -> newest job document seen
+const streams = new Map(); // job id -> AbortController of its event stream
+
+function apiKey() {
+  const match = /(?:^|&)key=([^&]+)/.exec(location.hash.slice(1));
+  if (match) {
+    sessionStorage.setItem(KEY_ITEM, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  let key = sessionStorage.getItem(KEY_ITEM);
+  if (!key) {
+    key = (window.prompt("skiplock API key") || "").trim();
+    if (key) sessionStorage.setItem(KEY_ITEM, key);
+  }
+  return key;
+}
+
+const KEY = apiKey();
+
+function headers() {
+  return { Authorization: "Bearer " + KEY };
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers() });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new Error((body && body.detail) || response.status + " " + response.statusText);
+  }
+  return body;
+}
+
+function showError(message) {
+  const box = document.getElementById("error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  node.append(...children);
+  return node;
+}
+
+function newer(a, b) {
+  return !a || (b.updated_at || "") >= (a.updated_at || "");
+}
+
+// -- counts -------------------------------------------------------------------
+
+function renderCounts(stats) {
+  const byQueue = new Map();
+  for (const c of stats.counts) {
+    const row = byQueue.get(c.queue) || Object.fromEntries(STATES.map((s) => [s, 0]));
+    row[c.state] = (row[c.state] || 0) + c.count;
+    byQueue.set(c.queue, row);
+  }
+  const rows = [...byQueue.keys()].sort().map((queue) => {
+    const row = byQueue.get(queue);
+    return el("tr", {}, el("td", { textContent: queue }),
+      ...STATES.map((s) => el("td", { className: "num " + s, textContent: row[s] })));
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 6, textContent: "No jobs." })));
+  document.querySelector("#counts tbody").replaceChildren(...rows);
+}
+
+// -- jobs ---------------------------------------------------------------------
+
+function jobRow(id) {
+  let row = document.getElementById("job-" + id);
+  if (row) return row;
+  const bar = el("div", { className: "bar" }, el("div", { className: "fill" }));
+  const cancel = el("button", { type: "button", className: "cancel", textContent: "Cancel" });
+  const retry = el("button", { type: "button", className: "retry", textContent: "Retry" });
+  cancel.addEventListener("click", () => act(id, "cancel"));
+  retry.addEventListener("click", () => act(id, "retry"));
+  row = el("tr", { id: "job-" + id },
+    el("td", { className: "id", title: id, textContent: id.slice(0, 8) }),
+    el("td", { className: "task" }),
+    el("td", { className: "state" }),
+    el("td", { className: "progress" }, bar, el("span", { className: "pct" })),
+    el("td", { className: "error" }),
+    el("td", { className: "actions" }, cancel, retry));
+  row.dataset.id = id;
+  return row;
+}
+
+function paint(doc) {
+  const row = jobRow(doc.id);
+  const pct = doc.state === "succeeded" ? 100 : Math.max(0, Math.min(100, doc.progress || 0));
+  row.dataset.state = doc.state;
+  row.querySelector(".task").textContent = doc.task;
+  row.querySelector(".state").textContent =
+    doc.state + (doc.cancel_requested && !TERMINAL.has(doc.state) ? " (cancelling)" : "");
+  row.querySelector(".state").className = "state " + doc.state;
+  row.querySelector(".fill").style.width = pct + "%";
+  row.querySelector(".pct").textContent =
+    Math.round(pct) + "%" + (doc.message ? " " + doc.message : "");
+  row.querySelector(".error").textContent = doc.error ? doc.error.type + ": " + doc.error.message : "";
+  row.querySelector(".cancel").hidden = TERMINAL.has(doc.state);
+  row.querySelector(".retry").hidden = !(doc.state === "failed" || doc.state === "cancelled");
+  return row;
+}
+
+function update(doc) {
+  if (!newer(docs.get(doc.id), doc)) return;
+  docs.set(doc.id, doc);
+  if (document.getElementById("job-" + doc.id)) paint(doc);
+}
+
+async function act(id, action) {
+  try {
+    update(await api("/v1/jobs/" + id + "/" + action, { method: "POST" }));
+    showError("");
+    if (action === "retry") follow(id);
+  } catch (err) {
+    showError(action + " failed: " + err.message);
+  }
+}
+
+// fetch() instead of EventSource, which cannot send an Authorization header.
+async function follow(id) {
+  if (streams.has(id) || streams.size >= MAX_STREAMS) return;
+  const abort = new AbortController();
+  streams.set(id, abort);
+  try {
+    const response = await fetch("/v1/jobs/" + id + "/events", {
+      headers: { ...headers(), Accept: "text/event-stream" },
+      signal: abort.signal,
+    });
+    if (!response.ok || !response.body) return;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    let data = [];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      const lines = buffer.split(/\r\n|\r|\n/);
+      buffer = lines.pop();
+      for (const line of lines) {
+        if (line === "") {
+          if (data.length) update(JSON.parse(data.join("\n")));
+          data = [];
+        } else if (line.startsWith("data:")) {
+          data.push(line.slice(5).replace(/^ /, ""));
+        }
+      }
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") console.warn("stream of job", id, "failed:", err);
+  } finally {
+    if (streams.get(id) === abort) streams.delete(id);
+  }
+}
+
+function renderJobs(page) {
+  const seen = new Set();
+  const rows = page.jobs.map((doc) => {
+    seen.add(doc.id);
+    update(doc);
+    const row = paint(docs.get(doc.id));
+    if (!TERMINAL.has(docs.get(doc.id).state)) follow(doc.id);
+    return row;
+  });
+  for (const [id, abort] of streams) {
+    if (!seen.has(id)) abort.abort();
+  }
+  for (const id of docs.keys()) {
+    if (!seen.has(id)) docs.delete(id);
+  }
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 6, textContent: "No jobs yet." })));
+  document.querySelector("#jobs tbody").replaceChildren(...rows);
+}
+
+async function refresh() {
+  try {
+    const [stats, page] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
+    renderCounts(stats);
+    renderJobs(page);
+    document.getElementById("status").textContent =
+      "updated " + new Date().toLocaleTimeString();
+    showError("");
+  } catch (err) {
+    showError("Could not load: " + err.message);
+  }
+}
+
+document.getElementById("forget").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_ITEM);
+  location.reload();
+});
+
+if (KEY) {
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+} else {
+  showError("An API key is needed: open /dashboard#key=<your key>.");
+}
