@@ -1,4 +1,4 @@
-"""Tasks for the benchmark worker: ``python -m skiplock worker --app bench.tasks:tasks``."""
+"""Benchmark tasks (:mod:`bench.worker`; ``skiplock worker --app bench.tasks:tasks``)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,32 @@ async def progress_probe(ctx: JobContext, *, steps: int = 100, interval: float =
         await ctx.progress(min(100.0, 100.0 * i / steps), message=repr(time.time()))
         await asyncio.sleep(interval)
     return steps
+
+
+@tasks.task()
+async def noop(ctx: JobContext) -> None:
+    """Do nothing: the job's whole cost is the queue's."""
+
+
+@tasks.task()
+async def pickup_probe(ctx: JobContext) -> float:
+    """Return the wall-clock time (``time.time()``) at which the handler started."""
+    return time.time()
+
+
+@tasks.task()
+async def progress_flood(
+    ctx: JobContext, *, calls: int = 10_000, seconds: float = 2.0
+) -> dict[str, float]:
+    """Call ``ctx.progress`` ``calls`` times, spread evenly over ``seconds``; return the time.
+
+    Between two calls the handler yields to the event loop (sleeping until the
+    next call is due, or ``sleep(0)`` when it is late), as a handler doing I/O
+    would, so the worker's progress flusher runs while it reports.
+    """
+    started = time.perf_counter()
+    step = seconds / calls
+    for i in range(1, calls + 1):
+        await ctx.progress(100.0 * i / calls)
+        await asyncio.sleep(max(0.0, started + i * step - time.perf_counter()))
+    return {"calls": calls, "seconds": time.perf_counter() - started}

@@ -26,9 +26,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import structlog
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from skiplock import migrate
+from skiplock import tracing
 from skiplock.pgserver import PostgresBinaries, ThrowawayPostgres, find_postgres_binaries
+from skiplock.testing import clone_database, create_template, drop_database
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +110,23 @@ def _choose(forced: str, url: str | None) -> PostgresPlan:
     return PostgresPlan("none", wanted.get(forced, "no URL, Docker, binaries or wheel"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--long``: also run the tests marked ``long`` (as ``SKIPLOCK_LONG=1`` does)."""
+    parser.addoption(
+        "--long", action="store_true", default=False, help="also run tests marked long"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``long`` unless ``--long`` or ``SKIPLOCK_LONG=1`` (scripts/faults)."""
+    if config.getoption("--long") or os.environ.get("SKIPLOCK_LONG", "0") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="long: run with SKIPLOCK_LONG=1 or --long (scripts/faults)")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """Show in the header which PostgreSQL the integration tests will use."""
     plan = _plan(config)
@@ -132,23 +153,6 @@ def _docker_postgres() -> Iterator[str]:
         yield container.get_connection_url()
 
 
-def _with_database(dsn: str, database: str) -> str:
-    """``dsn`` pointing at another database on the same server."""
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-async def _admin_execute(dsn: str, statement: str, *args: object) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(statement, *args)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_admin_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     """A superuser DSN (to the ``postgres`` database or similar) for the session."""
@@ -173,36 +177,37 @@ async def pg_template(request: pytest.FixtureRequest, pg_admin_dsn: str) -> Asyn
     conn = await asyncpg.connect(pg_admin_dsn)
     try:
         version = await conn.fetchval("SHOW server_version")
-        await conn.execute(f"CREATE DATABASE {_ident(name)}")
     finally:
         await conn.close()
     plan = _plan(request.config)
     request.config.stash[_server_key] = f"{plan.source}, PostgreSQL {version}"
+    await create_template(pg_admin_dsn, name)
     try:
-        await migrate(_with_database(pg_admin_dsn, name))
-        # Nobody may stay connected to a template: CREATE DATABASE would refuse it.
-        await _admin_execute(
-            pg_admin_dsn, f"ALTER DATABASE {_ident(name)} WITH ALLOW_CONNECTIONS false"
-        )
-        await _admin_execute(
-            pg_admin_dsn,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            name,
-        )
         yield name
     finally:
-        await _admin_execute(pg_admin_dsn, f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+        await drop_database(pg_admin_dsn, name)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def db_dsn(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[str]:
     """A fresh database cloned from the migrated template; dropped after the test."""
     name = f"skiplock_test_{uuid.uuid4().hex[:12]}"
-    await _admin_execute(
-        pg_admin_dsn, f"CREATE DATABASE {_ident(name)} TEMPLATE {_ident(pg_template)}"
-    )
+    dsn = await clone_database(pg_admin_dsn, pg_template, name)
     try:
-        yield _with_database(pg_admin_dsn, name)
+        yield dsn
     finally:
-        await _admin_execute(pg_admin_dsn, f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+        await drop_database(pg_admin_dsn, name)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """skiplock traces into an in-memory exporter (never the global provider)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.use_tracer_provider(None)
+        provider.shutdown()

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import orjson
@@ -33,6 +33,7 @@ from skiplock.queue.store import (
     PURGE_SUCCEEDED_AFTER,
 )
 from skiplock.worker import TaskRegistry, Worker, WorkerSettings
+from skiplock.worker.retention import RetentionPolicy, parse_duration, purge_sweep
 
 __all__ = ["cli", "main"]
 
@@ -127,6 +128,31 @@ def load_registry(spec: str) -> TaskRegistry:
     return registry
 
 
+if TYPE_CHECKING:
+    _DurationBase = click.ParamType[float | None]
+else:  # ParamType is generic from click 8.3 on; older versions cannot subscript it
+    _DurationBase = click.ParamType
+
+
+class _Duration(_DurationBase):
+    """Seconds, or a number with a unit (90s, 15m, 12h, 1d, 2w, 1d12h); 'never' gives None."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | None:
+        if value is None:
+            return None
+        try:
+            return parse_duration(str(value))  # defaults arrive as numbers of seconds
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_DURATION = _Duration()
+
+
 @cli.command("worker")
 @click.option("--app", "app", required=True, help="module:attribute of your TaskRegistry.")
 @click.option(
@@ -141,6 +167,65 @@ def load_registry(spec: str) -> TaskRegistry:
 @click.option("--rescue", type=click.FloatRange(0, min_open=True), default=None)
 @click.option("--shutdown-grace", type=click.FloatRange(0), default=None)
 @click.option("--worker-id", default=None)
+@click.option(
+    "--probe-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    envvar="SKIPLOCK_PROBE_PORT",
+    help="Serve /livez, /readyz and /metrics on this port (default: no probe server).",
+)
+@click.option(
+    "--probe-host",
+    default="0.0.0.0",  # noqa: S104 (the kubelet and Prometheus connect from outside the pod)
+    show_default=True,
+    envvar="SKIPLOCK_PROBE_HOST",
+    help="Address the probe server listens on.",
+)
+@click.option(
+    "--probe-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="SKIPLOCK_PROBE_FILE",
+    help="Rewrite this file every few seconds while live, for exec probes; removed on exit.",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    show_default=True,
+    envvar="SKIPLOCK_WORKER_METRICS",
+    help="Serve Prometheus metrics at /metrics on the probe port.",
+)
+@click.option(
+    "--retention/--no-retention",
+    default=True,
+    show_default=True,
+    envvar="SKIPLOCK_RETENTION",
+    help="Delete old finished jobs from this worker (its role needs DELETE on the jobs table).",
+)
+@click.option(
+    "--retain-succeeded",
+    type=_DURATION,
+    default=PURGE_SUCCEEDED_AFTER,
+    show_default="1d",
+    envvar="SKIPLOCK_RETAIN_SUCCEEDED",
+    help="Keep succeeded jobs this long (seconds, or 90s/15m/12h/1d/2w; 'never').",
+)
+@click.option(
+    "--retain-failed",
+    type=_DURATION,
+    default=PURGE_FAILED_AFTER,
+    show_default="7d",
+    envvar="SKIPLOCK_RETAIN_FAILED",
+    help="Keep failed jobs this long.",
+)
+@click.option(
+    "--retain-cancelled",
+    type=_DURATION,
+    default=PURGE_CANCELLED_AFTER,
+    show_default="7d",
+    envvar="SKIPLOCK_RETAIN_CANCELLED",
+    help="Keep cancelled jobs this long.",
+)
 @click.pass_context
 def worker_cmd(
     ctx: click.Context,
@@ -153,6 +238,14 @@ def worker_cmd(
     rescue: float | None,
     shutdown_grace: float | None,
     worker_id: str | None,
+    probe_port: int | None,
+    probe_host: str,
+    probe_file: str | None,
+    metrics: bool,
+    retention: bool,
+    retain_succeeded: float | None,
+    retain_failed: float | None,
+    retain_cancelled: float | None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (drain) or a second signal (stop now)."""
     settings = _settings(ctx)
@@ -160,21 +253,38 @@ def worker_cmd(
     registry = load_registry(app)
     try:
         dsn = settings.require_database_url()
-        ws = WorkerSettings(
-            queues=[q.strip() for q in queues.split(",") if q.strip()]
+        base: dict[str, Any] = {
+            "queues": [q.strip() for q in queues.split(",") if q.strip()]
             if queues
             else settings.queues,
-            concurrency=concurrency or settings.concurrency,
-            lease=lease or settings.lease_seconds,
-            heartbeat=heartbeat or settings.heartbeat_seconds,
-            poll=poll or settings.poll_seconds,
-            rescue=rescue or settings.rescue_seconds,
-            shutdown_grace=settings.shutdown_grace_seconds
+            "concurrency": concurrency or settings.concurrency,
+            "lease": lease or settings.lease_seconds,
+            "heartbeat": heartbeat or settings.heartbeat_seconds,
+            "poll": poll or settings.poll_seconds,
+            "rescue": rescue or settings.rescue_seconds,
+            "shutdown_grace": settings.shutdown_grace_seconds
             if shutdown_grace is None
             else shutdown_grace,
-            progress_interval=settings.progress_interval_seconds,
-            schema=settings.schema_name,
-            worker_id=worker_id,
+            "progress_interval": settings.progress_interval_seconds,
+            "schema": settings.schema_name,
+            "worker_id": worker_id,
+        }
+        policy = (
+            RetentionPolicy(
+                succeeded_after=retain_succeeded,
+                failed_after=retain_failed,
+                cancelled_after=retain_cancelled,
+            )
+            if retention
+            else None
+        )
+        ws = WorkerSettings(
+            **base,
+            probe_port=probe_port,
+            probe_host=probe_host,
+            probe_file=probe_file,
+            metrics=metrics,
+            retention=policy,
         )
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -185,6 +295,15 @@ def worker_cmd(
         _fail(str(exc), EXIT_SCHEMA)
     except OSError as exc:
         _fail(f"cannot reach the database: {exc}")
+    except BaseExceptionGroup as group:
+        # From the worker's task group: a probe port in use, a probe file it cannot write.
+        matched, rest = group.split(OSError)
+        if matched is None or rest is not None:
+            raise
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        _fail(f"cannot start the worker: {leaf}")
 
 
 @cli.command("api")
@@ -324,27 +443,32 @@ def apikey_revoke(ctx: click.Context, key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+def _unsized() -> Iterator[int]:
+    """An iterator with no length: a progress bar over it counts instead of showing a percentage."""
+    yield from ()
+
+
 @cli.command("purge")
 @click.option(
     "--succeeded-after",
-    type=click.FloatRange(0),
+    type=_DURATION,
     default=PURGE_SUCCEEDED_AFTER,
-    show_default=True,
-    help="Delete succeeded jobs finished this many seconds ago.",
+    show_default="1d",
+    help="Delete succeeded jobs finished this long ago (seconds, or 90s/15m/12h/1d/2w; 'never').",
 )
 @click.option(
     "--failed-after",
-    type=click.FloatRange(0),
+    type=_DURATION,
     default=PURGE_FAILED_AFTER,
-    show_default=True,
-    help="Delete failed jobs finished this many seconds ago.",
+    show_default="7d",
+    help="Delete failed jobs finished this long ago.",
 )
 @click.option(
     "--cancelled-after",
-    type=click.FloatRange(0),
+    type=_DURATION,
     default=PURGE_CANCELLED_AFTER,
-    show_default=True,
-    help="Delete cancelled jobs finished this many seconds ago.",
+    show_default="7d",
+    help="Delete cancelled jobs finished this long ago.",
 )
 @click.option(
     "--batch",
@@ -357,27 +481,29 @@ def apikey_revoke(ctx: click.Context, key_id: str) -> None:
 @click.pass_context
 def purge_cmd(
     ctx: click.Context,
-    succeeded_after: float,
-    failed_after: float,
-    cancelled_after: float,
+    succeeded_after: float | None,
+    failed_after: float | None,
+    cancelled_after: float | None,
     batch: int,
     as_json: bool,
 ) -> None:
     """Delete old finished jobs (and finished jobs past expires_at), batch by batch."""
+    # The workers' retention sweep, run once: no pause between batches, a generous
+    # statement limit since --batch may be large.
+    policy = RetentionPolicy(
+        succeeded_after=succeeded_after,
+        failed_after=failed_after,
+        cancelled_after=cancelled_after,
+        batch_size=batch,
+        batch_pause=0.0,
+        timeout=600.0,
+    )
 
     async def work(store: Any, conn: Any) -> int:
-        total = 0
-        while True:
-            deleted: int = await store.purge_finished(
-                conn,
-                batch,
-                succeeded_after=succeeded_after,
-                failed_after=failed_after,
-                cancelled_after=cancelled_after,
-            )
-            total += deleted
-            if deleted < batch:
-                return total
+        if as_json:
+            return await purge_sweep(conn, store, policy)
+        with click.progressbar(_unsized(), label="purging", show_pos=True, file=sys.stderr) as bar:
+            return await purge_sweep(conn, store, policy, on_deleted=bar.update)
 
     total = _with_store(_settings(ctx), work)
     if as_json:
@@ -803,17 +929,67 @@ def check_cmd(ctx: click.Context) -> None:
 
 
 @cli.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="API port (0: any free port; a taken port falls back to a free one).",
+)
+@click.option(
+    "--exit-after",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Stop by itself after SECONDS, as on Ctrl-C (default: run until interrupted).",
+)
 @click.pass_context
-def demo_cmd(ctx: click.Context) -> None:
-    """Run sample jobs with live progress (throwaway PostgreSQL unless one is configured)."""
+def demo_cmd(ctx: click.Context, host: str, port: int, exit_after: float | None) -> None:
+    """A worker, the status API with its dashboard, and sample jobs with live progress.
+
+    Uses a throwaway PostgreSQL unless SKIPLOCK_DATABASE_URL is set. Prints the
+    dashboard URL (with a demo API key) and curl lines; Ctrl-C or SIGTERM stops
+    everything and removes what it made.
+    """
+    import os
+
     from skiplock.demo import run_demo  # keeps the other commands light
 
     settings = _settings(ctx)
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    if parent.get("log_level") is None and "SKIPLOCK_LOG_LEVEL" not in os.environ:
+        # The demo's own lines are the show: only warnings and errors from the log.
+        configure_logging(settings.log_format, "warning")
     try:
-        asyncio.run(run_demo(settings.database_url, click.echo))
-    except KeyboardInterrupt:
+        asyncio.run(
+            run_demo(
+                settings.database_url,
+                click.echo,
+                host=host,
+                port=port,
+                exit_after=exit_after,
+                schema=settings.schema_name,
+            )
+        )
+    except KeyboardInterrupt:  # before the demo's own signal handling was in place
         click.echo("interrupted; cleaned up", err=True)
         sys.exit(130)
+    except SchemaMismatch as exc:
+        _fail(str(exc), EXIT_SCHEMA)
+    except (OSError, RuntimeError, ValueError) as exc:
+        _fail(f"demo failed: {exc}")
+    except ExceptionGroup as group:
+        leaves = [str(e) or type(e).__name__ for e in _leaves(group)]
+        _fail("demo failed: " + "; ".join(leaves))
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    """The exceptions inside a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from skiplock.queue.errors import InvalidJob
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.states import JobState
+from skiplock.tracing import inject_trace_context
 
 __all__ = ["Job", "JobError", "JobSpec", "Page"]
 
@@ -143,7 +144,11 @@ class JobSpec:
                 raise InvalidJob("delay must be a non-negative number of seconds or timedelta")
         try:
             object.__setattr__(self, "args_json", dumps(dict(self.args), what="args"))
-            object.__setattr__(self, "meta_json", dumps(dict(self.meta), what="meta"))
+            # The current span's W3C context under meta["_trace"] (a no-op without
+            # OpenTelemetry): the worker continues the enqueuer's trace.
+            meta = inject_trace_context(dict(self.meta))
+            object.__setattr__(self, "meta", meta)
+            object.__setattr__(self, "meta_json", dumps(meta, what="meta"))
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 import uuid
 from collections.abc import Callable, Generator
 from datetime import timedelta
@@ -56,6 +55,8 @@ class JobContext:
     - ``log``: a structlog logger bound to the job id, task, attempt and tenant.
     """
 
+    __slots__ = ("_base_log", "_cancelled", "_log", "_report", "cancel_reason", "job")
+
     def __init__(
         self,
         job: Job,
@@ -64,10 +65,27 @@ class JobContext:
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self.job = job
-        self.log = log
+        self._base_log = log
+        self._log: structlog.typing.FilteringBoundLogger | None = None
         self._report = report
-        self._cancelled = threading.Event()
+        # A plain flag: set once on the event loop, read by handler threads
+        # (attribute reads and writes are atomic in CPython).
+        self._cancelled = False
         self.cancel_reason: str | None = None
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A logger bound to this job's id, task, attempt, tenant and queue."""
+        if self._log is None:  # bound on first use: most jobs never log
+            job = self.job
+            self._log = self._base_log.bind(
+                job_id=str(job.id),
+                task=job.task,
+                attempt=job.attempt,
+                tenant=job.tenant,
+                queue=job.queue,
+            )
+        return self._log
 
     @property
     def id(self) -> uuid.UUID:
@@ -92,11 +110,11 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the job must stop (cancelled, timed out, lease lost, shutdown)."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`Cancelled` when the job must stop (for sync handlers)."""
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise Cancelled(self.cancel_reason or "cancelled")
 
     def progress(
@@ -125,4 +143,4 @@ class JobContext:
     def _cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        self._cancelled.set()
+        self._cancelled = True

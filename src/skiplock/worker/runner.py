@@ -25,6 +25,7 @@ stopped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -47,9 +48,13 @@ from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.models import Job
 from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store
+from skiplock.tracing import job_span, record_exception, tracing_active
 from skiplock.worker.context import JobContext, ProgressReport
 from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.metrics import WorkerMetrics
+from skiplock.worker.probes import ProbeFile, ProbeServer, WorkerHealth
 from skiplock.worker.registry import Task, TaskRegistry
+from skiplock.worker.retention import RetentionPolicy, retention_loop
 
 __all__ = ["Worker", "WorkerSettings"]
 
@@ -70,6 +75,12 @@ class WorkerSettings:
     ``heartbeat`` defaults to a third of ``lease``. ``progress_interval`` is the
     minimum time between two progress writes of one job (0.1 s: at most 10
     writes per job per second). ``max_result_bytes`` caps a handler's JSON result.
+
+    ``probe_port``: serve ``/livez``, ``/readyz`` (and ``/metrics`` when
+    ``metrics``) on ``probe_host`` at this port (0: any free port; None: no
+    server). ``probe_file``: rewrite this file every ``probe_file_interval``
+    seconds while live, for exec probes. ``retention``: delete old finished
+    jobs from this worker by that policy (None: never).
     """
 
     queues: Sequence[str] = ("default",)
@@ -86,6 +97,12 @@ class WorkerSettings:
     db_timeout: float = 10.0
     schema: str = "skiplock"
     worker_id: str | None = None
+    probe_port: int | None = None
+    probe_host: str = "0.0.0.0"  # noqa: S104 (the kubelet connects from outside the pod)
+    probe_file: str | None = None
+    probe_file_interval: float = 10.0
+    metrics: bool = True
+    retention: RetentionPolicy | None = None
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -98,6 +115,10 @@ class WorkerSettings:
             raise ValueError("heartbeat must be positive and shorter than the lease")
         if self.poll <= 0 or self.rescue <= 0 or self.shutdown_grace < 0:
             raise ValueError("poll and rescue must be positive, shutdown_grace non-negative")
+        if self.probe_port is not None and not 0 <= self.probe_port <= 65535:
+            raise ValueError("probe_port must be between 0 and 65535")
+        if self.probe_file_interval <= 0:
+            raise ValueError("probe_file_interval must be positive")
 
     @property
     def heartbeat_interval(self) -> float:
@@ -113,13 +134,23 @@ class _Lease:
     token: uuid.UUID
     deadline: float  # monotonic time by which the lease may have run out
     ctx: JobContext | None = None
-    scope: anyio.CancelScope | None = None
+    task: asyncio.Task[None] | None = None  # runs _execute
+    executing: bool = False  # inside the handler call: cancelling the task stops it
+    cancel_sent: bool = False  # we called task.cancel() (at most once)
+    timed_out: bool = False
     cancel_reason: CancelReason | None = None
     progress: ProgressReport | None = None  # latest report
     progress_dirty: bool = False
     progress_written_at: float = 0.0
     completing: bool = False  # outcome handed to the completer
+    released: bool = False  # its slot is free again (outcome written or given up)
     claimed_at: float = field(default_factory=time.monotonic)
+
+
+def _enabled_for(logger: Any, level: int) -> bool:
+    """Whether ``logger`` emits ``level`` (True when it cannot tell)."""
+    check = getattr(logger, "is_enabled_for", None)
+    return True if check is None else bool(check(level))
 
 
 def _default_worker_id() -> str:
@@ -182,7 +213,9 @@ class Worker:
         self._queues = list(self.settings.queues)
         self._queue_set = frozenset(self._queues)
         self._leases: dict[uuid.UUID, _Lease] = {}
-        self._running = 0  # handlers executing (slots in use)
+        self._tasks: set[asyncio.Task[None]] = set()  # one per claimed job, until it ends
+        self._running = 0  # handlers executing
+        self._held = 0  # slots in use: claimed and not yet written or given up
         self._pending: list[Completion] = []
         self._pending_leases: dict[uuid.UUID, _Lease] = {}
         self._pool: asyncpg.Pool[Any] | None = None
@@ -190,7 +223,14 @@ class Worker:
         self._outer: anyio.CancelScope | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        # One multi-row write (completions, progress, heartbeat) at a time: the
+        # planner locks rows in its own order, not the array's, so two of this
+        # worker's statements over the same rows could deadlock each other.
+        # Other workers hold other rows; claims and the rescuer skip locked rows.
+        self._write_lock = asyncio.Lock()
         self._log = log.bind(worker_id=self.id)
+        self._debug = _enabled_for(self._log, logging.DEBUG)
+        self._tracing = False  # decided when it starts: a tracer provider is configured
         # asyncio events (the worker runs on asyncio: asyncpg needs it)
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -200,6 +240,16 @@ class Worker:
         self._progress_ready = asyncio.Event()
         self._heartbeat_now = asyncio.Event()
         self._started = asyncio.Event()
+        s = self.settings
+        self.metrics = WorkerMetrics(self.id)
+        """This worker's Prometheus metrics (served at /metrics when ``settings.metrics``)."""
+        self.health = WorkerHealth(
+            db_fresh_for=max(3 * s.poll, 3 * s.heartbeat_interval, s.db_timeout)
+        )
+        """What /livez and /readyz (and the probe file) report."""
+        self.probe_port: int | None = None
+        """The probe server's port once running (useful with ``probe_port=0``)."""
+        self._listener_connects = 0
 
     # -- lifecycle --------------------------------------------------------
 
@@ -216,6 +266,7 @@ class Worker:
 
     def stop(self) -> None:
         """Drain: stop claiming, give handlers the grace period, then release them."""
+        self.health.stopping()
         if not self._stopping:
             self._stopping = True
             self._log.info("worker_stopping", in_flight=self._running)
@@ -226,6 +277,8 @@ class Worker:
         """Stop at once, without writing outcomes: leases expire and get rescued."""
         self._stopping = True
         self._log.warning("worker_killed", in_flight=self._running)
+        for task in self._tasks:
+            task.cancel()
         if self._outer is not None:
             self._outer.cancel()
 
@@ -249,12 +302,15 @@ class Worker:
     async def run(self) -> None:
         """Run until :meth:`stop` (drains) or :meth:`kill`. Raises on an unknown schema."""
         self._loop = asyncio.get_running_loop()
+        self._tracing = tracing_active()
         s = self.settings
         pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=6)
         assert pool is not None
         self._pool = pool
         try:
             await check_schema(pool, schema=s.schema)
+            self.health.schema_checked()
+            self.health.db_ok()
             self._log.info(
                 "worker_started",
                 queues=self._queues,
@@ -264,24 +320,59 @@ class Worker:
             with anyio.CancelScope() as outer:
                 self._outer = outer
                 async with anyio.create_task_group() as loops:
+                    await self._start_ops(loops, pool)
                     loops.start_soon(self._listen_loop)
                     loops.start_soon(self._heartbeat_loop)
                     loops.start_soon(self._rescue_loop)
                     loops.start_soon(self._completer_loop)
                     loops.start_soon(self._progress_loop)
-                    async with anyio.create_task_group() as handlers:
-                        self._started.set()
-                        await self._claim_loop(handlers)
-                        await self._drain(handlers)
+                    self._started.set()
+                    await self._claim_loop()
+                    await self._drain()
                     with anyio.move_on_after(s.lease):
                         await self._wait_completions_drained()
                     loops.cancel_scope.cancel()
         finally:
+            await self._reap_handlers()
             self._pool = None
             await pool.close()
             self._log.info("worker_stopped")
 
-    async def _drain(self, handlers: anyio.abc.TaskGroup) -> None:
+    async def _start_ops(self, loops: anyio.abc.TaskGroup, pool: asyncpg.Pool[Any]) -> None:
+        """Probe server, probe file and retention loop, as the settings ask."""
+        s = self.settings
+        self.health.expect("heartbeat", within=3 * s.heartbeat_interval + s.db_timeout)
+        self.health.expect("rescuer", within=2 * s.rescue + 2 * s.db_timeout)
+        if s.probe_port is not None:
+            server = ProbeServer(
+                self.health.liveness,
+                self.health.readiness,
+                self.metrics if s.metrics else None,
+                log=self._log,
+            )
+            self.probe_port = await loops.start(server.serve, s.probe_host, s.probe_port)
+        if s.probe_file is not None:
+            probe_file = ProbeFile(
+                s.probe_file, self.health.liveness, interval=s.probe_file_interval, log=self._log
+            )
+            await loops.start(probe_file.run)
+        if s.retention is not None:
+            loops.start_soon(
+                partial(
+                    retention_loop,
+                    pool,
+                    self.store,
+                    s.retention,
+                    log=self._log,
+                    on_deleted=self.metrics.purged,
+                    on_error=self._retention_failed,
+                )
+            )
+
+    def _retention_failed(self, exc: BaseException) -> None:
+        self.metrics.db_error("retention")
+
+    async def _drain(self) -> None:
         if self._running:
             self._log.info(
                 "worker_draining", in_flight=self._running, grace=self.settings.shutdown_grace
@@ -291,6 +382,16 @@ class Worker:
         for lease in list(self._leases.values()):
             if not lease.completing:
                 self._cancel(lease, "shutdown")
+        await self._wait_idle()  # cancelled handlers return promptly (threads are abandoned)
+
+    async def _reap_handlers(self) -> None:
+        """Cancel handler tasks still alive (after kill or a crash) and wait for them."""
+        if not self._tasks:
+            return
+        for task in self._tasks:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait(list(self._tasks))
 
     async def _wait_idle(self) -> None:
         while self._running:
@@ -304,43 +405,62 @@ class Worker:
 
     # -- claimer ----------------------------------------------------------
 
-    async def _claim_loop(self, handlers: anyio.abc.TaskGroup) -> None:
+    async def _claim_loop(self) -> None:
         s = self.settings
+        loop = asyncio.get_running_loop()
         backoff = 0.1
+        by_poll = False  # this claim was woken by the poll timer, not a notification
         while not self._stopping:
-            free = s.concurrency - self._running
+            free = s.concurrency - self._held
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
+                by_poll = False
                 continue
             self._wake.clear()
             limit = min(free, s.max_claim_batch)
             deadline = time.monotonic() + s.lease
+            claim_started = time.perf_counter()
             try:
                 with anyio.fail_after(s.db_timeout):
                     jobs = await self.store.claim_jobs(
                         self.pool, self._queues, limit, s.lease, self.id
                     )
             except _DB_DOWN as exc:
+                self.metrics.db_error("claim")
+                self.health.db_failed(exc)
                 self._log.warning("claim_failed", error=repr(exc), retry_in=round(backoff, 2))
                 await self._sleep_or_wake(backoff)
                 backoff = min(backoff * 2, s.poll * 5)
+                by_poll = False
                 continue
+            self.metrics.claimed(len(jobs), time.perf_counter() - claim_started, by_poll=by_poll)
+            self.health.db_ok()
+            by_poll = False
             backoff = 0.1
             for job in jobs:
                 assert job.lease_token is not None
                 lease = _Lease(job=job, token=job.lease_token, deadline=deadline)
                 self._leases[job.id] = lease
                 self._running += 1
-                handlers.start_soon(self._execute, lease)
+                self._held += 1
+                # Plain asyncio tasks: an anyio task group and cancel scope per job
+                # cost several times the whole rest of the job's Python path.
+                task = loop.create_task(self._execute(lease))
+                lease.task = task
+                self._tasks.add(task)
+                task.add_done_callback(partial(self._handler_done, lease))
             if jobs:
                 self._log.debug("jobs_claimed", count=len(jobs))
             if len(jobs) < limit:
-                await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
+                by_poll = not await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
 
-    async def _sleep_or_wake(self, seconds: float) -> None:
+    async def _sleep_or_wake(self, seconds: float) -> bool:
+        """Wait for a wake-up or ``seconds``; whether woken (False: the timer ran out)."""
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+            return True
+        return False
 
     def _on_queue_notification(self, payload: str) -> None:
         if self._queue_set.intersection(payload.split(",")):
@@ -348,27 +468,44 @@ class Worker:
 
     # -- executor ---------------------------------------------------------
 
+    def _handler_done(self, lease: _Lease, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if lease.ctx is None:  # cancelled (killed) before its first step
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+            self._forget(lease)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug in the worker itself, not in a handler (those become outcomes).
+            self._log.error("executor_crashed", error=repr(task.exception()))
+
     async def _execute(self, lease: _Lease) -> None:
-        job = lease.job
-        joblog = self._log.bind(
-            job_id=str(job.id),
-            task=job.task,
-            attempt=job.attempt,
-            tenant=job.tenant,
-            queue=job.queue,
-        )
-        ctx = JobContext(job, report=partial(self._report_progress, lease), log=joblog)
+        ctx = JobContext(lease.job, report=partial(self._report_progress, lease), log=self._log)
         lease.ctx = ctx
+        task = lease.job.task
+        self.metrics.started(task)
+        outcome = "abandoned"  # lease lost, or cancelled from outside: nothing written
+        started = time.monotonic()
         try:
-            completion = await self._run_handler(lease, ctx, joblog)
+            if self._tracing:
+                with job_span(lease.job) as span:
+                    completion = await self._run_handler(lease, ctx)
+                    span.set_outcome(
+                        None if completion is None else completion.outcome,
+                        None if completion is None else completion.error_json,
+                    )
+            else:
+                completion = await self._run_handler(lease, ctx)
+            if completion is not None:
+                outcome = completion.outcome
         except BaseException:
-            # Cancelled from outside (kill) or a handler that raised CancelledError
-            # itself: write nothing, stop heartbeating; the rescuer takes the job.
+            # Cancelled from outside (kill): write nothing, stop heartbeating; the
+            # rescuer takes the job.
             self._forget(lease)
             raise
         finally:
+            self.metrics.finished(task, outcome, time.monotonic() - started)
             self._running -= 1
-            self._slot_free.set()
             if not self._running:
                 self._idle.set()
         if completion is None:
@@ -376,79 +513,90 @@ class Worker:
         else:
             self._submit(lease, completion)
 
-    async def _run_handler(
-        self, lease: _Lease, ctx: JobContext, joblog: structlog.typing.FilteringBoundLogger
-    ) -> Completion | None:
+    async def _run_handler(self, lease: _Lease, ctx: JobContext) -> Completion | None:
         job = lease.job
         task = self.registry.get(job.task)
         if task is None:
             message = f"no handler for task {job.task!r} is registered on worker {self.id}"
-            joblog.error("job_task_unknown")
+            ctx.log.error("job_task_unknown")
             return self._failure(lease, None, "UnknownTask", message, retryable=True, task=None)
-        joblog.info("job_started")
+        if self._debug:  # per-job lines are debug: at thousands of jobs/s they would be the cost
+            ctx.log.debug("job_started")
         started = time.monotonic()
         result: Any = None
         error: BaseException | None = None
-        with anyio.CancelScope() as scope:
-            lease.scope = scope
-            if lease.cancel_reason is not None:
-                scope.cancel()
+        if lease.cancel_reason is None:  # else stopped before it started: skip the call
+            timer = None
             if task.timeout is not None:
-                scope.deadline = anyio.current_time() + task.timeout
+                timer = asyncio.get_running_loop().call_later(task.timeout, self._time_out, lease)
+            lease.executing = True
             try:
                 result = await self._call(task, ctx, job.args)
             except (Exception, Cancelled) as exc:
                 error = exc
+                if self._tracing:
+                    record_exception(exc)  # the traceback on the job's span
             except asyncio.CancelledError as exc:
                 current = asyncio.current_task()
-                if scope.cancel_called or (current is not None and current.cancelling()):
-                    raise  # a real cancellation: ours (caught by the scope) or the worker's
-                error = exc  # the handler raised it itself: an ordinary failure
-        lease.scope = None
+                if lease.cancel_sent and current is not None:
+                    current.uncancel()  # ours: consumed here, the outcome says why
+                if current is not None and current.cancelling():
+                    raise  # the worker is being killed: write nothing
+                if not lease.cancel_sent:
+                    error = exc  # the handler raised it itself: an ordinary failure
+            finally:
+                lease.executing = False
+                if timer is not None:
+                    timer.cancel()
+            if lease.cancel_sent and not isinstance(error, asyncio.CancelledError):
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    current.uncancel()  # the handler swallowed our cancel and returned
         elapsed = round(time.monotonic() - started, 4)
 
         reason = lease.cancel_reason
         if reason == "lease_lost":
-            joblog.warning("job_abandoned", reason="lease_lost", seconds=elapsed)
+            ctx.log.warning("job_abandoned", reason="lease_lost", seconds=elapsed)
             return None
         if reason == "shutdown":
-            joblog.info("job_released", seconds=elapsed)
+            ctx.log.info("job_released", seconds=elapsed)
             return self._completion(lease, "release")
         if reason == "cancel_requested":
-            joblog.info("job_cancelled", seconds=elapsed)
+            ctx.log.info("job_cancelled", seconds=elapsed)
             return self._completion(lease, "cancelled")
-        if scope.cancelled_caught:
+        if lease.timed_out:
             message = f"attempt {job.attempt} exceeded the task timeout of {task.timeout} s"
-            joblog.warning("job_timed_out", seconds=elapsed)
+            ctx.log.warning("job_timed_out", seconds=elapsed)
             return self._failure(lease, None, "TimeoutError", message, retryable=True, task=task)
         if isinstance(error, Fail):
-            joblog.warning("job_failed", error=_exc_message(error), seconds=elapsed)
+            ctx.log.warning("job_failed", error=_exc_message(error), seconds=elapsed)
             return self._failure(
                 lease, error, type(error).__name__, _exc_message(error), retryable=False, task=task
             )
         if isinstance(error, Retry):
-            joblog.info("job_retry_requested", delay=error.delay, seconds=elapsed)
+            ctx.log.info("job_retry_requested", delay=error.delay, seconds=elapsed)
             return self._failure(
                 lease, None, "Retry", error.reason, retryable=True, task=task, delay=error.delay
             )
         if error is not None:
-            joblog.warning("job_errored", error=_exc_message(error), seconds=elapsed)
+            ctx.log.warning("job_errored", error=_exc_message(error), seconds=elapsed)
             return self._failure(
                 lease, error, type(error).__name__, _exc_message(error), retryable=True, task=task
             )
         try:
             result_json = dumps(result, what=f"the result of task {job.task!r}")
         except ValueError as exc:
-            joblog.error("job_result_invalid", error=str(exc))
+            ctx.log.error("job_result_invalid", error=str(exc))
             return self._failure(lease, None, "InvalidResult", str(exc), retryable=False, task=task)
         if len(result_json) > self.settings.max_result_bytes:
             message = (
                 f"the result of task {job.task!r} is {len(result_json)} bytes, over the "
                 f"limit of {self.settings.max_result_bytes}"
             )
-            joblog.error("job_result_too_large", size=len(result_json))
+            ctx.log.error("job_result_too_large", size=len(result_json))
             return self._failure(lease, None, "ResultTooLarge", message, retryable=False, task=task)
-        joblog.info("job_succeeded", seconds=elapsed)
+        if self._debug:
+            ctx.log.debug("job_succeeded", seconds=elapsed)
         return self._completion(lease, "succeeded", result_json=result_json)
 
     async def _call(self, task: Task, ctx: JobContext, args: dict[str, Any]) -> Any:
@@ -506,8 +654,20 @@ class Worker:
             lease.cancel_reason = reason
         if lease.ctx is not None:
             lease.ctx._cancel(reason)
-        if lease.scope is not None:
-            lease.scope.cancel()
+        self._stop_handler(lease)
+
+    def _stop_handler(self, lease: _Lease) -> None:
+        """Cancel the handler call if it is running (once)."""
+        if lease.executing and not lease.cancel_sent and lease.task is not None:
+            lease.cancel_sent = True
+            lease.task.cancel()
+
+    def _time_out(self, lease: _Lease) -> None:
+        if lease.executing and lease.cancel_reason is None:
+            lease.timed_out = True
+            if lease.ctx is not None:
+                lease.ctx._cancel("timeout")
+            self._stop_handler(lease)
 
     # -- completer --------------------------------------------------------
 
@@ -519,8 +679,15 @@ class Worker:
         self._completions_ready.set()
 
     def _forget(self, lease: _Lease) -> None:
-        self._leases.pop(lease.job.id, None)
-        self._pending_leases.pop(lease.job.id, None)
+        if not lease.released:
+            lease.released = True
+            self._held -= 1
+            self._slot_free.set()
+        job_id = lease.job.id
+        if self._leases.get(job_id) is lease:
+            del self._leases[job_id]
+        if self._pending_leases.get(job_id) is lease:
+            del self._pending_leases[job_id]
         if not self._pending and not self._pending_leases:
             self._completions_drained.set()
 
@@ -539,11 +706,12 @@ class Worker:
         backoff = 0.05
         while batch:
             try:
-                with anyio.fail_after(self.settings.db_timeout):
-                    written = await self.store.complete_jobs(
-                        self.pool, sorted(batch, key=lambda c: c.job_id)
-                    )
+                async with self._write_lock:
+                    with anyio.fail_after(self.settings.db_timeout):
+                        written = await self.store.complete_jobs(self.pool, batch)
             except _DB_DOWN as exc:
+                self.metrics.db_error("complete")
+                self.health.db_failed(exc)
                 now = time.monotonic()
                 keep: list[Completion] = []
                 for c in batch:
@@ -563,9 +731,12 @@ class Worker:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            self.metrics.completion_batch(len(batch))
+            self.health.db_ok()
             for c in batch:
                 lease = self._pending_leases.get(c.job_id)
                 if c.job_id not in written:
+                    self.metrics.lease_lost("completion")
                     self._log.warning(
                         "lease_lost", job_id=str(c.job_id), outcome=c.outcome, write="completion"
                     )
@@ -628,21 +799,24 @@ class Worker:
                 )
             )
         try:
-            with anyio.fail_after(self.settings.db_timeout):
-                written = await self.store.update_progress(
-                    self.pool, sorted(writes, key=lambda w: w.job_id)
-                )
+            async with self._write_lock:
+                with anyio.fail_after(self.settings.db_timeout):
+                    written = await self.store.update_progress(self.pool, writes)
         except _DB_DOWN as exc:
+            self.metrics.db_error("progress")
+            self.health.db_failed(exc)
             self._log.warning("progress_write_failed", error=repr(exc), jobs=len(writes))
             for lease in leases:
                 lease.progress_dirty = True  # try again; the completion carries it anyway
             await anyio.sleep(min(1.0, self.settings.heartbeat_interval))
             return
+        self.health.db_ok()
         for lease in leases:
             if lease.job.id not in written and not lease.completing:
                 self._lost(lease, write="progress")
 
     def _lost(self, lease: _Lease, *, write: str) -> None:
+        self.metrics.lease_lost(write)
         self._log.warning("lease_lost", job_id=str(lease.job.id), task=lease.job.task, write=write)
         self._leases.pop(lease.job.id, None)
         self._cancel(lease, "lease_lost")
@@ -655,9 +829,12 @@ class Worker:
             with anyio.move_on_after(s.heartbeat_interval):
                 await self._heartbeat_now.wait()
             self._heartbeat_now.clear()
+            self.health.alive("heartbeat")
             leases = list(self._leases.values())
             if leases:
                 await self._heartbeat(leases)
+            else:
+                self.metrics.heartbeat_ok()  # nothing to extend: the pass succeeded
             now = time.monotonic()
             for lease in list(self._leases.values()):
                 if lease.deadline <= now and not lease.completing:
@@ -672,16 +849,18 @@ class Worker:
         s = self.settings
         sent_at = time.monotonic()
         try:
-            with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
-                # One lock order (by id) for every multi-row write: no deadlocks.
-                held = await self.store.heartbeat_jobs(
-                    self.pool,
-                    sorted((lease.job.id, lease.token) for lease in leases),
-                    s.lease,
-                )
+            async with self._write_lock:
+                with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
+                    held = await self.store.heartbeat_jobs(
+                        self.pool, [(lease.job.id, lease.token) for lease in leases], s.lease
+                    )
         except _DB_DOWN as exc:
+            self.metrics.db_error("heartbeat")
+            self.health.db_failed(exc)
             self._log.warning("heartbeat_failed", error=repr(exc), jobs=len(leases))
             return
+        self.metrics.heartbeat_ok()
+        self.health.db_ok()
         for lease in leases:
             cancel_requested = held.get(lease.job.id)
             if cancel_requested is None:
@@ -709,10 +888,13 @@ class Worker:
         s = self.settings
         while True:
             await anyio.sleep(s.rescue * random.uniform(0.5, 1.0))
+            self.health.alive("rescuer")
             try:
                 while True:
                     with anyio.fail_after(s.db_timeout):
                         rescued = await self.store.rescue_expired(self.pool, 500)
+                    self.health.db_ok()
+                    self.health.alive("rescuer")
                     for r in rescued:
                         self._log.warning(
                             "lease_expired_job_rescued",
@@ -724,14 +906,23 @@ class Worker:
                     if len(rescued) < 500:
                         break
             except _DB_DOWN as exc:
+                self.metrics.db_error("rescue")
+                self.health.db_failed(exc)
                 self._log.warning("rescue_failed", error=repr(exc))
 
     # -- listener ---------------------------------------------------------
 
     async def _listen_loop(self) -> None:
         def caught_up() -> None:  # claim and heartbeat now: notifications may have been missed
+            if self._listener_connects:
+                self.metrics.listener_reconnected()
+            self._listener_connects += 1
             self._wake.set()
             self._heartbeat_now.set()
+
+        def lost() -> None:  # also called when the loop is cancelled at shutdown
+            if not self._stopping:
+                self.metrics.db_error("listen")
 
         schema = self.settings.schema
         await listen_forever(
@@ -741,6 +932,7 @@ class Worker:
                 f"{schema}.cancel": self._on_cancel_notification,
             },
             on_connected=caught_up,
+            on_disconnected=lost,
             ping_every=self.settings.poll * 5,
             db_timeout=self.settings.db_timeout,
             log=self._log,

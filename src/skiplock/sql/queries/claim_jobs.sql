@@ -1,14 +1,27 @@
 -- claim_jobs: lease up to $2 due jobs from the given queues, in claim order
 -- (priority, run_at, id), skipping rows other workers hold locked.
+-- Each queue is read on its own walk of jobs_claim_idx (an index scan with
+-- `queue = ANY(...)` cannot return rows in claim order, so PostgreSQL before 17
+-- would sort every queued row); the walks are merged and cut to $2. A worker
+-- on several queues may briefly lock up to $2 rows per queue: the surplus is
+-- released at commit, and other workers skip it meanwhile.
+-- The UPDATE finds its rows through the primary key (`= ANY(ARRAY(...))`), never
+-- a hash join over the whole table.
 -- Parameters: $1 queues text[], $2 limit, $3 lease seconds float8, $4 worker id.
 -- Result: the claimed rows, now running with a fresh lease token.
 WITH picked AS (
-    SELECT q.id
-    FROM skiplock.jobs q
-    WHERE q.state = 'queued' AND q.run_at <= now() AND q.queue = ANY($1::text[])
-    ORDER BY q.priority, q.run_at, q.id
+    SELECT c.id
+    FROM unnest($1::text[]) AS wanted (queue)
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.priority, q.run_at
+        FROM skiplock.jobs q
+        WHERE q.state = 'queued' AND q.queue = wanted.queue AND q.run_at <= now()
+        ORDER BY q.priority, q.run_at, q.id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.priority, c.run_at, c.id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE skiplock.jobs j SET
     state = 'running',
@@ -18,6 +31,5 @@ UPDATE skiplock.jobs j SET
     worker_id = $4::text,
     started_at = now(),
     updated_at = now()
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY(ARRAY(SELECT picked.id FROM picked))
 RETURNING j.*

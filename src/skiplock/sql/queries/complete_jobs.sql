@@ -9,6 +9,10 @@
 --   float8[], $7 final progress real[] (NULL keeps), $8 final message text[],
 --   $9 final ETA seconds float8[].
 -- Result: the ids written; a missing id is a lost lease.
+-- The fence is the lease token alone: jobs_lease_check makes a non-NULL token
+-- mean 'running'. Adding `state = 'running'` would let the planner walk the
+-- partial lease index, whose dead entries (every finished job's) pile up
+-- between vacuums: measured 220 µs of server CPU per row instead of 18.
 UPDATE skiplock.jobs j SET
     state = CASE
         WHEN c.outcome IN ('retry', 'release') AND j.cancel_requested THEN 'cancelled'
@@ -36,5 +40,5 @@ UPDATE skiplock.jobs j SET
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::float8[],
             $7::real[], $8::text[], $9::float8[])
     AS c (id, lease_token, outcome, result, error, delay, progress, message, eta)
-WHERE j.id = c.id AND j.lease_token = c.lease_token AND j.state = 'running'
+WHERE j.id = c.id AND j.lease_token = c.lease_token
 RETURNING j.id

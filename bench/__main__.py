@@ -1,0 +1,463 @@
+"""``python -m bench``: skiplock's benchmark suite (``scripts/bench`` runs it).
+
+Each benchmark runs ``--runs`` times (default 3), each time on a fresh
+database; the table shows the median of the runs next to its target. See
+``docs/performance.md`` for what each figure means and how it is measured.
+
+    python -m bench                          # everything, default sizes
+    python -m bench --quick                  # tiny sizes: does it all work?
+    python -m bench --only throughput,pickup --throughput-jobs 200000
+    python -m bench --json                   # one JSON document instead of the table
+
+The server is ``--dsn`` (or ``SKIPLOCK_BENCH_DATABASE_URL``, else
+``SKIPLOCK_DATABASE_URL``): databases are created on it for each run and
+dropped afterwards. Without one, a throwaway PostgreSQL is started from the
+binaries on this machine (durable: fsync and synchronous_commit on, unless
+``--fast``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import api, jobs, pgbench
+from bench.common import Server, exit_on_sigterm, header, kill_all, note
+from skiplock.logs import configure_logging
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How big each benchmark is."""
+
+    throughput_jobs: int = 20_000
+    bulk_jobs: int = 20_000
+    bulk_chunk: int = 1_000
+    single_jobs: int = 2_000
+    pickup_jobs: int = 500
+    pickup_gap: float = 0.02
+    big_rows: int = 1_000_000
+    progress_calls: int = 10_000
+    progress_seconds: float = 2.0
+    sse_samples: int = 100
+    sse_interval: float = 0.15
+    api_duration: float = 5.0
+    api_connections: int = 32
+    pgbench_transactions: int = 1_000
+    memory_jobs: int = 100_000
+
+
+QUICK = Sizes(
+    throughput_jobs=500,
+    bulk_jobs=2_000,
+    single_jobs=100,
+    pickup_jobs=20,
+    big_rows=2_000,
+    progress_calls=1_000,
+    progress_seconds=0.5,
+    sse_samples=5,
+    api_duration=1.0,
+    api_connections=8,
+    pgbench_transactions=10,
+    memory_jobs=1_000,
+)
+
+THROUGHPUT_TARGET_JOBS = 200_000
+MB = 1024 * 1024
+
+
+# -- the benchmarks -------------------------------------------------------------
+
+Run = dict[str, Any]
+Bench = Callable[[Server, Sizes], Awaitable[Run]]
+
+
+async def _empty(server: Server) -> str:
+    return await server.template("empty")
+
+
+async def _big(server: Server, sizes: Sizes) -> str:
+    async def fill(dsn: str) -> None:
+        note(f"filling the big-table template with {sizes.big_rows:,} finished jobs")
+        await jobs.fill_finished(dsn, sizes.big_rows)
+
+    return await server.template("big", fill)
+
+
+async def _throughput(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await jobs.throughput(dsn, sizes.throughput_jobs)
+
+
+async def _bulk(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await jobs.bulk_enqueue(dsn, sizes.bulk_jobs, sizes.bulk_chunk)
+
+
+async def _single(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await jobs.single_enqueue(dsn, sizes.single_jobs)
+
+
+async def _pickup(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await jobs.pickup(dsn, sizes.pickup_jobs, sizes.pickup_gap)
+
+
+async def _big_table(server: Server, sizes: Sizes) -> Run:
+    template = await _big(server, sizes)
+    async with server.fresh_database(template) as dsn:
+        throughput = await jobs.throughput(dsn, sizes.throughput_jobs)
+    async with server.fresh_database(template) as dsn:
+        pickup = await jobs.pickup(dsn, sizes.pickup_jobs, sizes.pickup_gap)
+    return {"rows": sizes.big_rows, "throughput": throughput, "pickup": pickup}
+
+
+async def _progress(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        writes = await jobs.progress_writes(dsn, sizes.progress_calls, sizes.progress_seconds)
+    async with server.fresh_database(await _empty(server)) as dsn:
+        sse = await api.sse_latency(dsn, samples=sizes.sse_samples, interval=sizes.sse_interval)
+    return {"writes": writes, "sse": sse}
+
+
+async def _api(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await api.get_job_ratio(
+            dsn, duration=sizes.api_duration, connections=sizes.api_connections
+        )
+
+
+async def _pgbench(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await pgbench.claim_complete(dsn, sizes.pgbench_transactions)
+
+
+async def _memory(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await jobs.throughput(dsn, sizes.memory_jobs)
+
+
+BENCHMARKS: dict[str, Bench] = {
+    "throughput": _throughput,
+    "bulk_enqueue": _bulk,
+    "single_enqueue": _single,
+    "pickup": _pickup,
+    "big_table": _big_table,
+    "progress": _progress,
+    "api": _api,
+    "pgbench": _pgbench,
+    "memory": _memory,
+}
+# A benchmark's figures may be relative to others': those run too.
+NEEDS = {"big_table": ("throughput", "pickup")}
+
+
+# -- figures ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One row of the table: the median over the runs, and its target."""
+
+    bench: str
+    name: str
+    value: float | None
+    unit: str
+    target: str = ""
+    met: bool | None = None
+
+
+def _ge(limit: float) -> Callable[[float], bool]:
+    return lambda value: value >= limit
+
+
+def _le(limit: float) -> Callable[[float], bool]:
+    return lambda value: value <= limit
+
+
+def _median(runs: Sequence[Run], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value[key]
+        values.append(float(value))
+    return statistics.median(values)
+
+
+def _pct(part: float | None, whole: float | None) -> float | None:
+    return None if part is None or not whole else 100 * part / whole
+
+
+class _Rows:
+    """Builds the figures of one report from the runs' results."""
+
+    def __init__(self, results: dict[str, list[Run]]) -> None:
+        self.results = results
+        self.figures: list[Figure] = []
+
+    def has(self, bench: str) -> bool:
+        return bool(self.results.get(bench))
+
+    def med(self, bench: str, *path: str) -> float | None:
+        """The median over the runs of ``bench`` (None when it did not run)."""
+        return _median(self.results[bench], *path) if self.has(bench) else None
+
+    def add(
+        self,
+        bench: str,
+        name: str,
+        value: float | None,
+        unit: str,
+        target: str = "",
+        check: Callable[[float], bool] | None = None,
+    ) -> None:
+        met = None if check is None or value is None else check(value)
+        self.figures.append(Figure(bench, name, value, unit, target, met))
+
+
+def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
+    """The table's rows from the runs' results (a failed benchmark has none)."""
+    rows = _Rows(results)
+    med, add = rows.med, rows.add
+    if rows.has("throughput"):
+        name = f"throughput, {sizes.throughput_jobs:,} no-op jobs, 1 worker process"
+        target = f"≥ 35,000 at {THROUGHPUT_TARGET_JOBS:,}"
+        add("throughput", name, med("throughput", "jobs_per_s"), "jobs/s", target, _ge(35_000))
+    if rows.has("bulk_enqueue"):
+        name = f"bulk enqueue, {sizes.bulk_jobs:,} in chunks of {sizes.bulk_chunk:,}"
+        value = med("bulk_enqueue", "jobs_per_s")
+        add("bulk_enqueue", name, value, "jobs/s", "≥ 190,000", _ge(190_000))
+    if rows.has("single_enqueue"):
+        name = f"single enqueue, {sizes.single_jobs:,} one after another"
+        value = med("single_enqueue", "jobs_per_s")
+        add("single_enqueue", name, value, "jobs/s", "≥ 3,000", _ge(3_000))
+    if rows.has("pickup"):
+        what = f"pickup latency, {sizes.pickup_jobs} jobs {sizes.pickup_gap * 1000:g} ms apart"
+        add("pickup", f"{what}, p50", med("pickup", "p50"), "ms", "≤ 1.5", _le(1.5))
+        add("pickup", f"{what}, p95", med("pickup", "p95"), "ms", "≤ 2.5", _le(2.5))
+        add("pickup", f"{what}, p99", med("pickup", "p99"), "ms")
+    if rows.has("big_table"):
+        big = f"{sizes.big_rows:,} finished rows"
+        value = med("big_table", "throughput", "jobs_per_s")
+        add("big_table", f"throughput with {big}", value, "jobs/s")
+        share = _pct(value, med("throughput", "jobs_per_s"))
+        add("big_table", "  throughput as % of the empty table", share, "%", "≥ 90", _ge(90))
+        value = med("big_table", "pickup", "p50")
+        add("big_table", f"pickup p50 with {big}", value, "ms")
+        share = _pct(value, med("pickup", "p50"))
+        add("big_table", "  pickup p50 as % of the empty table", share, "%", "≤ 110", _le(110))
+    if rows.has("progress"):
+        seconds = med("progress", "writes", "handler_seconds")
+        add("progress", f"progress: {sizes.progress_calls:,} ctx.progress calls over", seconds, "s")
+        writes = med("progress", "writes", "progress_writes")
+        add("progress", "  database writes they caused", writes, "writes")
+        # "~": the first report is written at once, then at most one per 0.1 s.
+        rate = med("progress", "writes", "writes_per_s")
+        add("progress", "  writes per job per second", rate, "writes/s", "≤ ~10", _le(11))
+        add("progress", "progress → SSE latency, p50", med("progress", "sse", "p50"), "ms")
+        p99 = med("progress", "sse", "p99")
+        add("progress", "progress → SSE latency, p99", p99, "ms", "≤ 20", _le(20))
+    if rows.has("api"):
+        add("api", "GET /v1/jobs/{id}, skiplock API", med("api", "api", "rps"), "req/s")
+        add("api", "GET /v1/jobs/{id}, bare Starlette", med("api", "bare", "rps"), "req/s")
+        add("api", "  ratio API / bare", med("api", "ratio"), "×", "≥ 0.8", _ge(0.8))
+    if rows.has("pgbench"):
+        limit = med("pgbench", "rows_per_s")
+        add("pgbench", f"pgbench claim+complete by 100, {pgbench.CLIENTS} clients", limit, "jobs/s")
+        if rows.has("throughput"):
+            share = _pct(med("throughput", "jobs_per_s"), limit)
+            add("pgbench", "  throughput as % of it", share, "%")
+        if rows.has("bulk_enqueue"):
+            share = _pct(med("bulk_enqueue", "jobs_per_s"), limit)
+            add("pgbench", "  bulk enqueue as % of it", share, "%")
+    if rows.has("throughput"):
+        peak = _median(results["throughput"], "peak_rss") / MB
+        add("memory", "worker peak RSS during the throughput run", peak, "MiB")
+    if rows.has("memory"):
+        run = results["memory"]
+        peak, warm, end = (_median(run, k) for k in ("peak_rss", "rss_after_warmup", "rss_end"))
+        add("memory", f"worker peak RSS during a {sizes.memory_jobs:,}-job run", peak / MB, "MiB")
+        add("memory", "  RSS after warm-up (20 % of the run)", warm / MB, "MiB")
+        add("memory", "  RSS at the end", end / MB, "MiB")
+        growth = _pct(end - warm, warm)
+        add("memory", "  growth from warm-up to the end", growth, "%", "≤ 10 (flat)", _le(10))
+    return rows.figures
+
+
+# -- output ---------------------------------------------------------------------
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _met(met: bool | None) -> str:
+    return {True: "yes", False: "NO", None: ""}[met]
+
+
+def _header_lines(report: dict[str, Any]) -> list[str]:
+    h = report["header"]
+    m, pg, sk = h["machine"], h["postgres"], h["skiplock"]
+    ram = f"{m['ram_bytes'] / 1024**3:.1f} GiB RAM" if m["ram_bytes"] else "RAM unknown"
+    load = " ".join(f"{x:.2f}" for x in m["load_average"])
+    load_end = " ".join(f"{x:.2f}" for x in report["load_average_end"])
+    settings = ", ".join(f"{k}={pg[k]}" for k in _settings_shown(pg))
+    return [
+        f"skiplock benchmarks, {report['started_at']}",
+        f"  machine   {m['cpu_model']}, {m['cores']} cores ({m['cores_usable']} usable), {ram}",
+        f"  load      {load} at the start, {load_end} at the end (1/5/15 min)",
+        f"  python    {h['python']}",
+        f"  postgres  {pg['version']} ({pg['server']} server), {settings}",
+        f"  skiplock  {sk['version']}, revision {sk['revision']}",
+        f"  runs      median of {report['runs']} run(s), each on a fresh database"
+        f"{'; quick sizes' if report['quick'] else ''}",
+    ]
+
+
+def _settings_shown(pg: dict[str, Any]) -> list[str]:
+    """The PostgreSQL settings shown in the header, in order."""
+    return [k for k in pg if k not in ("version", "server")]
+
+
+def table(report: dict[str, Any]) -> str:
+    """The header and one row per figure: name, value, unit, target, met?"""
+    figures = [Figure(**f) for f in report["figures"]]
+    width = max([len(f.name) for f in figures] + [30])
+    lines = [*_header_lines(report), ""]
+    lines.append(f"  {'figure':<{width}}  {'value':>10}  {'unit':<9}{'target':<22}met?")
+    for f in figures:
+        value = _number(f.value)
+        lines.append(f"  {f.name:<{width}}  {value:>10}  {f.unit:<9}{f.target:<22}{_met(f.met)}")
+    for name, error in report["errors"].items():
+        lines.append(f"  {name}: FAILED: {error.splitlines()[-1] if error else ''}")
+    return "\n".join(lines)
+
+
+# -- running ----------------------------------------------------------------------
+
+
+def _selected(only: str | None) -> list[str]:
+    if not only:
+        return list(BENCHMARKS)
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = sorted(wanted - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(
+            f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}"
+        )
+    for name in list(wanted):
+        wanted.update(NEEDS.get(name, ()))
+    return [name for name in BENCHMARKS if name in wanted]
+
+
+async def run(
+    names: list[str], sizes: Sizes, *, runs: int, dsn: str | None, fast: bool, quick: bool
+) -> dict[str, Any]:
+    """Run the benchmarks ``names``; the report (header, figures, every run, errors)."""
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results: dict[str, list[Run]] = {}
+    errors: dict[str, str] = {}
+    async with Server.open(dsn, fast=fast) as server:
+        head = await header(server)
+        try:
+            for name in names:
+                results[name] = []
+                for i in range(runs):
+                    note(f"{name}: run {i + 1} of {runs}")
+                    began = time.monotonic()
+                    try:
+                        results[name].append(await BENCHMARKS[name](server, sizes))
+                    except Exception:
+                        errors[name] = traceback.format_exc()
+                        note(f"{name} failed:\n{errors[name]}")
+                        results[name] = []
+                        break
+                    note(f"{name}: run {i + 1} took {time.monotonic() - began:.1f} s")
+        finally:
+            kill_all()
+    return {
+        "started_at": started,
+        "header": head,
+        "load_average_end": list(os.getloadavg()),
+        "runs": runs,
+        "quick": quick,
+        "sizes": dataclasses.asdict(sizes),
+        "figures": [dataclasses.asdict(f) for f in _figures(results, sizes)],
+        "results": results,
+        "errors": errors,
+    }
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run, print the table or JSON; 1 when a benchmark failed."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmark skiplock (see docs/performance.md)."
+    )
+    parser.add_argument("--dsn", help="a PostgreSQL server to create the run databases on")
+    parser.add_argument("--fast", action="store_true", help="throwaway server without fsync")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: check that all runs")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--runs", type=_positive_int, default=3, help="runs per benchmark")
+    parser.add_argument("--throughput-jobs", type=_positive_int, help="jobs in the throughput run")
+    parser.add_argument("--memory-jobs", type=_positive_int, help="jobs in the memory run")
+    parser.add_argument("--big-rows", type=_positive_int, help="finished rows for big_table")
+    args = parser.parse_args(argv)
+    try:
+        names = _selected(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sizes = QUICK if args.quick else Sizes()
+    overrides = {
+        "throughput_jobs": args.throughput_jobs,
+        "memory_jobs": args.memory_jobs,
+        "big_rows": args.big_rows,
+    }
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    dsn = (
+        args.dsn
+        or os.environ.get("SKIPLOCK_BENCH_DATABASE_URL")
+        or os.environ.get("SKIPLOCK_DATABASE_URL")
+    )
+
+    configure_logging("console", "warning")  # stdout carries only the table or the JSON
+    exit_on_sigterm()
+    try:
+        report = asyncio.run(
+            run(names, sizes, runs=args.runs, dsn=dsn, fast=args.fast, quick=args.quick)
+        )
+    finally:
+        kill_all()
+    print(json.dumps(report, indent=2) if args.json else table(report))
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

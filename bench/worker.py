@@ -1,0 +1,116 @@
+"""The benchmark worker: one process running :class:`skiplock.Worker` on :mod:`bench.tasks`.
+
+``python -m bench.worker --ready-file PATH [--dsn DSN] [--concurrency N]
+[--max-claim-batch N] [--max-complete-batch N] [--lease S] [--progress-interval S]``
+runs a worker through the public API (``Worker``, ``WorkerSettings``,
+``TaskRegistry``) on ``DSN`` (default: ``SKIPLOCK_DATABASE_URL``) until
+SIGTERM (graceful drain), logging at ``warning`` only, and creates ``PATH``
+once the worker is claiming. :class:`WorkerProcess` starts one from a
+benchmark and reads its memory from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import proc_status, spawn, stop, wait_ready
+from skiplock import Worker, WorkerSettings
+from skiplock.logs import configure_logging
+
+# The fastest settings for a single worker process: many slots, big batches.
+BEST = {
+    "concurrency": 1000,
+    "max_claim_batch": 1000,
+    "max_complete_batch": 5000,
+}
+
+
+@dataclasses.dataclass
+class WorkerProcess:
+    """A running ``python -m bench.worker`` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    async def start(cls, dsn: str, **settings: Any) -> WorkerProcess:
+        """Start a worker with :data:`BEST` settings (overridden by ``settings``); wait for it."""
+        values = {**BEST, **settings}
+        with tempfile.TemporaryDirectory(prefix="skiplock-bench-") as tmp:
+            ready = Path(tmp) / "ready"
+            argv = [sys.executable, "-m", "bench.worker", "--ready-file", str(ready)]
+            for name, value in values.items():
+                argv += [f"--{name.replace('_', '-')}", str(value)]
+            proc = spawn(argv, {"SKIPLOCK_DATABASE_URL": dsn})  # not in argv: ps shows argv
+
+            async def is_ready() -> bool:
+                return ready.exists()
+
+            await wait_ready(proc, is_ready, "bench worker")
+        return cls(proc)
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.proc.pid
+
+    def rss(self) -> int:
+        """Resident memory now (VmRSS), in bytes."""
+        return proc_status(self.pid)["VmRSS"]
+
+    def peak_rss(self) -> int:
+        """Peak resident memory so far (VmHWM), in bytes."""
+        return proc_status(self.pid)["VmHWM"]
+
+    async def stop(self) -> None:
+        """Graceful stop (SIGTERM: drain, write outcomes), then wait for the exit."""
+        await asyncio.to_thread(stop, self.proc)
+
+
+def main() -> None:
+    """Run a worker until SIGTERM."""
+    parser = argparse.ArgumentParser(description="A skiplock worker for the benchmarks.")
+    parser.add_argument("--dsn", default=os.environ.get("SKIPLOCK_DATABASE_URL"))
+    parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--concurrency", type=int, default=BEST["concurrency"])
+    parser.add_argument("--max-claim-batch", type=int, default=BEST["max_claim_batch"])
+    parser.add_argument("--max-complete-batch", type=int, default=BEST["max_complete_batch"])
+    parser.add_argument("--lease", type=float, default=30.0)
+    parser.add_argument("--progress-interval", type=float, default=0.1)
+    args = parser.parse_args()
+    if not args.dsn:
+        parser.error("give --dsn or set SKIPLOCK_DATABASE_URL")
+
+    from bench.tasks import tasks  # the handlers live there
+
+    configure_logging("console", "warning")
+    worker = Worker(
+        tasks,
+        args.dsn,
+        WorkerSettings(
+            concurrency=args.concurrency,
+            max_claim_batch=args.max_claim_batch,
+            max_complete_batch=args.max_complete_batch,
+            lease=args.lease,
+            progress_interval=args.progress_interval,
+        ),
+    )
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(worker.run_until_signal())
+            await worker.wait_started()
+            args.ready_file.touch()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
