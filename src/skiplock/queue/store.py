@@ -179,6 +179,37 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
+def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
+    """The row ``enqueue_many`` just inserted for ``spec``, without reading it back."""
+    return Job(
+        id=spec.id,
+        queue=spec.queue,
+        task=spec.task,
+        args=loads(spec.args_json),  # as stored: JSON types, not the caller's objects
+        state=JobState.QUEUED,
+        priority=spec.priority,
+        run_at=run_at,
+        attempt=0,
+        max_attempts=spec.max_attempts,
+        lease_token=None,
+        lease_expires_at=None,
+        worker_id=None,
+        progress=None,
+        progress_message=None,
+        eta=None,
+        result=None,
+        errors=(),
+        tenant=spec.tenant,
+        idempotency_key=spec.idempotency_key,
+        meta=loads(spec.meta_json),
+        cancel_requested=False,
+        created_at=created_at,
+        updated_at=created_at,
+        started_at=None,
+        finished_at=None,
+    )
+
+
 class Store:
     """Runs skiplock's named queries against one schema."""
 
@@ -229,7 +260,8 @@ class Store:
             [s.idempotency_key for s in specs],
             [s.meta_json for s in specs],
         )
-        return [_job(r) for r in rows]
+        by_id = {s.id: s for s in specs}
+        return [_queued_job(by_id[r["id"]], r["run_at"], r["created_at"]) for r in rows]
 
     async def get_by_idempotency_keys(
         self, ex: Executor, keys: Iterable[tuple[str, str]]

@@ -6,7 +6,8 @@
 --   $5 priority int[], $6 run_at timestamptz[] (NULL: now() + delay),
 --   $7 delay seconds float8[] (NULL: 0), $8 max_attempts int[], $9 tenant text[],
 --   $10 idempotency_key text[], $11 meta (JSON text)[]
--- Result: the inserted rows.
+-- Result: id, run_at and created_at of the inserted rows; the caller builds the
+-- rest from its specs (decoding every column back costs more than the insert).
 INSERT INTO skiplock.jobs AS j
     (id, queue, task, args, priority, run_at, max_attempts, tenant, idempotency_key, meta)
 SELECT
@@ -19,4 +20,4 @@ FROM unnest(
 ) AS n (id, queue, task, args, priority, run_at, delay, max_attempts, tenant,
         idempotency_key, meta)
 ON CONFLICT DO NOTHING
-RETURNING j.*
+RETURNING j.id, j.run_at, j.created_at
