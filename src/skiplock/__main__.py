@@ -746,7 +746,7 @@ def jobs_group() -> None:
 
 def _progress(job: Job) -> str:
     """Progress as a percentage, or '-'."""
-    return "-" if job.progress is None else f"{job.progress * 100:.0f}%"
+    return "-" if job.progress is None else f"{job.progress:.0f}%"
 
 
 @jobs_group.command("list")

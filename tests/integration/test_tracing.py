@@ -1,40 +1,19 @@
 """One trace from enqueue to execution, through PostgreSQL, with OpenTelemetry.
 
-Skipped until the client and the worker call skiplock.tracing (see
-/tmp/proposals/ops-user-tracing.md): it looks for the call sites in their source.
+JobSpec puts the enqueuer's trace context into the job's meta; the worker runs
+the handler inside the job's span, which continues that trace.
 """
 
 from __future__ import annotations
 
-import inspect
-
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-import skiplock.queue.client
-import skiplock.queue.models
-import skiplock.worker.runner
 from skiplock import Client, Fail, JobContext, JobState, TaskRegistry, Worker, tracing
 from skiplock.tracing import TRACE_META_KEY
 from tests.helpers import wait_for, wait_for_state
 from tests.worker_helpers import fast_settings, running
-
-
-def _wired() -> bool:
-    enqueue = any(
-        "inject_trace_context" in inspect.getsource(module)
-        for module in (skiplock.queue.models, skiplock.queue.client)
-    )
-    return enqueue and "job_span" in inspect.getsource(skiplock.worker.runner)
-
-
-pytestmark = pytest.mark.skipif(
-    not _wired(),
-    reason="skiplock.tracing is not wired into the client and worker yet "
-    "(proposal: /tmp/proposals/ops-user-tracing.md)",
-)
 
 
 def _app_provider() -> TracerProvider:

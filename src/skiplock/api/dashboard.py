@@ -45,8 +45,9 @@ _PAGE = """<!doctype html>
   <section>
     <h2>Queues</h2>
     <table id="counts">
-      <thead><tr><th>Queue</th><th>Queued</th><th>Running</th><th>Succeeded</th>
-        <th>Failed</th><th>Cancelled</th></tr></thead>
+      <thead><tr><th>Queue</th><th class="num">Queued</th><th class="num">Running</th>
+        <th class="num">Succeeded</th><th class="num">Failed</th><th class="num">Cancelled</th>
+      </tr></thead>
       <tbody></tbody>
     </table>
   </section>

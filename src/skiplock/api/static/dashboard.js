@@ -107,7 +107,14 @@ function paint(doc) {
   row.querySelector(".fill").style.width = pct + "%";
   row.querySelector(".pct").textContent =
     Math.round(pct) + "%" + (doc.message ? " " + doc.message : "");
-  row.querySelector(".error").textContent = doc.error ? doc.error.type + ": " + doc.error.message : "";
+  // The last failed attempt: the reason a failed job failed, or why a live one is retrying.
+  // A job that succeeded or was cancelled afterwards shows none.
+  const error = row.querySelector(".error");
+  const shown = doc.error && (doc.state === "failed" || !TERMINAL.has(doc.state));
+  error.textContent = shown
+    ? (doc.state === "failed" ? "" : "retrying after ") + doc.error.type + ": " + doc.error.message
+    : "";
+  error.className = "error" + (shown && doc.state !== "failed" ? " retrying" : "");
   row.querySelector(".cancel").hidden = TERMINAL.has(doc.state);
   row.querySelector(".retry").hidden = !(doc.state === "failed" || doc.state === "cancelled");
   return row;
@@ -142,6 +149,7 @@ async function follow(id) {
     if (!response.ok || !response.body) return;
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
+    let event = "message";
     let data = [];
     for (;;) {
       const { value, done } = await reader.read();
@@ -151,8 +159,12 @@ async function follow(id) {
       buffer = lines.pop();
       for (const line of lines) {
         if (line === "") {
-          if (data.length) update(JSON.parse(data.join("\n")));
+          // Only "job" events carry a job; "expired" (share links) carries none.
+          if (event === "job" && data.length) update(JSON.parse(data.join("\n")));
+          event = "message";
           data = [];
+        } else if (line.startsWith("event:")) {
+          event = line.slice(6).trim();
         } else if (line.startsWith("data:")) {
           data.push(line.slice(5).replace(/^ /, ""));
         }
@@ -184,7 +196,11 @@ function renderJobs(page) {
   document.querySelector("#jobs tbody").replaceChildren(...rows);
 }
 
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return; // a slow answer: skip this tick rather than pile requests up
+  refreshing = true;
   try {
     const [stats, page] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
     renderCounts(stats);
@@ -194,6 +210,8 @@ async function refresh() {
     showError("");
   } catch (err) {
     showError("Could not load: " + err.message);
+  } finally {
+    refreshing = false;
   }
 }
 
