@@ -148,14 +148,19 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
     )
 
 
+_STATES = {state.value: state for state in JobState}
+_EMPTY_ARRAY = "[]"
+
+
 def _job(row: asyncpg.Record) -> Job:
     result = row["result"]
+    errors = row["errors"]
     return Job(
         id=row["id"],
         queue=row["queue"],
         task=row["task"],
         args=loads(row["args"]),
-        state=JobState(row["state"]),
+        state=_STATES[row["state"]],
         priority=row["priority"],
         run_at=row["run_at"],
         attempt=row["attempt"],
@@ -167,7 +172,9 @@ def _job(row: asyncpg.Record) -> Job:
         progress_message=row["progress_message"],
         eta=row["eta"],
         result=None if result is None else loads(result),
-        errors=tuple(JobError.from_json(e) for e in loads(row["errors"])),
+        errors=()
+        if errors == _EMPTY_ARRAY
+        else tuple(JobError.from_json(e) for e in loads(errors)),
         tenant=row["tenant"],
         idempotency_key=row["idempotency_key"],
         meta=loads(row["meta"]),

@@ -41,8 +41,11 @@ Task names come from the database, so their number is capped
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from importlib import metadata
+from itertools import accumulate
 from typing import Final
 
 from prometheus_client import (
@@ -53,6 +56,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 __all__ = [
     "DB_OPERATIONS",
@@ -106,6 +116,53 @@ def _skiplock_version() -> str:
         return "unknown"
 
 
+class _JobCollector(Collector):
+    """Per-job counters kept as plain ints on the event loop, exported at scrape time."""
+
+    def __init__(self) -> None:
+        self.started: defaultdict[str, int] = defaultdict(int)
+        self.finished: dict[tuple[str, str], int] = {}
+        self.duration: dict[str, list[int]] = {}  # per bucket (le), then +Inf
+        self.duration_sum: dict[str, float] = {}
+        self.in_flight = 0
+
+    def label(self, task: str) -> str:
+        """``task``, or :data:`OTHER_TASK` once :data:`MAX_TASK_LABELS` tasks are known."""
+        if len(self.started) < MAX_TASK_LABELS:
+            self.started[task] += 0  # known from now on
+            return task
+        return OTHER_TASK
+
+    def collect(self) -> Iterator[Metric]:
+        started = CounterMetricFamily(
+            "skiplock_worker_jobs_started", "Handlers started, by task.", labels=["task"]
+        )
+        for task, n in list(self.started.items()):
+            started.add_metric([task], n)
+        yield started
+        finished = CounterMetricFamily(
+            "skiplock_worker_jobs_finished",
+            "Attempts ended, by task and outcome (abandoned: lease lost, nothing written).",
+            labels=["task", "outcome"],
+        )
+        for (task, outcome), n in list(self.finished.items()):
+            finished.add_metric([task, outcome], n)
+        yield finished
+        duration = HistogramMetricFamily(
+            "skiplock_worker_job_duration_seconds", "Handler run time, by task.", labels=["task"]
+        )
+        bounds = [*(str(b) for b in JOB_DURATION_BUCKETS), "+Inf"]
+        for task, counts in list(self.duration.items()):
+            cumulative = list(accumulate(counts))
+            duration.add_metric(
+                [task], list(zip(bounds, cumulative, strict=True)), self.duration_sum[task]
+            )
+        yield duration
+        yield GaugeMetricFamily(
+            "skiplock_worker_jobs_in_flight", "Handlers running now.", value=self.in_flight
+        )
+
+
 class WorkerMetrics:
     """One worker's Prometheus metrics, in a private :class:`CollectorRegistry`.
 
@@ -117,25 +174,10 @@ class WorkerMetrics:
     def __init__(self, worker_id: str, *, version: str | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.jobs_started = Counter(
-            "skiplock_worker_jobs_started_total", "Handlers started, by task.", ["task"], registry=r
-        )
-        self.jobs_finished = Counter(
-            "skiplock_worker_jobs_finished_total",
-            "Attempts ended, by task and outcome (abandoned: lease lost, nothing written).",
-            ["task", "outcome"],
-            registry=r,
-        )
-        self.job_duration = Histogram(
-            "skiplock_worker_job_duration_seconds",
-            "Handler run time, by task.",
-            ["task"],
-            registry=r,
-            buckets=JOB_DURATION_BUCKETS,
-        )
-        self.in_flight = Gauge(
-            "skiplock_worker_jobs_in_flight", "Handlers running now.", registry=r
-        )
+        # Per-job metrics are plain counters read at scrape time (_JobCollector):
+        # a prometheus_client child takes a lock per call, several per job.
+        self._jobs = _JobCollector()
+        r.register(self._jobs)
         self.claim_duration = Histogram(
             "skiplock_worker_claim_duration_seconds",
             "Latency of the claim statement.",
@@ -194,25 +236,6 @@ class WorkerMetrics:
         # Label children, made once and looked up by plain dict access afterwards.
         self._lease_lost = {w: self.lease_losses.labels(w) for w in LEASE_WRITES}
         self._db_error = {op: self.db_errors.labels(op) for op in DB_OPERATIONS}
-        self._started: dict[str, Counter] = {}
-        self._duration: dict[str, Histogram] = {}
-        self._finished: dict[tuple[str, str], Counter] = {}
-
-    # -- task label children ------------------------------------------------
-
-    def _task(self, task: str) -> str:
-        """``task``, or :data:`OTHER_TASK` once :data:`MAX_TASK_LABELS` tasks are known."""
-        if task in self._started or len(self._started) < MAX_TASK_LABELS:
-            return task
-        return OTHER_TASK
-
-    def _started_child(self, task: str) -> Counter:
-        label = self._task(task)
-        child = self._started.get(label)
-        if child is None:
-            child = self._started[label] = self.jobs_started.labels(label)
-            self._duration[label] = self.job_duration.labels(label)
-        return child
 
     # -- the hot path -------------------------------------------------------
 
@@ -230,8 +253,10 @@ class WorkerMetrics:
 
     def started(self, task: str) -> None:
         """A handler of ``task`` starts."""
-        self._started_child(task).inc()
-        self.in_flight.inc()
+        jobs = self._jobs
+        label = task if task in jobs.started else jobs.label(task)
+        jobs.started[label] += 1
+        jobs.in_flight += 1
 
     def finished(self, task: str, outcome: str, seconds: float | None) -> None:
         """The attempt started by :meth:`started` ended with ``outcome``.
@@ -240,28 +265,21 @@ class WorkerMetrics:
         the completion outcomes, are accepted as ``retried`` and ``released``);
         ``seconds`` is the handler's run time, or None when it never ran.
         """
-        child = self._finished.get((task, outcome))
-        if child is None:
-            child = self._finished_child(task, outcome)  # raises on an unknown outcome
-        child.inc()
-        self.in_flight.dec()
-        if seconds is not None:
-            label = self._task(task)
-            duration = self._duration.get(label)
-            if duration is None:
-                self._started_child(task)
-                duration = self._duration[label]
-            duration.observe(seconds)
-
-    def _finished_child(self, task: str, outcome: str) -> Counter:
         name = _OUTCOME_ALIASES.get(outcome)
         if name is None:
             raise ValueError(f"unknown job outcome {outcome!r}; expected one of {JOB_OUTCOMES}")
-        label = self._task(task)
-        if label == OTHER_TASK:  # not cached under the raw name: keeps the dict bounded
-            return self.jobs_finished.labels(label, name)
-        child = self._finished[(task, outcome)] = self.jobs_finished.labels(label, name)
-        return child
+        jobs = self._jobs
+        label = task if task in jobs.started else jobs.label(task)
+        key = (label, name)
+        jobs.finished[key] = jobs.finished.get(key, 0) + 1
+        jobs.in_flight -= 1
+        if seconds is not None:
+            buckets = jobs.duration.get(label)
+            if buckets is None:
+                buckets = jobs.duration[label] = [0] * (len(JOB_DURATION_BUCKETS) + 1)
+                jobs.duration_sum[label] = 0.0
+            buckets[bisect_left(JOB_DURATION_BUCKETS, seconds)] += 1
+            jobs.duration_sum[label] += seconds
 
     def completion_batch(self, size: int) -> None:
         """One ``complete_jobs`` statement wrote ``size`` outcomes."""
