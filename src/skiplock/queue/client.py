@@ -22,7 +22,7 @@ from skiplock.queue.errors import (
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.models import Job, JobSpec, Page
 from skiplock.queue.states import JobState
-from skiplock.queue.store import Executor, Store
+from skiplock.queue.store import Executor, Store, open_pool
 
 __all__ = ["Client", "decode_cursor", "encode_cursor"]
 
@@ -79,7 +79,7 @@ class Client:
         cls, dsn: str, *, schema: str = "skiplock", min_size: int = 1, max_size: int = 10
     ) -> Self:
         """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`."""
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await open_pool(dsn, min_size=min_size, max_size=max_size)
         return cls(pool, schema=schema, owns_pool=True)
 
     async def close(self) -> None:

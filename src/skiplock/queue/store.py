@@ -36,6 +36,7 @@ __all__ = [
     "Rescued",
     "Store",
     "TaskWindowStats",
+    "open_pool",
 ]
 
 Executor: TypeAlias = "asyncpg.Connection[Any] | asyncpg.Pool[Any] | PoolConnectionProxy[Any]"
@@ -215,6 +216,23 @@ def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
         started_at=None,
         finished_at=None,
     )
+
+
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """Pool reset that sends nothing (asyncpg still rolls back an open transaction)."""
+
+
+async def open_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool[Any]:
+    """An asyncpg pool for skiplock's own use.
+
+    asyncpg's default reset on release (``RESET ALL; UNLISTEN *; CLOSE ALL;``
+    and unlocking advisory locks) is a round trip per query run on the pool;
+    skiplock's pooled sessions change none of those (LISTEN has its own
+    connection, migrations theirs), so it is skipped.
+    """
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+    assert pool is not None
+    return pool
 
 
 class Store:

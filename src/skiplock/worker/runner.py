@@ -47,7 +47,7 @@ from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.models import Job
-from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store
+from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store, open_pool
 from skiplock.tracing import job_span, record_exception, tracing_active
 from skiplock.worker.context import JobContext, ProgressReport
 from skiplock.worker.errors import Cancelled, Fail, Retry
@@ -304,8 +304,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._tracing = tracing_active()
         s = self.settings
-        pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=6)
-        assert pool is not None
+        pool = await open_pool(self.dsn, min_size=2, max_size=6)
         self._pool = pool
         try:
             await check_schema(pool, schema=s.schema)
