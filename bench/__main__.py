@@ -235,6 +235,10 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
         name = f"throughput, {sizes.throughput_jobs:,} no-op jobs, 1 worker process"
         target = f"≥ 35,000 at {THROUGHPUT_TARGET_JOBS:,}"
         add("throughput", name, med("throughput", "jobs_per_s"), "jobs/s", target, _ge(35_000))
+        value = med("throughput", "worker_cpu_us_per_job")
+        add("throughput", "  worker process CPU per job", value, "µs")
+        value = med("throughput", "server_cpu_us_per_job")
+        add("throughput", "  PostgreSQL CPU per job (its backends)", value, "µs")
     if rows.has("bulk_enqueue"):
         name = f"bulk enqueue, {sizes.bulk_jobs:,} in chunks of {sizes.bulk_chunk:,}"
         value = med("bulk_enqueue", "jobs_per_s")
@@ -243,6 +247,8 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
         name = f"single enqueue, {sizes.single_jobs:,} one after another"
         value = med("single_enqueue", "jobs_per_s")
         add("single_enqueue", name, value, "jobs/s", "≥ 3,000", _ge(3_000))
+        bare = med("single_enqueue", "bare_inserts_per_s")
+        add("single_enqueue", "  bare one-row INSERT + commit, the same way", bare, "rows/s")
     if rows.has("pickup"):
         what = f"pickup latency, {sizes.pickup_jobs} jobs {sizes.pickup_gap * 1000:g} ms apart"
         add("pickup", f"{what}, p50", med("pickup", "p50"), "ms", "≤ 1.5", _le(1.5))

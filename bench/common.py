@@ -150,6 +150,31 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used so far (from ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backend_cpu_seconds(conn: asyncpg.Connection[Any]) -> float:
+    """CPU time of every other server process connected to ``conn``'s database.
+
+    Reads ``/proc``: meaningful only when PostgreSQL runs on this machine (the
+    benchmark's own or a local server); 0 for processes it cannot read.
+    """
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    total = 0.0
+    for (pid,) in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 # -- numbers ------------------------------------------------------------------
 
 
