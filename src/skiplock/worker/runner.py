@@ -228,6 +228,10 @@ class Worker:
         # worker's statements over the same rows could deadlock each other.
         # Other workers hold other rows; claims and the rescuer skip locked rows.
         self._write_lock = asyncio.Lock()
+        # A write holding that lock longer than a heartbeat interval would make the
+        # heartbeat miss its turn: every write (retried anyway) gets at most that.
+        s = self.settings
+        self._write_timeout = min(s.db_timeout, s.heartbeat_interval)
         self._log = log.bind(worker_id=self.id)
         self._debug = _enabled_for(self._log, logging.DEBUG)
         self._tracing = False  # decided when it starts: a tracer provider is configured
@@ -705,8 +709,8 @@ class Worker:
         backoff = 0.05
         while batch:
             try:
-                async with self._write_lock:
-                    with anyio.fail_after(self.settings.db_timeout):
+                with anyio.fail_after(self._write_timeout):
+                    async with self._write_lock:
                         written = await self.store.complete_jobs(self.pool, batch)
             except _DB_DOWN as exc:
                 self.metrics.db_error("complete")
@@ -798,8 +802,8 @@ class Worker:
                 )
             )
         try:
-            async with self._write_lock:
-                with anyio.fail_after(self.settings.db_timeout):
+            with anyio.fail_after(self._write_timeout):
+                async with self._write_lock:
                     written = await self.store.update_progress(self.pool, writes)
         except _DB_DOWN as exc:
             self.metrics.db_error("progress")
@@ -848,8 +852,10 @@ class Worker:
         s = self.settings
         sent_at = time.monotonic()
         try:
-            async with self._write_lock:
-                with anyio.fail_after(min(s.db_timeout, s.heartbeat_interval)):
+            # The deadline covers waiting for the lock: a write hanging on a dead
+            # connection must not hold up the heartbeat and the local lease check.
+            with anyio.fail_after(self._write_timeout):
+                async with self._write_lock:
                     held = await self.store.heartbeat_jobs(
                         self.pool, [(lease.job.id, lease.token) for lease in leases], s.lease
                     )
