@@ -147,6 +147,11 @@ class _Lease:
     claimed_at: float = field(default_factory=time.monotonic)
 
 
+def _utf8_size(text: str) -> int:
+    """``text``'s size in UTF-8 bytes (no copy for ASCII, which CPython flags)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _enabled_for(logger: Any, level: int) -> bool:
     """Whether ``logger`` emits ``level`` (True when it cannot tell)."""
     check = getattr(logger, "is_enabled_for", None)
@@ -466,7 +471,8 @@ class Worker:
         return False
 
     def _on_queue_notification(self, payload: str) -> None:
-        if self._queue_set.intersection(payload.split(",")):
+        # '*': too many queues to list in one payload (migration 0005): all of them.
+        if payload == "*" or self._queue_set.intersection(payload.split(",")):
             self._wake.set()
 
     # -- executor ---------------------------------------------------------
@@ -591,12 +597,13 @@ class Worker:
         except ValueError as exc:
             ctx.log.error("job_result_invalid", error=str(exc))
             return self._failure(lease, None, "InvalidResult", str(exc), retryable=False, task=task)
-        if len(result_json) > self.settings.max_result_bytes:
+        size = _utf8_size(result_json)
+        if size > self.settings.max_result_bytes:
             message = (
-                f"the result of task {job.task!r} is {len(result_json)} bytes, over the "
+                f"the result of task {job.task!r} is {size} bytes, over the "
                 f"limit of {self.settings.max_result_bytes}"
             )
-            ctx.log.error("job_result_too_large", size=len(result_json))
+            ctx.log.error("job_result_too_large", size=size)
             return self._failure(lease, None, "ResultTooLarge", message, retryable=False, task=task)
         if self._debug:
             ctx.log.debug("job_succeeded", seconds=elapsed)
