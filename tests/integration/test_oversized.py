@@ -151,7 +151,8 @@ async def test_result_limit_counts_bytes_not_characters(db_dsn: str, client: Cli
 
 # -- the queue channel's payload ---------------------------------------------------------
 
-# 150 queues whose names are as long as allowed (128 characters): their list is 19 KB.
+# 150 queues whose names are as long as allowed (128 characters): their list is 19 KB, more
+# than a NOTIFY payload holds (migration 0005 announces such a list as '*').
 LONG_QUEUES = [f"{i:03d}" + "q" * 125 for i in range(150)]
 
 
@@ -203,3 +204,33 @@ async def _count(client: Client, state: str) -> int:
     )
     assert isinstance(value, int)
     return value
+
+
+# -- a completion the database refuses -------------------------------------------------
+
+_REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.result IS NOT NULL AND NEW.result @> '{"poison": true}' THEN
+        RAISE EXCEPTION 'an operator trigger refuses this result' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON skiplock.jobs
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_completion_the_database_refuses_does_not_stall_the_worker(
+    db_dsn: str, client: Client
+) -> None:
+    """An outcome write refused for good (here by a trigger) ends that job; the others go on."""
+    await client.pool.execute(_REFUSE_POISON)
+    poisoned = await client.enqueue("make", max_attempts=1)
+    async with running(Worker(_tasks({"poison": True}), db_dsn, fast_settings())):
+        await _healthy_job_succeeds(client)
+        ended = await wait_for_state(client, poisoned.id, JobState.FAILED, timeout=15)
+    assert ended.result is None
+    assert ended.errors[-1].type == "CompletionRefused"
+    assert "refuses this result" in ended.errors[-1].message

@@ -54,3 +54,11 @@ def test_nul_after_any_number_of_backslashes_rejected(text: str) -> None:
 def test_escaped_backslash_before_u0000_accepted(text: str) -> None:
     """Backslashes followed by the letters u0000 are plain text, not a NUL."""
     assert loads(dumps(text, what="args")) == text
+
+
+def test_large_floats_are_written_as_exact_decimals_numeric_keeps() -> None:
+    """jsonb's numeric would read 2.044006497593603e16 back as another integer."""
+    text = dumps({"f": 2.044006497593603e16, "n": [1e300, -1e16, 1.5, 7]}, what="x")
+    assert text.startswith('{"f":20440064975936032.0,"n":[1')
+    assert loads(text) == {"f": 2.044006497593603e16, "n": [1e300, -1e16, 1.5, 7]}
+    assert all(isinstance(v, float) for v in loads(text)["n"][:3])

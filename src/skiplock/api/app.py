@@ -33,10 +33,11 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -62,6 +63,8 @@ from skiplock.queue import (
     check_schema,
 )
 from skiplock.queue.client import decode_cursor
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.store import open_pool
 
 __all__ = ["create_app"]
 
@@ -80,10 +83,21 @@ class _State:
         self.client: Client | None = None
         self.hub: EventHub | None = None
         self.auth: Authenticator | None = None
+        self._result_sizes: dict[tuple[uuid.UUID, datetime], int] = {}
         self.validators = {
             name: jsonschema.Draft202012Validator(task.args_schema)
             for name, task in settings.exposed_tasks.items()
         }
+
+    def result_size(self, job: Job) -> int:
+        """Bytes of the job's result as JSON, measured once per version (streams share it)."""
+        key = (job.id, job.updated_at)
+        size = self._result_sizes.get(key)
+        if size is None:
+            size = self._result_sizes[key] = len(orjson.dumps(job.result))
+            if len(self._result_sizes) > 1024:
+                self._result_sizes.pop(next(iter(self._result_sizes)))
+        return size
 
     def ready(self) -> tuple[Client, EventHub, Authenticator]:
         if self.client is None or self.hub is None or self.auth is None:
@@ -98,12 +112,22 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Answers 413 before reading more than ``limit`` bytes of a request body."""
+class _BodyTimedOut(Exception):  # not an OSError: that one means "database down"
+    pass
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """Guards request bodies before the app reads them.
+
+    Answers 413 before reading more than ``limit`` bytes, and 408 when the body
+    has not fully arrived ``timeout`` seconds after the app began to read it (a
+    client that trickles its body, or stops half-way, cannot hold a request open).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, timeout: float | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,20 +138,39 @@ class BodyLimitMiddleware:
             await self._too_large(scope, receive, send)
             return
         seen = 0
+        complete = False
+        deadline: float | None = None
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:  # the body is in: later calls only wait for a disconnect
+                return await receive()
+            if deadline is None:
+                timeout = math.inf if self.timeout is None else self.timeout
+                deadline = anyio.current_time() + timeout
+            with anyio.CancelScope(deadline=deadline) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                raise _BodyTimedOut
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _BodyTooLarge
+                complete = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, limited, send)
         except _BodyTooLarge:
             await self._too_large(scope, receive, send)
+        except _BodyTimedOut:
+            response = problem_response(
+                408,
+                f"the request body did not arrive within {self.timeout:g} s",
+                code="body-timeout",
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
@@ -408,6 +451,7 @@ async def _stream(request: Request, principal: Principal, job_id: uuid.UUID) -> 
                     return
                 last = event_id(job)
                 yield _event(request, job)
+                check_at = time.monotonic() + keepalive
                 while not job.is_terminal:
                     timeout = keepalive
                     if principal.expires_at is not None:
@@ -415,6 +459,14 @@ async def _stream(request: Request, principal: Principal, job_id: uuid.UUID) -> 
                         if timeout <= 0:
                             yield {"event": "expired", "data": "{}"}
                             return
+                    if principal.key_id is not None:
+                        # A key is checked again on every keepalive: revoked, it ends the stream.
+                        if time.monotonic() >= check_at:
+                            if not await _key_still_valid(request, principal):
+                                yield {"event": "expired", "data": "{}"}
+                                return
+                            check_at = time.monotonic() + keepalive
+                        timeout = min(timeout, check_at - time.monotonic())
                     try:
                         fresh = await sub.next(timeout)
                     except EOFError:
@@ -428,20 +480,57 @@ async def _stream(request: Request, principal: Principal, job_id: uuid.UUID) -> 
         finally:
             metrics.sse_subscribers.dec()
 
-    return EventSourceResponse(
+    return _EventStream(
         events(),
+        metrics=metrics,
         ping=int(max(1, keepalive)),
-        send_timeout=30,
+        send_timeout=state.settings.sse_send_timeout_seconds,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+class _EventStream(EventSourceResponse):
+    """An event stream whose client stopped reading ends quietly: counted, logged at info.
+
+    A send that cannot complete within ``send_timeout`` raises ``SendTimeoutError``,
+    a ``TimeoutError`` (an ``OSError``): without this it would reach the error
+    handlers after the response started, and be logged as a failed request.
+    """
+
+    def __init__(self, *args: Any, metrics: ApiMetrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            self._metrics.sse_dropped.inc()
+            log.info("sse_client_stalled", path=scope.get("path"), timeout=self.send_timeout)
+
+
+async def _key_still_valid(request: Request, principal: Principal) -> bool:
+    """Whether the stream's API key still authenticates (a database outage is not a no)."""
+    auth = _state(request).auth
+    if auth is None:
+        return True  # shutting down: the stream ends anyway
+    _, _, secret = request.headers.get("authorization", "").partition(" ")
+    try:
+        current = await auth.authenticate(secret.strip())
+    except TRANSIENT_DB_ERRORS as exc:
+        log.warning("key_recheck_failed", error=repr(exc))
+        return True
+    return current is not None and current.key_id == principal.key_id
+
+
 def _event(request: Request, job: Job) -> dict[str, str]:
-    return {
-        "event": "job",
-        "id": event_id(job),
-        "data": orjson.dumps(_doc(request, job)).decode(),
-    }
+    state = _state(request)
+    doc = _doc(request, job)
+    if doc["result"] is not None and state.result_size(job) > state.settings.sse_max_result_bytes:
+        # Each stream would hold its own copy of it: a big result is read with GET instead.
+        doc["result"] = None
+        doc["result_omitted"] = True
+    return {"event": "job", "id": event_id(job), "data": orjson.dumps(doc).decode()}
 
 
 async def share_job(request: Request) -> Response:
@@ -588,6 +677,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return problem_response(500, "an internal error occurred", code="internal-error")
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection while its body was being read: nobody gets this.
+    log.info("client_disconnected", path=request.url.path)
+    return problem_response(
+        400, "the client disconnected before sending the whole body", code="client-disconnected"
+    )
+
+
 async def _db_down(request: Request, exc: Exception) -> Response:
     log.warning("request_failed_database_unavailable", error=repr(exc), path=request.url.path)
     return problem_response(
@@ -632,8 +729,7 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dsn = settings.require_database_url()
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=settings.pool_max_size)
-        assert pool is not None
+        pool = await open_pool(dsn, min_size=1, max_size=settings.pool_max_size)
         try:
             await check_schema(pool, schema=settings.schema_name)
             client = Client(pool, schema=settings.schema_name)
@@ -687,16 +783,30 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
                 expose_headers=["ETag", "Location"],
             )
         )
-    middleware.append(Middleware(BodyLimitMiddleware, limit=settings.max_body_bytes))
+    middleware.append(
+        Middleware(
+            BodyLimitMiddleware,
+            limit=settings.max_body_bytes,
+            timeout=settings.body_timeout_seconds,
+        )
+    )
     from starlette.exceptions import HTTPException  # local: only for the handler map
 
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPProblem: _problem,
         HTTPException: _http_error,
+        ClientDisconnect: _client_gone,
         OSError: _db_down,
         asyncpg.PostgresConnectionError: _db_down,
         asyncpg.InterfaceError: _db_down,
         asyncpg.CannotConnectNowError: _db_down,
+        # The server going away or full: admin/crash shutdown (57P01-57P03) and
+        # statement timeouts (57014), too many connections (53300), and asyncpg's
+        # "another operation is in progress" on a connection that read the FATAL
+        # while idle (see queue.listener.TRANSIENT_DB_ERRORS).
+        asyncpg.exceptions.OperatorInterventionError: _db_down,
+        asyncpg.exceptions.InsufficientResourcesError: _db_down,
+        asyncpg.InternalClientError: _db_down,
         Exception: _internal_error,
     }
     app = Starlette(

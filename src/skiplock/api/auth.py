@@ -39,7 +39,7 @@ class Principal:
     scopes: frozenset[str]
     key_id: uuid.UUID | None = None
     share_job: uuid.UUID | None = None  # share tokens see this one job only
-    expires_at: float | None = None  # unix time, for share tokens
+    expires_at: float | None = None  # unix time: a share token's or an API key's expiry
 
     def can(self, scope: str) -> bool:
         """Whether the caller holds ``scope`` (admin implies write implies read)."""
@@ -96,8 +96,9 @@ async def create_api_key(
 class Authenticator:
     """Resolves ``Authorization: Bearer <key>`` to a :class:`Principal`.
 
-    Valid keys are cached for ``cache_seconds`` (bounded LRU), so a revoked or
-    expired key stops working within that time; unknown keys are never cached.
+    Valid keys are cached for ``cache_seconds`` (bounded LRU), so a revoked key
+    stops working within that time; an expired key stops at its expiry (the
+    principal carries it); unknown keys are never cached.
     """
 
     def __init__(self, store: Store, ex: Executor, *, cache_seconds: float, size: int = 10_000):
@@ -114,14 +115,19 @@ class Authenticator:
         digest = hash_key(secret)
         now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and not _expired(hit[1]):
             self._cache.move_to_end(digest)
             return hit[1]
         key = await self._store.get_api_key(self._ex, digest)
         if key is None:
             self._cache.pop(digest, None)
             return None
-        principal = Principal(tenant=key.tenant, scopes=frozenset(key.scopes), key_id=key.id)
+        principal = Principal(
+            tenant=key.tenant,
+            scopes=frozenset(key.scopes),
+            key_id=key.id,
+            expires_at=None if key.expires_at is None else key.expires_at.timestamp(),
+        )
         if self._ttl > 0:
             self._cache[digest] = (now + self._ttl, principal)
             while len(self._cache) > self._size:
@@ -131,6 +137,10 @@ class Authenticator:
     def forget(self) -> None:
         """Drop every cached key (after a revocation in this process)."""
         self._cache.clear()
+
+
+def _expired(principal: Principal) -> bool:
+    return principal.expires_at is not None and principal.expires_at <= time.time()
 
 
 def _b64(data: bytes) -> str:

@@ -166,7 +166,15 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             },
         },
     }
-    sse = {"description": "A stream of `job` events.", "content": {"text/event-stream": {}}}
+    sse = {
+        "description": (
+            "A stream of `job` events (the job document; a result over"
+            f" {settings.sse_max_result_bytes} bytes of JSON is left out: `result` is null"
+            " and `result_omitted` true, read the job for it), then `expired` if the"
+            " credential stops being valid first."
+        ),
+        "content": {"text/event-stream": {}},
+    }
     list_params = [
         {
             "name": "state",
@@ -255,6 +263,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
                         "201": _json(_JOB, "Created."),
                         "200": _json(_JOB, "The job this Idempotency-Key already created."),
                         **_AUTH_ERRORS,
+                        "408": _problem("The body did not arrive in time."),
                         "409": _problem("Idempotency-Key reused with a different body."),
                         "413": _problem("Body too large."),
                         "415": _problem("Body is not application/json."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,7 +27,24 @@ def dumps(value: Any, *, what: str) -> str:
     # orjson writes NaN and infinities as null; only then is a walk needed.
     if b"null" in data and _has_non_finite(value):
         raise ValueError(f"{what} contains NaN or an infinite number, which JSON cannot hold")
+    # jsonb keeps numbers as numeric: a float written with a positive exponent
+    # comes back as an integer, rounded to 17 digits. Only then is a walk needed.
+    if b"e+" in data:
+        data = orjson.dumps(_exact_floats(value))
     return data.decode()
+
+
+def _exact_floats(value: Any) -> Any:
+    """Floats of 1e16 and more as their exact decimal with '.0', which numeric keeps."""
+    if isinstance(value, float):
+        if abs(value) >= 1e16:  # finite: NaN and infinities were refused before
+            return orjson.Fragment(format(Decimal(value), "f").encode() + b".0")
+        return value
+    if isinstance(value, dict):
+        return {k: _exact_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_exact_floats(v) for v in value]
+    return value
 
 
 def _has_non_finite(value: Any) -> bool:

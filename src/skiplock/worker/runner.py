@@ -64,6 +64,24 @@ CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
 
 _DB_DOWN = TRANSIENT_DB_ERRORS
 
+# SQLSTATE classes of a statement that can never succeed as written, however
+# often it is retried: a data exception (22), an integrity violation (23), a
+# program limit (54), a RAISE in a trigger or function (P0). Everything else in
+# _DB_DOWN (deadlocks, too many connections, shutdowns, timeouts, lost
+# connections) is retried.
+_REFUSED_CLASSES = frozenset({"22", "23", "54", "P0"})
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the database refused a statement for good (rather than could not run it now)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and isinstance(sqlstate, str)
+        and sqlstate[:2] in _REFUSED_CLASSES
+    )
+
+
 MAX_TRACEBACK_CHARS = 16_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
 
@@ -721,6 +739,9 @@ class Worker:
                         written = await self.store.complete_jobs(self.pool, batch)
             except _DB_DOWN as exc:
                 self.metrics.db_error("complete")
+                if _refused(exc):  # retrying would stall every completion behind it
+                    await self._write_refused(batch, exc)
+                    return
                 self.health.db_failed(exc)
                 now = time.monotonic()
                 keep: list[Completion] = []
@@ -753,6 +774,49 @@ class Worker:
                 if lease is not None:
                     self._forget(lease)
             return
+
+    async def _write_refused(self, batch: list[Completion], exc: BaseException) -> None:
+        """Write what the database accepts of a refused batch; fail the refused outcomes.
+
+        A batch of several is halved and each half written again, so the refused
+        completions are found in O(k log n) statements and the others written. A
+        single refused one ends its job ``failed`` (``CompletionRefused``, with the
+        database's message, no result) in one more statement; refused again, the
+        lease is given up and the rescuer takes the job when it expires.
+        """
+        if len(batch) > 1:
+            half = len(batch) // 2
+            await self._write_completions(batch[:half])
+            await self._write_completions(batch[half:])
+            return
+        (refused,) = batch
+        lease = self._pending_leases.get(refused.job_id)
+        self._log.error(
+            "completion_refused",
+            job_id=str(refused.job_id),
+            outcome=refused.outcome,
+            error=repr(exc),
+        )
+        failure = Completion(
+            job_id=refused.job_id,
+            lease_token=refused.lease_token,
+            outcome="failed",
+            error_json=_error_json(
+                None,
+                kind="CompletionRefused",
+                message=f"the database refused this attempt's outcome ({refused.outcome}): {exc}",
+                attempt=lease.job.attempt if lease is not None else 0,
+                worker=self.id,
+            ),
+        )
+        try:
+            with anyio.fail_after(self._write_timeout):
+                async with self._write_lock:
+                    await self.store.complete_jobs(self.pool, [failure])
+        except _DB_DOWN as again:
+            self._log.error("completion_abandoned", job_id=str(refused.job_id), error=repr(again))
+        if lease is not None:
+            self._forget(lease)
 
     # -- progress ---------------------------------------------------------
 
