@@ -267,7 +267,6 @@ class Worker:
         self._progress_ready = asyncio.Event()
         self._heartbeat_now = asyncio.Event()
         self._started = asyncio.Event()
-        s = self.settings
         self.metrics = WorkerMetrics(self.id)
         """This worker's Prometheus metrics (served at /metrics when ``settings.metrics``)."""
         self.health = WorkerHealth(
