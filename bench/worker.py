@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--max-complete-batch", type=int, default=BEST["max_complete_batch"])
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--progress-interval", type=float, default=0.1)
+    parser.add_argument(
+        "--async-commit", type=int, choices=(0, 1), default=int(BEST.get("async_commit", 0))
+    )
     args = parser.parse_args()
     if not args.dsn:
         parser.error("give --dsn or set SKIPLOCK_DATABASE_URL")
@@ -103,6 +106,7 @@ def main() -> None:
             max_complete_batch=args.max_complete_batch,
             lease=args.lease,
             progress_interval=args.progress_interval,
+            async_commit=bool(args.async_commit),
         ),
     )
 

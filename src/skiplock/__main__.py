@@ -196,6 +196,14 @@ _DURATION = _Duration()
     help="Serve Prometheus metrics at /metrics on the probe port.",
 )
 @click.option(
+    "--async-commit/--sync-commit",
+    default=False,
+    show_default=True,
+    envvar="SKIPLOCK_ASYNC_COMMIT",
+    help="The worker's own writes skip waiting for the WAL flush (a PostgreSQL crash "
+    "may re-run the jobs of its last few hundred ms).",
+)
+@click.option(
     "--retention/--no-retention",
     default=True,
     show_default=True,
@@ -242,6 +250,7 @@ def worker_cmd(
     probe_host: str,
     probe_file: str | None,
     metrics: bool,
+    async_commit: bool,
     retention: bool,
     retain_succeeded: float | None,
     retain_failed: float | None,
@@ -285,6 +294,7 @@ def worker_cmd(
             probe_file=probe_file,
             metrics=metrics,
             retention=policy,
+            async_commit=async_commit,
         )
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)

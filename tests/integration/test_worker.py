@@ -71,6 +71,31 @@ async def test_async_handler_return_value_is_the_result(db_dsn: str, client: Cli
     assert done.finished_at is not None
 
 
+_SYNC_COMMIT = "SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'"
+
+
+async def test_async_commit_worker_writes_without_waiting_for_the_flush(
+    db_dsn: str, client: Client
+) -> None:
+    """async_commit: the worker's sessions run synchronous_commit=off; jobs still complete."""
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def add(ctx: JobContext, *, a: int, b: int) -> int:
+        return a + b
+
+    job = await client.enqueue("add", {"a": 2, "b": 3})
+    async with running(Worker(tasks, db_dsn, fast_settings(async_commit=True))) as worker:
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED)
+        worker_session = await worker.pool.fetchrow(_SYNC_COMMIT)
+    assert done.result == 5
+    assert worker_session is not None
+    assert tuple(worker_session) == ("off", "client")  # set by the worker for its sessions
+    client_session = await client.pool.fetchrow(_SYNC_COMMIT)
+    assert client_session is not None
+    assert client_session["source"] != "client"  # enqueues keep the server's setting
+
+
 async def test_handler_gets_args_as_keyword_arguments(db_dsn: str, client: Client) -> None:
     """The job's args arrive as keyword arguments, keyword-only parameters included."""
     tasks = TaskRegistry()

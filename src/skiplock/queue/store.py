@@ -222,15 +222,23 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """Pool reset that sends nothing (asyncpg still rolls back an open transaction)."""
 
 
-async def open_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool[Any]:
-    """An asyncpg pool for skiplock's own use.
+async def open_pool(
+    dsn: str, *, min_size: int, max_size: int, settings: dict[str, str] | None = None
+) -> asyncpg.Pool[Any]:
+    """An asyncpg pool for skiplock's own use; ``settings``: server settings per session.
 
     asyncpg's default reset on release (``RESET ALL; UNLISTEN *; CLOSE ALL;``
     and unlocking advisory locks) is a round trip per query run on the pool;
     skiplock's pooled sessions change none of those (LISTEN has its own
     connection, migrations theirs), so it is skipped.
     """
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep_session)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_keep_session,
+        server_settings=settings,
+    )
     assert pool is not None
     return pool
 

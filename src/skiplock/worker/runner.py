@@ -99,6 +99,15 @@ class WorkerSettings:
     server). ``probe_file``: rewrite this file every ``probe_file_interval``
     seconds while live, for exec probes. ``retention``: delete old finished
     jobs from this worker by that policy (None: never).
+
+    ``async_commit``: the worker's own writes (claims, completions, heartbeats,
+    progress) commit without waiting for the WAL flush
+    (``synchronous_commit=off`` on its sessions; enqueues stay durable). A
+    claim no longer waits for the disk before its handler starts. The price:
+    a PostgreSQL *crash* (not a restart) can lose the last few hundred
+    milliseconds of them. Those jobs then run again, as after a worker crash;
+    the lease fencing still refuses every write from a lost claim. Off by
+    default.
     """
 
     queues: Sequence[str] = ("default",)
@@ -121,6 +130,7 @@ class WorkerSettings:
     probe_file_interval: float = 10.0
     metrics: bool = True
     retention: RetentionPolicy | None = None
+    async_commit: bool = False
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -330,7 +340,12 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._tracing = tracing_active()
         s = self.settings
-        pool = await open_pool(self.dsn, min_size=2, max_size=6)
+        pool = await open_pool(
+            self.dsn,
+            min_size=2,
+            max_size=6,
+            settings={"synchronous_commit": "off"} if s.async_commit else None,
+        )
         self._pool = pool
         try:
             await check_schema(pool, schema=s.schema)
