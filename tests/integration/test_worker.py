@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -362,6 +363,60 @@ async def test_cancelling_a_running_job_stops_its_handler(db_dsn: str, client: C
     assert done.attempt == 1
     assert done.errors == ()
     assert done.result is None
+
+
+async def test_handler_that_swallows_a_cancel_is_cancelled_again(
+    db_dsn: str, client: Client
+) -> None:
+    """A handler that catches the CancelledError and awaits again is still stopped."""
+    tasks = TaskRegistry()
+    started = anyio.Event()
+    caught: list[int] = []
+
+    @tasks.task()
+    async def stubborn(ctx: JobContext) -> None:
+        started.set()
+        for attempt in range(3):  # cleanup code that awaits, twice
+            try:
+                await anyio.Event().wait()
+            except asyncio.CancelledError:
+                caught.append(attempt)
+                if attempt == 2:
+                    raise
+
+    job = await client.enqueue("stubborn")
+    settings = fast_settings(lease=30.0, heartbeat=10.0)
+    async with running(Worker(tasks, db_dsn, settings)):
+        with anyio.fail_after(5):
+            await started.wait()
+        await client.cancel(job.id)
+        done = await wait_for_state(client, job.id, JobState.CANCELLED, timeout=5.0)
+    assert caught == [0, 1, 2]
+    assert done.errors == ()
+
+
+async def test_drain_stops_a_handler_that_swallows_cancels(db_dsn: str, client: Client) -> None:
+    """stop() gets past a handler that keeps catching cancels: the job is released."""
+    tasks = TaskRegistry()
+    started = anyio.Event()
+
+    @tasks.task()
+    async def stubborn(ctx: JobContext) -> None:
+        started.set()
+        for _ in range(2):
+            with contextlib.suppress(asyncio.CancelledError):
+                await anyio.Event().wait()
+        await anyio.Event().wait()  # the third cancel ends it
+
+    job = await client.enqueue("stubborn")
+    worker = Worker(tasks, db_dsn, fast_settings(shutdown_grace=0.2))
+    with anyio.fail_after(20):  # run() must return: grace, three cancels, the release write
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await started.wait()
+            worker.stop()
+            released = await wait_for_state(client, job.id, JobState.QUEUED, timeout=10.0)
+    assert released.attempt == 0  # a release gives the attempt back
 
 
 def _cancel_blocking(dsn: str, job_id: uuid.UUID) -> None:

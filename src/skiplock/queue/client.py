@@ -78,7 +78,13 @@ class Client:
     async def connect(
         cls, dsn: str, *, schema: str = "skiplock", min_size: int = 1, max_size: int = 10
     ) -> Self:
-        """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`."""
+        """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`.
+
+        The pool does not reset sessions on release (skiplock's queries change no
+        session state, and asyncpg's reset is a round trip per query): if you run
+        your own statements on ``client.pool``, don't leave ``SET``, ``LISTEN`` or
+        advisory locks behind. An open transaction is still rolled back.
+        """
         pool = await open_pool(dsn, min_size=min_size, max_size=max_size)
         return cls(pool, schema=schema, owns_pool=True)
 

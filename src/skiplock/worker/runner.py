@@ -82,6 +82,9 @@ def _refused(exc: BaseException) -> bool:
     )
 
 
+_RECANCEL_SECONDS = 0.1  # a handler that swallowed a cancel is cancelled again this often
+_ABANDON_AFTER = 5.0  # seconds a stop waits for handlers that ignore cancellation
+
 MAX_TRACEBACK_CHARS = 16_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
 
@@ -105,8 +108,11 @@ class WorkerSettings:
     (``synchronous_commit=off`` on its sessions; enqueues stay durable). A
     claim no longer waits for the disk before its handler starts. The price:
     a PostgreSQL *crash* (not a restart) can lose the last few hundred
-    milliseconds of them. Those jobs then run again, as after a worker crash;
-    the lease fencing still refuses every write from a lost claim. Off by
+    milliseconds of them. A lost claim puts its job back to queued (it runs
+    again; the fencing refuses the old attempt's writes); a lost completion
+    leaves its job running under the old lease, so the rescuer re-queues it
+    with one more attempt counted, and a job on its last attempt then ends
+    ``failed`` (``LeaseExpired``) although its handler succeeded. Off by
     default.
     """
 
@@ -164,7 +170,7 @@ class _Lease:
     ctx: JobContext | None = None
     task: asyncio.Task[None] | None = None  # runs _execute
     executing: bool = False  # inside the handler call: cancelling the task stops it
-    cancel_sent: bool = False  # we called task.cancel() (at most once)
+    cancels: int = 0  # task.cancel() calls we made (each needs its uncancel())
     timed_out: bool = False
     cancel_reason: CancelReason | None = None
     progress: ProgressReport | None = None  # latest report
@@ -422,7 +428,12 @@ class Worker:
         for lease in list(self._leases.values()):
             if not lease.completing:
                 self._cancel(lease, "shutdown")
-        await self._wait_idle()  # cancelled handlers return promptly (threads are abandoned)
+        # Cancelled handlers return promptly (threads are abandoned); one that
+        # ignores every cancel is left behind: its lease expires, a rescuer requeues.
+        with anyio.move_on_after(_ABANDON_AFTER):
+            await self._wait_idle()
+        if self._running:
+            self._log.error("handlers_ignore_cancellation", count=self._running)
 
     async def _reap_handlers(self) -> None:
         """Cancel handler tasks still alive (after kill or a crash) and wait for them."""
@@ -431,7 +442,9 @@ class Worker:
         for task in self._tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
-            await asyncio.wait(list(self._tasks))
+            _, alive = await asyncio.wait(list(self._tasks), timeout=_ABANDON_AFTER)
+        if alive:
+            self._log.error("handlers_ignore_cancellation", count=len(alive))
 
     async def _wait_idle(self) -> None:
         while self._running:
@@ -571,6 +584,7 @@ class Worker:
             if task.timeout is not None:
                 timer = asyncio.get_running_loop().call_later(task.timeout, self._time_out, lease)
             lease.executing = True
+            stopped: asyncio.CancelledError | None = None
             try:
                 result = await self._call(task, ctx, job.args)
             except (Exception, Cancelled) as exc:
@@ -578,21 +592,19 @@ class Worker:
                 if self._tracing:
                     record_exception(exc)  # the traceback on the job's span
             except asyncio.CancelledError as exc:
-                current = asyncio.current_task()
-                if lease.cancel_sent and current is not None:
-                    current.uncancel()  # ours: consumed here, the outcome says why
-                if current is not None and current.cancelling():
-                    raise  # the worker is being killed: write nothing
-                if not lease.cancel_sent:
-                    error = exc  # the handler raised it itself: an ordinary failure
+                stopped = exc
             finally:
-                lease.executing = False
+                lease.executing = False  # no more cancels from here on
                 if timer is not None:
                     timer.cancel()
-            if lease.cancel_sent and not isinstance(error, asyncio.CancelledError):
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    current.uncancel()  # the handler swallowed our cancel and returned
+            current = asyncio.current_task()
+            if current is not None:
+                for _ in range(lease.cancels):
+                    current.uncancel()  # ours, consumed here: the outcome says why
+                if stopped is not None and current.cancelling():
+                    raise stopped  # the worker is being killed: write nothing
+            if stopped is not None and not lease.cancels:
+                error = stopped  # the handler raised it itself: an ordinary failure
         elapsed = round(time.monotonic() - started, 4)
 
         reason = lease.cancel_reason
@@ -699,10 +711,20 @@ class Worker:
         self._stop_handler(lease)
 
     def _stop_handler(self, lease: _Lease) -> None:
-        """Cancel the handler call if it is running (once)."""
-        if lease.executing and not lease.cancel_sent and lease.task is not None:
-            lease.cancel_sent = True
-            lease.task.cancel()
+        """Cancel the handler call if it is running, and again until it stops."""
+        if lease.executing and not lease.cancels:
+            self._send_cancel(lease)
+
+    def _send_cancel(self, lease: _Lease) -> None:
+        # A handler may catch the CancelledError and await again (cleanup code,
+        # shield, a wait_for that swallowed it): cancel again until it returns,
+        # as a cancel scope would.
+        task = lease.task
+        if not lease.executing or task is None or task.done() or self._loop is None:
+            return
+        lease.cancels += 1
+        task.cancel()
+        self._loop.call_later(_RECANCEL_SECONDS, self._send_cancel, lease)
 
     def _time_out(self, lease: _Lease) -> None:
         if lease.executing and lease.cancel_reason is None:
