@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from skiplock import Client, JobContext, JobState, Retry, TaskRegistry, Worker
 from skiplock.queue import Store
-from tests.helpers import wait_for_state
+from tests.helpers import wait_for, wait_for_state
 from tests.worker_helpers import fast_settings, running
 
 
@@ -88,3 +89,34 @@ async def test_retry_of_a_job_at_the_attempt_ceiling_stays_valid(client: Client)
     retried = await client.retry(job.id)
     assert (retried.state, retried.max_attempts) == (JobState.QUEUED, 1000)
     assert await Store().get_job(client.pool, job.id, None) is not None
+
+
+async def test_claimed_row_with_undecodable_json_fails_and_the_worker_goes_on(
+    db_dsn: str, client: Client
+) -> None:
+    """A row hand-written with a number no double holds fails; the next job still runs."""
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def echo(ctx: JobContext, **args: object) -> str:
+        return "ok"
+
+    bad = await client.enqueue("echo", {"n": 1})
+    # jsonb keeps 1e400 as numeric; only SQL can store it (the client refuses it)
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET args = '{\"n\": 1e400}'::jsonb WHERE id = $1", bad.id
+    )
+
+    async def bad_row() -> Any:  # read with SQL: the Client cannot decode this row either
+        return await client.pool.fetchrow(
+            "SELECT state::text, attempt, errors -> -1 ->> 'type' AS error"
+            " FROM skiplock.jobs WHERE id = $1",
+            bad.id,
+        )
+
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        failed = await wait_for(bad_row, lambda r: r["state"] == "failed", what="failed")
+        good = await client.enqueue("echo", {"n": 2})
+        done = await wait_for_state(client, good.id, JobState.SUCCEEDED)
+    assert tuple(failed) == ("failed", 1, "UnreadableJob")
+    assert done.result == "ok"

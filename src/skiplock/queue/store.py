@@ -10,7 +10,7 @@ transaction), so callers decide about transactions and connections.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
@@ -36,6 +36,7 @@ __all__ = [
     "Rescued",
     "Store",
     "TaskWindowStats",
+    "Unreadable",
     "open_pool",
 ]
 
@@ -79,6 +80,16 @@ class ProgressWrite:
     progress: float
     message: str | None
     eta_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A claimed row that cannot be decoded into a :class:`Job` (see ``claim_jobs``)."""
+
+    job_id: uuid.UUID
+    lease_token: uuid.UUID
+    attempt: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,10 +366,28 @@ class Store:
     # -- the worker -------------------------------------------------------
 
     async def claim_jobs(
-        self, ex: Executor, queues: Sequence[str], limit: int, lease_seconds: float, worker_id: str
+        self,
+        ex: Executor,
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        worker_id: str,
+        *,
+        on_unreadable: Callable[[Unreadable], None] | None = None,
     ) -> list[Job]:
+        """Claim up to ``limit`` jobs. A claimed row whose JSON cannot be decoded (only
+        SQL written by hand can store one, e.g. a number beyond a double) goes to
+        ``on_unreadable`` instead, still leased; without it the error is raised."""
         rows = await ex.fetch(self._q("claim_jobs"), list(queues), limit, lease_seconds, worker_id)
-        return [_job(r) for r in rows]
+        if on_unreadable is None:
+            return [_job(r) for r in rows]
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(_job(row))
+            except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+                on_unreadable(Unreadable(row["id"], row["lease_token"], row["attempt"], str(exc)))
+        return jobs
 
     async def heartbeat_jobs(
         self, ex: Executor, leases: Sequence[tuple[uuid.UUID, uuid.UUID]], lease_seconds: float

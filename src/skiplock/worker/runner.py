@@ -47,7 +47,14 @@ from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.models import Job
-from skiplock.queue.store import Completion, Outcome, ProgressWrite, Store, open_pool
+from skiplock.queue.store import (
+    Completion,
+    Outcome,
+    ProgressWrite,
+    Store,
+    Unreadable,
+    open_pool,
+)
 from skiplock.tracing import job_span, record_exception, tracing_active
 from skiplock.worker.context import JobContext, ProgressReport
 from skiplock.worker.errors import Cancelled, Fail, Retry
@@ -477,7 +484,12 @@ class Worker:
             try:
                 with anyio.fail_after(s.db_timeout):
                     jobs = await self.store.claim_jobs(
-                        self.pool, self._queues, limit, s.lease, self.id
+                        self.pool,
+                        self._queues,
+                        limit,
+                        s.lease,
+                        self.id,
+                        on_unreadable=self._fail_unreadable,
                     )
             except _DB_DOWN as exc:
                 self.metrics.db_error("claim")
@@ -514,6 +526,25 @@ class Worker:
             await self._wake.wait()
             return True
         return False
+
+    def _fail_unreadable(self, row: Unreadable) -> None:
+        """A claimed row that cannot be decoded fails at once (no handler can take it)."""
+        self._log.error("job_unreadable", job_id=str(row.job_id), error=row.error)
+        self._pending.append(
+            Completion(
+                job_id=row.job_id,
+                lease_token=row.lease_token,
+                outcome="failed",
+                error_json=_error_json(
+                    None,
+                    kind="UnreadableJob",
+                    message=f"the job's stored JSON cannot be decoded: {row.error}",
+                    attempt=row.attempt,
+                    worker=self.id,
+                ),
+            )
+        )
+        self._completions_ready.set()
 
     def _on_queue_notification(self, payload: str) -> None:
         # '*': too many queues to list in one payload (migration 0005): all of them.
