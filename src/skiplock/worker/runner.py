@@ -34,7 +34,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
@@ -185,7 +185,6 @@ class _Lease:
     progress_written_at: float = 0.0
     completing: bool = False  # outcome handed to the completer
     released: bool = False  # its slot is free again (outcome written or given up)
-    claimed_at: float = field(default_factory=time.monotonic)
 
 
 def _utf8_size(text: str) -> int:
@@ -531,17 +530,12 @@ class Worker:
         """A claimed row that cannot be decoded fails at once (no handler can take it)."""
         self._log.error("job_unreadable", job_id=str(row.job_id), error=row.error)
         self._pending.append(
-            Completion(
-                job_id=row.job_id,
-                lease_token=row.lease_token,
-                outcome="failed",
-                error_json=_error_json(
-                    None,
-                    kind="UnreadableJob",
-                    message=f"the job's stored JSON cannot be decoded: {row.error}",
-                    attempt=row.attempt,
-                    worker=self.id,
-                ),
+            self._failed_outright(
+                row.job_id,
+                row.lease_token,
+                row.attempt,
+                "UnreadableJob",
+                f"the job's stored JSON cannot be decoded: {row.error}",
             )
         )
         self._completions_ready.set()
@@ -734,6 +728,13 @@ class Worker:
             return self._completion(lease, "retry", error_json=error_json, delay=delay)
         return self._completion(lease, "failed", error_json=error_json)
 
+    def _failed_outright(
+        self, job_id: uuid.UUID, token: uuid.UUID, attempt: int, kind: str, message: str
+    ) -> Completion:
+        """A ``failed`` outcome with no retry, result or progress: no handler can help."""
+        error_json = _error_json(None, kind=kind, message=message, attempt=attempt, worker=self.id)
+        return Completion(job_id=job_id, lease_token=token, outcome="failed", error_json=error_json)
+
     def _cancel(self, lease: _Lease, reason: CancelReason) -> None:
         if lease.cancel_reason is None:
             lease.cancel_reason = reason
@@ -864,17 +865,12 @@ class Worker:
             outcome=refused.outcome,
             error=repr(exc),
         )
-        failure = Completion(
-            job_id=refused.job_id,
-            lease_token=refused.lease_token,
-            outcome="failed",
-            error_json=_error_json(
-                None,
-                kind="CompletionRefused",
-                message=f"the database refused this attempt's outcome ({refused.outcome}): {exc}",
-                attempt=lease.job.attempt if lease is not None else 0,
-                worker=self.id,
-            ),
+        failure = self._failed_outright(
+            refused.job_id,
+            refused.lease_token,
+            lease.job.attempt if lease is not None else 0,
+            "CompletionRefused",
+            f"the database refused this attempt's outcome ({refused.outcome}): {exc}",
         )
         try:
             with anyio.fail_after(self._write_timeout):
