@@ -13,7 +13,7 @@ import orjson
 from click.testing import CliRunner, Result
 
 from skiplock import Client
-from skiplock.__main__ import cli
+from skiplock.cli import cli
 
 
 async def _run(dsn: str, *args: str) -> Result:

@@ -9,7 +9,7 @@ import orjson
 from click.testing import CliRunner
 
 from skiplock import Client
-from skiplock.__main__ import cli
+from skiplock.cli import cli
 
 DAY = 86_400.0
 VIEWS = ("queue_overview", "throughput_per_minute", "task_stats", "jobs_per_tenant", "stuck_jobs")

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from skiplock import Client, JobSpec
-from skiplock.__main__ import cli
+from skiplock.cli import cli
 from skiplock.queue.store import PURGE_SUCCEEDED_AFTER
 from skiplock.worker.retention import (
     RetentionPolicy,

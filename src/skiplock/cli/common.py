@@ -1,0 +1,203 @@
+"""What every command shares: exit codes, settings, error mapping, JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+import orjson
+
+from skiplock.config import Settings
+from skiplock.queue import (
+    Client,
+    IdempotencyConflict,
+    Job,
+    JobNotFound,
+    JobStateConflict,
+    SchemaMismatch,
+    check_schema,
+)
+from skiplock.worker.retention import parse_duration
+
+__all__ = [
+    "DURATION",
+    "ENQUEUE_CHUNK",
+    "EXIT_CONFLICT",
+    "EXIT_NOT_FOUND",
+    "EXIT_SCHEMA",
+    "EXIT_USAGE",
+    "STATS_WINDOW_SECONDS",
+    "echo_json",
+    "fail",
+    "job_json",
+    "leaves",
+    "run_cli",
+    "settings_of",
+    "ts",
+    "with_client",
+    "with_store",
+]
+
+EXIT_USAGE = 2
+EXIT_SCHEMA = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5
+
+ENQUEUE_CHUNK = 1000
+STATS_WINDOW_SECONDS = 3600.0
+
+_T = TypeVar("_T")
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The Settings the ``skiplock`` group put on the click context."""
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``skiplock: message`` on stderr and exit with ``code``."""
+    click.echo(f"skiplock: {message}", err=True)
+    sys.exit(code)
+
+
+if TYPE_CHECKING:
+    _DurationBase = click.ParamType[float | None]
+else:  # ParamType is generic from click 8.3 on; older versions cannot subscript it
+    _DurationBase = click.ParamType
+
+
+class _Duration(_DurationBase):
+    """Seconds, or a number with a unit (90s, 15m, 12h, 1d, 2w, 1d12h); 'never' gives None."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | None:
+        if value is None:
+            return None
+        try:
+            return parse_duration(str(value))  # defaults arrive as numbers of seconds
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+
+
+def run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run one CLI coroutine and turn the errors scripts care about into exit codes."""
+    try:
+        return asyncio.run(coro)
+    except SchemaMismatch as exc:
+        fail(str(exc), EXIT_SCHEMA)
+    except JobNotFound as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except (JobStateConflict, IdempotencyConflict) as exc:
+        fail(str(exc), EXIT_CONFLICT)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot reach the database: {exc}")
+
+
+def with_store(settings: Settings, work: Any) -> Any:
+    """Run ``work(store, conn)`` on one connection after the schema check; errors → exit codes."""
+
+    async def run() -> Any:
+        import asyncpg
+
+        from skiplock.queue import Store
+
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            await check_schema(conn, schema=settings.schema_name)
+            return await work(Store(settings.schema_name), conn)
+        finally:
+            await conn.close()
+
+    return run_cli(run())
+
+
+def with_client(settings: Settings, work: Callable[[Client], Awaitable[_T]]) -> _T:
+    """Run ``work(client)`` on a small pool after the schema check; map errors to exit codes."""
+
+    async def run() -> _T:
+        import asyncpg
+
+        dsn = settings.require_database_url()
+        try:
+            client = await Client.connect(dsn, schema=settings.schema_name, max_size=2)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise OSError(str(exc)) from exc
+        try:
+            await check_schema(client.pool, schema=settings.schema_name)
+            return await work(client)
+        finally:
+            await client.close()
+
+    return run_cli(run())
+
+
+def ts(value: datetime | None) -> str | None:
+    """ISO 8601, or None."""
+    return None if value is None else value.isoformat()
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job as a JSON-ready dict, error history included (the CLI is for operators)."""
+    return {
+        "id": str(job.id),
+        "task": job.task,
+        "queue": job.queue,
+        "tenant": job.tenant,
+        "state": job.state.value,
+        "args": job.args,
+        "meta": job.meta,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "idempotency_key": job.idempotency_key,
+        "progress": job.progress,
+        "message": job.progress_message,
+        "eta": ts(job.eta),
+        "result": job.result,
+        "cancel_requested": job.cancel_requested,
+        "worker_id": job.worker_id,
+        "errors": [
+            {
+                "type": e.type,
+                "message": e.message,
+                "attempt": e.attempt,
+                "worker": e.worker,
+                "at": e.at,
+                "traceback": e.traceback,
+            }
+            for e in job.errors
+        ],
+        "run_at": ts(job.run_at),
+        "created_at": ts(job.created_at),
+        "updated_at": ts(job.updated_at),
+        "started_at": ts(job.started_at),
+        "finished_at": ts(job.finished_at),
+    }
+
+
+def echo_json(value: Any) -> None:
+    """Print ``value`` as one line of JSON."""
+    click.echo(orjson.dumps(value).decode())
+
+
+def leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    """The exceptions inside a (nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from leaves(exc)
+        else:
+            yield exc

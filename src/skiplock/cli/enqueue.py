@@ -1,0 +1,185 @@
+"""``skiplock enqueue``: one job, or every job of a JSONL file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import orjson
+
+from skiplock.cli.common import (
+    ENQUEUE_CHUNK,
+    EXIT_USAGE,
+    echo_json,
+    fail,
+    job_json,
+    settings_of,
+    with_client,
+)
+from skiplock.config import Settings
+from skiplock.queue import (
+    Client,
+    InvalidJob,
+    Job,
+    JobSpec,
+)
+
+
+def _parse_object(text: str | None, what: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line; exit 2 on anything else."""
+    if text is None:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        fail(f"{what} is not valid JSON: {exc}", EXIT_USAGE)
+    if not isinstance(value, dict):
+        fail(f"{what} must be a JSON object", EXIT_USAGE)
+    return value
+
+
+_SPEC_KEYS = frozenset(
+    {
+        "task",
+        "args",
+        "queue",
+        "priority",
+        "delay",
+        "max_attempts",
+        "tenant",
+        "idempotency_key",
+        "meta",
+    }
+)
+
+
+def _spec_from_line(line: str) -> JobSpec:
+    """One JSONL line → JobSpec; ValueError (with the reason) on bad input."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys: {', '.join(unknown)}")
+    if "task" not in data:
+        raise ValueError("missing 'task'")
+    for key in ("args", "meta"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    return JobSpec(**data)
+
+
+def _read_specs(path: str) -> list[JobSpec]:
+    """Every job of a JSONL file (blank lines skipped); exit 2 at the first bad line."""
+    specs: list[JobSpec] = []
+    with click.open_file(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                specs.append(_spec_from_line(line))
+            except (ValueError, TypeError) as exc:
+                fail(f"{path}:{number}: {exc}", EXIT_USAGE)
+    return specs
+
+
+def _chunks(specs: list[JobSpec], size: int) -> Iterator[list[JobSpec]]:
+    """Consecutive slices of at most ``size``."""
+    for start in range(0, len(specs), size):
+        yield specs[start : start + size]
+
+
+@click.command("enqueue")
+@click.argument("task", required=False)
+@click.option("--args", "args_json", default=None, help="Arguments, a JSON object.")
+@click.option("--queue", default="default", show_default=True)
+@click.option("--priority", type=int, default=0, show_default=True, help="Smaller runs first.")
+@click.option("--delay", type=click.FloatRange(0), default=None, help="Run after SECONDS.")
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--idempotency-key", default=None)
+@click.option("--meta", "meta_json", default=None, help="Labels, a JSON object.")
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    help="Bulk: a JSONL file, one job object per line ('-' for stdin).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def enqueue_cmd(
+    ctx: click.Context,
+    task: str | None,
+    args_json: str | None,
+    queue: str,
+    priority: int,
+    delay: float | None,
+    max_attempts: int,
+    tenant: str,
+    idempotency_key: str | None,
+    meta_json: str | None,
+    file_path: str | None,
+    as_json: bool,
+) -> None:
+    """Enqueue one job (TASK) or, with --file, every job of a JSONL file (all or none)."""
+    settings = settings_of(ctx)
+    if (task is None) == (file_path is None):
+        fail("give a TASK or --file, not both", EXIT_USAGE)
+    if file_path is not None:
+        specs = _read_specs(file_path)
+        _enqueue_file(settings, specs, as_json)
+        return
+    assert task is not None
+    try:
+        spec = JobSpec(
+            task=task,
+            args=_parse_object(args_json, "--args"),
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            max_attempts=max_attempts,
+            tenant=tenant,
+            idempotency_key=idempotency_key,
+            meta=_parse_object(meta_json, "--meta"),
+        )
+    except InvalidJob as exc:
+        fail(str(exc), EXIT_USAGE)
+
+    async def work(client: Client) -> Job:
+        (job,) = await client.enqueue_many([spec])
+        return job
+
+    job = with_client(settings, work)
+    if as_json:
+        echo_json(job_json(job))
+    else:
+        click.echo(f"{job.id}  {job.task}  {job.state.value}  run_at {job.run_at.isoformat()}")
+
+
+def _enqueue_file(settings: Settings, specs: list[JobSpec], as_json: bool) -> None:
+    """Enqueue ``specs`` in one transaction, in chunks, with a progress bar unless --json."""
+
+    async def work(client: Client) -> list[Job]:
+        done: list[Job] = []
+        async with client.pool.acquire() as conn, conn.transaction():
+            if as_json:
+                for chunk in _chunks(specs, ENQUEUE_CHUNK):
+                    done.extend(await client.enqueue_many(chunk, connection=conn))
+                return done
+            with click.progressbar(length=len(specs), label="enqueueing", file=sys.stderr) as bar:
+                for chunk in _chunks(specs, ENQUEUE_CHUNK):
+                    done.extend(await client.enqueue_many(chunk, connection=conn))
+                    bar.update(len(chunk))
+        return done
+
+    jobs = with_client(settings, work) if specs else []
+    if as_json:
+        echo_json({"enqueued": len(jobs), "ids": [str(j.id) for j in jobs]})
+    else:
+        click.echo(f"enqueued {len(jobs)} jobs")
