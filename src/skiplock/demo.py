@@ -123,7 +123,7 @@ async def _database(dsn: str | None, echo: Callable[[str], None]) -> AsyncIterat
         echo("using the database of SKIPLOCK_DATABASE_URL (migrated if needed)")
         yield dsn
         return
-    from skiplock.pgserver import ThrowawayPostgres  # imported only when needed
+    from skiplock.testing import ThrowawayPostgres  # imported only when needed
 
     server = ThrowawayPostgres(fast=True)
     echo("starting a throwaway PostgreSQL (no SKIPLOCK_DATABASE_URL set)…")

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from skiplock import migrate
-from skiplock.pgserver import ThrowawayPostgres, find_postgres_binaries
+from skiplock.testing import ThrowawayPostgres, find_postgres_binaries
 from tests.faults.fleet import Db, Fleet
 from tests.faults.invariants import install
 

@@ -22,8 +22,8 @@ import anyio
 import pytest
 
 from skiplock import JobSpec
-from skiplock.pgserver import ThrowawayPostgres
 from skiplock.queue import Store
+from skiplock.testing import ThrowawayPostgres
 from tests.faults.conftest import Report
 from tests.faults.fleet import (
     FAST,

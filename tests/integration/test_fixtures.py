@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from skiplock.pgserver import find_postgres_binaries
+from skiplock.testing import find_postgres_binaries
 from tests import conftest
 
 

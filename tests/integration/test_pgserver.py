@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
-from skiplock.pgserver import (
+from skiplock.testing import (
     PostgresBinaries,
     ThrowawayPostgres,
     cleanup_stale_servers,
@@ -34,7 +34,7 @@ needs_any = pytest.mark.skipif(ANY is None, reason="no PostgreSQL binaries and n
 
 CHILD = """
 import json, sys
-from skiplock.pgserver import ThrowawayPostgres
+from skiplock.testing import ThrowawayPostgres
 pg = ThrowawayPostgres(source=sys.argv[1]).start()
 print("READY " + json.dumps({"pid": pg.pid, "dir": str(pg.directory), "port": pg.port}), flush=True)
 sys.stdin.read()
