@@ -1,5 +1,7 @@
 # Sourced by scripts/*: create .venv with Python >= 3.11 and install the
-# project (editable) with its dev extras when pyproject.toml changed.
+# pinned dependencies of requirements/dev.lock (hash-checked; the core, every
+# extra and the dev group) and the project itself (editable), again whenever
+# the lock file or pyproject.toml changed.
 PYTHON="${PYTHON:-}"
 if [ -z "$PYTHON" ]; then
   for candidate in python3.13 python3.12 python3.11 python3; do
@@ -13,8 +15,10 @@ fi
 VENV="${SKIPLOCK_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.skiplock-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements/dev.lock -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r requirements/dev.lock
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi

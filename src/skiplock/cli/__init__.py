@@ -4,6 +4,10 @@
 click group, for tests and embedding) are the public names.
 """
 
+from skiplock._extras import require
+
+require("cli")  # names the extra to install, before the imports that need it
+
 from skiplock.cli.main import cli, main
 
 __all__ = ["cli", "main"]

@@ -1,5 +1,9 @@
 """Workers: task registry, job context, retry policy, and the runner."""
 
+from skiplock._extras import require
+
+require("worker")  # names the extra to install, before the imports that need it
+
 from skiplock.worker.context import JobContext
 from skiplock.worker.errors import Cancelled, Fail, Retry
 from skiplock.worker.registry import Task, TaskRegistry
