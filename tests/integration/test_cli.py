@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -271,3 +272,56 @@ async def test_check(db_dsn: str, pg_admin_dsn: str) -> None:
     unreachable = await _run("postgresql://nobody@127.0.0.1:1/none", "check")
     assert unreachable.exit_code == 1, unreachable.output
     assert "cannot reach the database" in unreachable.stderr
+
+
+async def _new_key(dsn: str, tenant: str, *args: str) -> Any:
+    """`apikey create --tenant TENANT ARGS --json`, parsed."""
+    return _json(await _run(dsn, "apikey", "create", "--tenant", tenant, *args, "--json"))
+
+
+async def test_apikey_create_with_expiry(db_dsn: str, client: Client) -> None:
+    """`apikey create --expires` takes a duration or an ISO-8601 time and stores it."""
+    before = datetime.now(UTC)
+    made = await _new_key(db_dsn, "t1", "--expires", "30d")
+    after = datetime.now(UTC)
+    expires = datetime.fromisoformat(made["expires_at"])
+    assert before + timedelta(days=30) <= expires <= after + timedelta(days=30)
+    stored = await client.pool.fetchval(
+        "SELECT expires_at FROM skiplock.api_keys WHERE id = $1", uuid.UUID(made["id"])
+    )
+    assert stored == expires
+
+    fixed = await _new_key(db_dsn, "t2", "--expires", "2099-01-31T12:00:00Z")
+    assert datetime.fromisoformat(fixed["expires_at"]) == datetime(2099, 1, 31, 12, tzinfo=UTC)
+    naive = await _new_key(db_dsn, "t3", "--expires", "2099-02-01")
+    assert datetime.fromisoformat(naive["expires_at"]) == datetime(2099, 2, 1, tzinfo=UTC)
+    endless = await _new_key(db_dsn, "t4")
+    assert endless["expires_at"] is None
+
+    listed = _json(await _run(db_dsn, "apikey", "list", "--json"))
+    by_id = {row["id"]: row for row in listed}
+    assert by_id[fixed["id"]]["expires_at"] == fixed["expires_at"]
+    assert by_id[endless["id"]]["expires_at"] is None
+
+    # An expired key shows as such in the listing.
+    await client.pool.execute(
+        "UPDATE skiplock.api_keys SET expires_at = now() - interval '1 hour' WHERE id = $1",
+        uuid.UUID(made["id"]),
+    )
+    text = await _run(db_dsn, "apikey", "list", "--tenant", "t1")
+    assert text.exit_code == 0, text.output
+    assert "expired" in text.stdout
+
+
+async def test_apikey_create_refuses_a_bad_expiry(db_dsn: str, client: Client) -> None:
+    """A past time, zero, or no duration at all: exit 2, a clear message, no key stored."""
+    for bad, says in [
+        ("2001-01-01T00:00:00Z", "in the past"),
+        ("0", "more than zero"),
+        ("soon", "neither a duration"),
+        ("12x", "neither a duration"),
+    ]:
+        result = await _run(db_dsn, "apikey", "create", "--tenant", "t", "--expires", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert says in result.output, (bad, result.output)
+    assert await client.pool.fetchval("SELECT count(*) FROM skiplock.api_keys") == 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 import orjson
 
 from skiplock.cli.common import (
     EXIT_USAGE,
+    EXPIRY,
     fail,
     settings_of,
+    ts,
     with_store,
 )
 
@@ -22,9 +26,23 @@ def apikey_group() -> None:
 @click.option("--tenant", required=True)
 @click.option("--scopes", default="read,write", show_default=True, help="read, write, admin")
 @click.option("--name", default="", help="A label to recognise the key by.")
+@click.option(
+    "--expires",
+    type=EXPIRY,
+    default=None,
+    help="When the key stops working: a duration from now (30d, 12h, 1d12h) or an ISO-8601"
+    " time (2030-01-31T12:00:00Z; UTC without an offset). Default: never.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def apikey_create(ctx: click.Context, tenant: str, scopes: str, name: str, as_json: bool) -> None:
+def apikey_create(
+    ctx: click.Context,
+    tenant: str,
+    scopes: str,
+    name: str,
+    expires: datetime | None,
+    as_json: bool,
+) -> None:
     """Make a key; its secret is printed once and never stored."""
     from skiplock.api.auth import create_api_key
 
@@ -32,7 +50,12 @@ def apikey_create(ctx: click.Context, tenant: str, scopes: str, name: str, as_js
     made = with_store(
         settings_of(ctx),
         lambda store, conn: create_api_key(
-            store, conn, tenant=tenant, scopes=wanted, name=name or f"{tenant} key"
+            store,
+            conn,
+            tenant=tenant,
+            scopes=wanted,
+            name=name or f"{tenant} key",
+            expires_at=expires,
         ),
     )
     if as_json:
@@ -42,12 +65,15 @@ def apikey_create(ctx: click.Context, tenant: str, scopes: str, name: str, as_js
                     "id": str(made.key.id),
                     "tenant": tenant,
                     "scopes": list(made.key.scopes),
+                    "expires_at": ts(made.key.expires_at),
                     "secret": made.secret,
                 }
             ).decode()
         )
     else:
         click.echo(f"key {made.key.id} for tenant {tenant!r} ({', '.join(made.key.scopes)})")
+        if made.key.expires_at is not None:
+            click.echo(f"expires: {made.key.expires_at.isoformat()}")
         click.echo(f"secret (shown once): {made.secret}")
 
 
@@ -65,17 +91,27 @@ def apikey_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
             "tenant": k.tenant,
             "scopes": list(k.scopes),
             "created_at": k.created_at.isoformat(),
-            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            "expires_at": ts(k.expires_at),
+            "revoked_at": ts(k.revoked_at),
         }
         for k in keys
     ]
+    now = datetime.now(UTC)
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
     for r in rows:
-        status = "revoked" if r["revoked_at"] else "active"
+        expires = datetime.fromisoformat(r["expires_at"]) if r["expires_at"] else None
+        if r["revoked_at"]:
+            status = "revoked"
+        elif expires is not None and expires <= now:
+            status = "expired"
+        else:
+            status = "active"
+        until = expires.strftime("%Y-%m-%d %H:%M:%S%z") if expires else "-"
         click.echo(
-            f"{r['id']}  {r['tenant']:<20} {','.join(r['scopes']):<18} {status:<8} {r['name']}"
+            f"{r['id']}  {r['tenant']:<20} {','.join(r['scopes']):<18} {status:<8}"
+            f" {until:<24} {r['name']}"
         )
 
 

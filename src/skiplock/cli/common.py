@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_SCHEMA",
     "EXIT_USAGE",
+    "EXPIRY",
     "STATS_WINDOW_SECONDS",
     "echo_json",
     "fail",
@@ -89,6 +90,58 @@ class _Duration(_DurationBase):
 
 
 DURATION = _Duration()
+
+
+if TYPE_CHECKING:
+    _ExpiryBase = click.ParamType[datetime | None]
+else:
+    _ExpiryBase = click.ParamType
+
+
+class _Expiry(_ExpiryBase):
+    """A moment in the future: a duration from now (30d, 12h, 1d12h, seconds) or an ISO-8601 time.
+
+    An ISO-8601 time without an offset is UTC. 'never' gives None (no expiry).
+    """
+
+    name = "expiry"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        now = datetime.now(UTC)
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                self.fail(
+                    f"{text!r} is neither a duration (30d, 12h, 1d12h, 3600) nor an ISO-8601"
+                    " time (2030-01-31T12:00:00Z)",
+                    param,
+                    ctx,
+                )
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        else:
+            if seconds is None:
+                return None
+            if seconds <= 0:
+                self.fail(f"{text!r}: the duration must be more than zero", param, ctx)
+            try:
+                moment = now + timedelta(seconds=seconds)
+            except OverflowError:
+                self.fail(f"{text!r} is too far in the future", param, ctx)
+        if moment <= now:
+            self.fail(f"{text!r} is in the past ({moment.isoformat()})", param, ctx)
+        return moment
+
+
+EXPIRY = _Expiry()
 
 
 def run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
