@@ -274,6 +274,54 @@ async def test_check(db_dsn: str, pg_admin_dsn: str) -> None:
     assert "cannot reach the database" in unreachable.stderr
 
 
+async def test_check_json(db_dsn: str, pg_admin_dsn: str) -> None:
+    """`check --json`: an object on stdout whether it passes or not, and the same exit codes."""
+    ok = _json(await _run(db_dsn, "check", "--json"))
+    assert ok["ok"] is True
+    assert isinstance(ok["schema_version"], int)
+    assert ok["schema_version"] >= 1
+
+    name = f"skiplock_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            empty_dsn = urlunsplit(urlsplit(pg_admin_dsn)._replace(path=f"/{name}"))
+            empty = await _run(empty_dsn, "check", "--json")
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    assert empty.exit_code == 3, empty.output
+    failed = orjson.loads(empty.stdout)
+    assert failed["ok"] is False
+    assert failed["exit_code"] == 3
+    assert "is not installed" in failed["error"]
+
+    unreachable = await _run("postgresql://nobody@127.0.0.1:1/none", "check", "--json")
+    assert unreachable.exit_code == 1, unreachable.output
+    down = orjson.loads(unreachable.stdout)
+    assert (down["ok"], down["exit_code"]) == (False, 1)
+    assert "cannot reach the database" in down["error"]
+
+
+async def test_json_of_migrate_cancel_retry_and_revoke(db_dsn: str, client: Client) -> None:
+    """The commands that used to print only a sentence print JSON with --json."""
+    migrated = _json(await _run(db_dsn, "migrate", "--json"))
+    assert migrated == {"applied": []}  # the test database is migrated already
+
+    made = _json(await _run(db_dsn, "enqueue", "t", "--json"))
+    cancelled = _json(await _run(db_dsn, "jobs", "cancel", made["id"], "--json"))
+    assert (cancelled["id"], cancelled["state"]) == (made["id"], "cancelled")
+    retried = _json(await _run(db_dsn, "jobs", "retry", made["id"], "--json"))
+    assert (retried["id"], retried["state"]) == (made["id"], "queued")
+
+    key = await _new_key(db_dsn, "t1")
+    revoked = _json(await _run(db_dsn, "apikey", "revoke", key["id"], "--json"))
+    assert revoked["id"] == key["id"]
+    assert revoked["revoked_at"] is not None
+
+
 async def _new_key(dsn: str, tenant: str, *args: str) -> Any:
     """`apikey create --tenant TENANT ARGS --json`, parsed."""
     return _json(await _run(dsn, "apikey", "create", "--tenant", tenant, *args, "--json"))

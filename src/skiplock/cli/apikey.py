@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 import orjson
 
 from skiplock.cli.common import (
+    EXIT_NOT_FOUND,
     EXIT_USAGE,
     EXPIRY,
     fail,
@@ -15,11 +17,25 @@ from skiplock.cli.common import (
     ts,
     with_store,
 )
+from skiplock.queue.store import ApiKey
 
 
 @click.group("apikey")
 def apikey_group() -> None:
     """Create, list and revoke status-API keys."""
+
+
+def _key_json(key: ApiKey) -> dict[str, Any]:
+    """A key as JSON (never its secret, which is not stored)."""
+    return {
+        "id": str(key.id),
+        "name": key.name,
+        "tenant": key.tenant,
+        "scopes": list(key.scopes),
+        "created_at": key.created_at.isoformat(),
+        "expires_at": ts(key.expires_at),
+        "revoked_at": ts(key.revoked_at),
+    }
 
 
 @apikey_group.command("create")
@@ -84,18 +100,7 @@ def apikey_create(
 def apikey_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
     """List keys (never their secrets)."""
     keys = with_store(settings_of(ctx), lambda store, conn: store.list_api_keys(conn, tenant))
-    rows = [
-        {
-            "id": str(k.id),
-            "name": k.name,
-            "tenant": k.tenant,
-            "scopes": list(k.scopes),
-            "created_at": k.created_at.isoformat(),
-            "expires_at": ts(k.expires_at),
-            "revoked_at": ts(k.revoked_at),
-        }
-        for k in keys
-    ]
+    rows = [_key_json(k) for k in keys]
     now = datetime.now(UTC)
     if as_json:
         click.echo(orjson.dumps(rows).decode())
@@ -117,8 +122,11 @@ def apikey_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
 
 @apikey_group.command("revoke")
 @click.argument("key_id")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the revoked key as `list --json` does."
+)
 @click.pass_context
-def apikey_revoke(ctx: click.Context, key_id: str) -> None:
+def apikey_revoke(ctx: click.Context, key_id: str, as_json: bool) -> None:
     """Revoke a key by id (effective within the API's key cache time)."""
     import uuid
 
@@ -129,5 +137,8 @@ def apikey_revoke(ctx: click.Context, key_id: str) -> None:
         return
     key = with_store(settings_of(ctx), lambda store, conn: store.revoke_api_key(conn, parsed))
     if key is None:
-        fail(f"no key {key_id}", 4)
-    click.echo(f"revoked {key_id}")
+        fail(f"no key {key_id}", EXIT_NOT_FOUND)
+    if as_json:
+        click.echo(orjson.dumps(_key_json(key)).decode())
+    else:
+        click.echo(f"revoked {key_id}")

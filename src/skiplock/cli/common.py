@@ -31,6 +31,7 @@ __all__ = [
     "EXIT_SCHEMA",
     "EXIT_USAGE",
     "EXPIRY",
+    "JSON_FAILURES",
     "STATS_WINDOW_SECONDS",
     "echo_json",
     "fail",
@@ -61,8 +62,20 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
+JSON_FAILURES = "skiplock.json_failures"
+"""Key of ``click.Context.meta``: when true, :func:`fail` also prints the failure as JSON."""
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``skiplock: message`` on stderr and exit with ``code``."""
+    """Print ``skiplock: message`` on stderr and exit with ``code``.
+
+    A command that promises JSON even on failure (``check --json``) sets
+    ``ctx.meta[JSON_FAILURES]``: then ``{"ok": false, "error": …, "exit_code": …}``
+    goes to stdout as well.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(JSON_FAILURES):
+        click.echo(orjson.dumps({"ok": False, "error": message, "exit_code": code}).decode())
     click.echo(f"skiplock: {message}", err=True)
     sys.exit(code)
 

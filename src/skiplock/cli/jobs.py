@@ -118,11 +118,14 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 @jobs_group.command("cancel")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as `jobs show --json` does.")
 @click.pass_context
-def jobs_cancel(ctx: click.Context, job_id: str) -> None:
+def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Cancel a queued job, or ask a running one's worker to stop it."""
     job = with_client(settings_of(ctx), lambda client: client.cancel(job_id))
-    if job.state is JobState.RUNNING:
+    if as_json:
+        echo_json(job_json(job))
+    elif job.state is JobState.RUNNING:
         click.echo(f"cancel requested for running job {job.id}")
     elif job.state is JobState.CANCELLED:
         click.echo(f"cancelled {job.id}")
@@ -132,8 +135,12 @@ def jobs_cancel(ctx: click.Context, job_id: str) -> None:
 
 @jobs_group.command("retry")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as `jobs show --json` does.")
 @click.pass_context
-def jobs_retry(ctx: click.Context, job_id: str) -> None:
+def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Put a failed or cancelled job back in the queue, due now."""
     job = with_client(settings_of(ctx), lambda client: client.retry(job_id))
+    if as_json:
+        echo_json(job_json(job))
+        return
     click.echo(f"retried {job.id}: {job.state.value}")

@@ -9,6 +9,8 @@ import click
 from skiplock.cli.common import (
     EXIT_SCHEMA,
     EXIT_USAGE,
+    JSON_FAILURES,
+    echo_json,
     fail,
     settings_of,
     with_client,
@@ -21,8 +23,9 @@ from skiplock.queue import (
 
 
 @click.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help='Print {"applied": [versions]}.')
 @click.pass_context
-def migrate_cmd(ctx: click.Context) -> None:
+def migrate_cmd(ctx: click.Context, as_json: bool) -> None:
     """Apply pending schema migrations (safe to run concurrently)."""
     settings = settings_of(ctx)
     try:
@@ -34,18 +37,30 @@ def migrate_cmd(ctx: click.Context) -> None:
     except OSError as exc:
         fail(f"cannot reach the database: {exc}")
         return
-    if applied:
+    if as_json:
+        echo_json({"applied": list(applied)})
+    elif applied:
         click.echo(f"applied migrations: {', '.join(str(v) for v in applied)}")
     else:
         click.echo("schema is up to date")
 
 
 @click.command("check")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"ok": true, "schema_version": N}, or {"ok": false, "error": …, "exit_code": N}.',
+)
 @click.pass_context
-def check_cmd(ctx: click.Context) -> None:
+def check_cmd(ctx: click.Context, as_json: bool) -> None:
     """Exit 0 when the database is reachable and the schema current (3: schema, 1: unreachable)."""
     settings = settings_of(ctx)
+    ctx.meta[JSON_FAILURES] = as_json
     version = with_client(
         settings, lambda client: check_schema(client.pool, schema=settings.schema_name)
     )
-    click.echo(f"ok: schema version {version}")
+    if as_json:
+        echo_json({"ok": True, "schema_version": version})
+    else:
+        click.echo(f"ok: schema version {version}")
