@@ -19,14 +19,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
 
 import anyio
 import asyncpg
@@ -34,10 +36,18 @@ import orjson
 import uvicorn
 
 from skiplock.api import ApiSettings, ExposedTask, create_api_key, create_app
-from skiplock.queue import Client, Job, Store, migrate
+from skiplock.queue import Client, Job, JobState, Store, migrate
 from skiplock.worker import JobContext, RetryPolicy, TaskRegistry, Worker, WorkerSettings
 
-__all__ = ["DEMO_TENANT", "DemoResult", "demo_tasks", "run_demo"]
+__all__ = [
+    "DEMO_TENANT",
+    "DemoResult",
+    "LiveTable",
+    "demo_tasks",
+    "live_display",
+    "render_table",
+    "run_demo",
+]
 
 DEMO_TENANT = "demo"
 """The tenant of the demo's jobs and of its API key."""
@@ -164,20 +174,98 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def _line(job: Job) -> str:
+_TABLE_HEADER = f"  {'task':<13} {'state':<10} {'try':<3} {'progress':<29} {'eta':>7}  detail"
+
+
+def _remaining(job: Job, now: datetime) -> str:
+    """Time left by the job's ETA, as 45s, 3m05s or 1h02m; '-' when there is none."""
+    if job.state is not JobState.RUNNING or job.eta is None:
+        return "-"
+    seconds = math.ceil((job.eta - now).total_seconds())
+    if seconds <= 0:
+        return "due"
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _line(job: Job, now: datetime) -> str:
     pct = 0.0 if job.progress is None else job.progress
     bar = "#" * int(pct // 5)
     detail = job.progress_message or ""
-    if job.state.value == "succeeded":
+    if job.state is JobState.SUCCEEDED:
         detail = f"result={job.result!r}"
-    elif job.state.value == "failed" and job.error is not None:
+    elif job.state is JobState.FAILED and job.error is not None:
         detail = f"{job.error.type}: {job.error.message}"
     elif job.errors:
         last = job.errors[-1]
         detail += f" (attempt {last.attempt} failed: {last.type})"
     return (
-        f"  {job.task:<13} {job.state.value:<10} a{job.attempt} [{bar:<20}] {pct:5.1f}%  {detail}"
+        f"  {job.task:<13} {job.state.value:<10} {job.attempt:<3} [{bar:<20}] {pct:5.1f}%"
+        f" {_remaining(job, now):>7}  {detail}"
     )
+
+
+def render_table(jobs: Sequence[Job], now: datetime) -> list[str]:
+    """The demo's table of ``jobs`` at ``now``: a header, then one line per job.
+
+    Each line shows the task, state, attempt, a progress bar with the percentage,
+    the time left by the job's ETA (running jobs that report one) and the latest
+    message, result or error.
+    """
+    return [_TABLE_HEADER, *(_line(job, now) for job in jobs)]
+
+
+def live_display(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to redraw the table in place: ``stream`` is a terminal that understands ANSI."""
+    env = os.environ if environ is None else environ
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    return tty and env.get("TERM", "") != "dumb" and "NO_COLOR" not in env
+
+
+class LiveTable:
+    """Shows successive frames of a table through ``echo`` (which adds a newline).
+
+    ``in_place`` (a terminal): each frame replaces the previous one (ANSI cursor
+    up and erase below), lines cut to ``width`` so that none wraps; a note is
+    printed above the table, which is then drawn again below it. Otherwise
+    (a pipe, a log file): each changed frame is appended, followed by a blank
+    line, and notes are plain lines.
+    """
+
+    def __init__(self, echo: Callable[[str], None], *, in_place: bool, width: int = 200) -> None:
+        self._echo = echo
+        self._in_place = in_place
+        self._width = max(width, 20)
+        self._shown: list[str] = []
+
+    def _up(self) -> str:
+        """Move to the first line of the frame on screen and erase it and what follows."""
+        return f"\x1b[{len(self._shown)}A\x1b[J" if self._shown else ""
+
+    def frame(self, lines: Sequence[str]) -> None:
+        """Show ``lines`` if they differ from the frame on screen."""
+        if not self._in_place:
+            if list(lines) != self._shown:
+                self._echo("\n".join(lines) + "\n")
+                self._shown = list(lines)
+            return
+        cut = [line[: self._width] for line in lines]
+        if cut != self._shown:
+            self._echo(self._up() + "\n".join(cut))
+            self._shown = cut
+
+    def note(self, text: str) -> None:
+        """Print ``text`` as a line of its own, keeping the table (in place) below it."""
+        if not self._in_place or not self._shown:
+            self._echo(text)
+            return
+        self._echo(self._up() + text + "\n" + "\n".join(self._shown))
 
 
 def usage_lines(base: str, secret: str) -> list[str]:
@@ -208,25 +296,21 @@ async def _watch_signals(
 
 
 async def _follow(
-    client: Client, jobs: Sequence[Job], result: DemoResult, echo: Callable[[str], None]
+    client: Client, jobs: Sequence[Job], result: DemoResult, table: LiveTable
 ) -> None:
-    """Print the sample jobs while they change; cancel long_report part-way."""
+    """Show the sample jobs every second; cancel long_report part-way."""
     cancel_sent = False
-    last = ""
     while True:
         current = [j for j in [await client.get(job.id) for job in jobs] if j is not None]
         result.jobs = current
-        text = "\n".join(_line(j) for j in current)
-        if text != last:
-            echo(text + "\n")
-            last = text
+        table.frame(render_table(current, datetime.now(UTC)))
         report = next((j for j in current if j.task == "long_report"), None)
         if not cancel_sent and report and report.progress and report.progress >= _CANCEL_AT:
             await client.cancel(report.id)
-            echo("  → cancel requested for long_report\n")
+            table.note("  → cancel requested for long_report")
             cancel_sent = True
         if current and all(j.is_terminal for j in current):
-            echo(
+            table.note(
                 "all sample jobs finished: "
                 + ", ".join(f"{j.task}={j.state.value}" for j in current)
                 + "\nthe dashboard and the API stay up until Ctrl-C"
@@ -269,6 +353,7 @@ async def _run(
     schema: str,
     stop: anyio.Event,
     result: DemoResult,
+    live: bool,
 ) -> None:
     async with _database(dsn, echo) as url:
         await migrate(url, schema=schema)
@@ -280,7 +365,9 @@ async def _run(
         finally:
             await conn.close()
         try:
-            await _serve_demo(url, echo, made.secret, host, port, exit_after, schema, stop, result)
+            await _serve_demo(
+                url, echo, made.secret, host, port, exit_after, schema, stop, result, live
+            )
         finally:
             await _revoke(url, schema, made.key.id)
 
@@ -295,6 +382,7 @@ async def _serve_demo(
     schema: str,
     stop: anyio.Event,
     result: DemoResult,
+    live: bool,
 ) -> None:
     settings = ApiSettings(
         database_url=url,
@@ -341,9 +429,11 @@ async def _serve_demo(
             echo("Ctrl-C (SIGINT) or SIGTERM stops the demo and cleans everything up\n")
             following = anyio.CancelScope()
 
+            table = LiveTable(echo, in_place=live, width=shutil.get_terminal_size().columns - 1)
+
             async def follow() -> None:
                 with following:
-                    await _follow(client, jobs, result, echo)
+                    await _follow(client, jobs, result, table)
 
             tg.start_soon(follow)
             with anyio.move_on_after(math.inf if exit_after is None else exit_after):
@@ -365,12 +455,15 @@ async def run_demo(
     exit_after: float | None = None,
     schema: str = "skiplock",
     handle_signals: bool = True,
+    live: bool = False,
 ) -> DemoResult:
     """Run the demo until SIGINT/SIGTERM (with ``handle_signals``) or ``exit_after`` seconds.
 
-    ``dsn`` None starts a throwaway PostgreSQL. ``port`` 0 picks a free port; a
-    taken port falls back to a free one. Everything it started is stopped and
-    everything it made on disk is removed before it returns, on every path.
+    ``live``: redraw the jobs' table in place (a terminal, see :func:`live_display`)
+    instead of appending it every second. ``dsn`` None starts a throwaway
+    PostgreSQL. ``port`` 0 picks a free port; a taken port falls back to a free
+    one. Everything it started is stopped and everything it made on disk is
+    removed before it returns, on every path.
     """
     stop = anyio.Event()
     result = DemoResult()
@@ -388,6 +481,7 @@ async def run_demo(
                     schema=schema,
                     stop=stop,
                     result=result,
+                    live=live,
                 )
             finally:
                 tg.cancel_scope.cancel()

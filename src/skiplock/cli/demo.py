@@ -44,7 +44,7 @@ def demo_cmd(ctx: click.Context, host: str, port: int, exit_after: float | None)
     """
     import os
 
-    from skiplock.demo import run_demo  # keeps the other commands light
+    from skiplock.demo import live_display, run_demo  # keeps the other commands light
 
     settings = settings_of(ctx)
     parent = ctx.parent.params if ctx.parent is not None else {}
@@ -60,6 +60,7 @@ def demo_cmd(ctx: click.Context, host: str, port: int, exit_after: float | None)
                 port=port,
                 exit_after=exit_after,
                 schema=settings.schema_name,
+                live=live_display(sys.stdout),
             )
         )
     except KeyboardInterrupt:  # before the demo's own signal handling was in place
