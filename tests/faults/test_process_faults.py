@@ -155,13 +155,17 @@ async def test_sigterm_under_load_exits_in_grace_and_requeues_at_once(
     """SIGTERM a busy worker: it exits within grace + 2 s, its unfinished jobs queued at once."""
     grace = 1.0
     f, db = fleet(fault_dsn), probes(fault_dsn)
-    ids = await db.enqueue(work_specs(16, ms=2500, steps=10))
+    # 5 s jobs: none of A's can end by itself within the 1 s grace.
+    ids = await db.enqueue(work_specs(16, ms=5000, steps=10))
     # 60 s leases: only the release, never the rescuer, can hand a job on within the test
     slow_lease = {"lease": 60, "heartbeat": 1}
-    a = await f.start("A", concurrency=8, shutdown_grace=grace, **slow_lease)
-    held = await db.holding("A", 8)
+    # B first, then A, and A is signalled as soon as its handlers run: a worker process
+    # starting on a loaded machine can take longer than a job, so starting B after A
+    # let A's first jobs finish before the signal and made the held set a guess.
     await f.start("B", **slow_lease)
     await db.holding("B", CONCURRENCY)
+    a = await f.start("A", concurrency=8, shutdown_grace=grace, **slow_lease)
+    held = await db.holding("A", 8)
 
     fault_at = await db.now()
     signalled = time.monotonic()
