@@ -51,7 +51,7 @@ from hypothesis.stateful import (
 )
 
 from skiplock import Client, JobSpec
-from skiplock.queue.errors import IdempotencyConflict
+from skiplock.queue.errors import IdempotencyConflict, InvalidJob
 from skiplock.queue.store import Completion, ProgressWrite, Store
 from tests.integration.protocol_model import (
     QUEUED,
@@ -177,6 +177,7 @@ class ProtocolModel(RuleBasedStateMachine):
         self.gone: list[uuid.UUID] = []  # purged ids, for late writes to rows that vanished
         self.prev: Snapshot = {}
         self.next_id = 0
+        self.sent: list[JobSpec] = []  # specs whose job was inserted
         self.retried: set[uuid.UUID] = set()
         self.purgeable: set[uuid.UUID] = set()
 
@@ -308,21 +309,116 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         (job,) = self._run(self.h.client.enqueue_many([spec]))
         assert job.id == spec.id
-        assert job.id not in self.jobs
-        self.jobs[job.id] = JobModel(
-            id=job.id,
-            tenant=tenant,
-            key=key,
-            queue=queue,
-            priority=priority,
-            max_attempts=max_attempts,
-            requested_attempts=max_attempts,
-            args=args,
-            delay=delay,
+        self._add(spec, later=later)
+
+    def _add(self, spec: JobSpec, *, later: bool) -> None:
+        """The model of a job just inserted from ``spec``."""
+        assert spec.id not in self.jobs
+        self.jobs[spec.id] = JobModel(
+            id=spec.id,
+            tenant=spec.tenant,
+            key=spec.idempotency_key,
+            queue=spec.queue,
+            priority=spec.priority,
+            max_attempts=spec.max_attempts,
+            requested_attempts=spec.max_attempts,
+            args=dict(spec.args),
+            delay=spec.delay_seconds or 0.0,
             due=not later,
         )
-        if key is not None:
-            self.keys[(tenant, key)] = job.id
+        self.sent.append(spec)
+        if spec.idempotency_key is not None:
+            self.keys[(spec.tenant, spec.idempotency_key)] = spec.id
+
+    def enqueue_batch(
+        self, first: tuple[str, str | None, bool], second: tuple[str, str | None, bool]
+    ) -> None:
+        """Two jobs in one ``enqueue_many``: all or nothing. Each (tenant, key, other
+        args) resolves to the job holding its key — one already stored or the first of
+        the batch — or conflicts, and then neither is written."""
+        specs: list[JobSpec] = []
+        expected: list[uuid.UUID | None] = []  # the holder, or None for a new job
+        keys = dict(self.keys)
+        bodies = {job_id: job.args for job_id, job in self.jobs.items()}
+        conflict = False
+        for tenant, key, other_args in (first, second):
+            holder_id = None if key is None else keys.get((tenant, key))
+            if holder_id is None:
+                spec = self._spec(
+                    {"n": 2 if other_args else 1},
+                    queue=QUEUES[0],
+                    priority=0,
+                    delay=0.0,
+                    max_attempts=2,
+                    tenant=tenant,
+                    key=key,
+                )
+                if key is not None:
+                    keys[(tenant, key)] = spec.id
+                bodies[spec.id] = dict(spec.args)
+                specs.append(spec)
+                expected.append(None)
+                continue
+            held = self.jobs.get(holder_id)
+            args = {"n": bodies[holder_id]["n"] + 1} if other_args else bodies[holder_id]
+            conflict = conflict or other_args
+            specs.append(
+                self._spec(
+                    args,
+                    queue=QUEUES[0] if held is None else held.queue,
+                    priority=0 if held is None else held.priority,
+                    delay=0.0 if held is None else held.delay,
+                    max_attempts=2 if held is None else held.requested_attempts,
+                    tenant=tenant,
+                    key=key,
+                )
+            )
+            expected.append(holder_id)
+        if conflict:
+            with pytest.raises(IdempotencyConflict):
+                self._run(self.h.client.enqueue_many(specs))
+            self.seen("idempotency conflict in a batch: nothing written")
+            self._assert_unchanged("a batch with a conflicting key")
+            return
+        jobs = self._run(self.h.client.enqueue_many(specs))
+        assert [j.id for j in jobs] == [
+            spec.id if holder is None else holder
+            for spec, holder in zip(specs, expected, strict=True)
+        ]
+        for spec, holder in zip(specs, expected, strict=True):
+            if holder is None:
+                self._add(spec, later=False)
+            elif holder in (s.id for s in specs):
+                self.seen("a key held by the same batch resolved to its first job")
+
+    def resend(self, pick: int, other_args: bool) -> None:
+        """The same spec (same client-made id) sent again, as after a network error:
+        the job it created, or a clear error when the body differs; nothing written."""
+        sent = [spec for spec in self.sent if spec.id in self.jobs]
+        if not sent:
+            return
+        spec = sent[pick % len(sent)]
+        job = self.jobs[spec.id]
+        again = JobSpec(
+            spec.task,
+            {"n": job.args["n"] + 1} if other_args else spec.args,
+            queue=spec.queue,
+            priority=spec.priority,
+            delay=spec.delay,
+            max_attempts=spec.max_attempts,
+            tenant=spec.tenant,
+            idempotency_key=spec.idempotency_key,
+            id=spec.id,
+        )
+        if other_args:
+            with pytest.raises(InvalidJob):
+                self._run(self.h.client.enqueue_many([again]))
+        else:
+            (got,) = self._run(self.h.client.enqueue_many([again]))
+            assert got.id == spec.id
+            assert (got.state.value, got.attempt) == (job.state, job.attempt)
+            self.seen("a re-sent spec returned its job")
+        self._assert_unchanged("a re-sent spec")
 
     def _spec(
         self,
@@ -618,16 +714,17 @@ class ProtocolModel(RuleBasedStateMachine):
             if cancel_lands:
                 self._cancel(frozen, "own")
         expired = {j.id for j in self.jobs.values() if j.state == RUNNING and j.expired}
+        # The expiries as they are now (a freeze in this step moved one).
+        before = self.prev if froze is None else self._run(snapshot(self.h.admin))
         rescued = self._run(self.store.rescue_expired(self.h.workers[worker].conn, limit))
         ids = {r.job_id for r in rescued}
         assert len(ids) == len(rescued) == min(limit, len(expired))
         assert ids <= expired, "rescued a job whose lease had not expired"
         if ids:
-            latest = max(self.prev[i]["lease_expires_at"] for i in ids)
+            expiry = {i: row["lease_expires_at"] for i, row in before.items()}
+            latest = max(expiry[i] for i in ids)
             for left in expired - ids:
-                assert self.prev[left]["lease_expires_at"] >= latest, (
-                    "rescue skipped an older lease"
-                )
+                assert expiry[left] >= latest, "rescue skipped an older lease"
         for r in rescued:
             job = self.jobs[r.job_id]
             assert r.worker_id == job.holder
@@ -878,6 +975,23 @@ ACTIONS = (
         ),
     ),
     Action(
+        "enqueue_batch",
+        1,
+        _always,
+        tuple(
+            (
+                name,
+                st.tuples(
+                    st.sampled_from(TENANTS),
+                    st.none() | st.sampled_from(KEYS),
+                    st.sampled_from([False, False, True]),
+                ),
+            )
+            for name in ("first", "second")
+        ),
+    ),
+    Action("resend", 1, lambda m: bool(m.jobs), (("pick", PICK), ("other_args", st.booleans()))),
+    Action(
         "retry",
         1,
         lambda m: m.some(TERMINAL),
@@ -904,6 +1018,8 @@ ACTIONS_BY_NAME = {a.name: a for a in ACTIONS}
 MUST_REACH = (
     ("idempotent re-enqueue",),
     ("idempotency conflict",),
+    ("idempotency conflict in a batch: nothing written",),
+    ("a re-sent spec returned its job",),
     (
         "heartbeat found a lost lease",
         "progress under a lost lease refused",
