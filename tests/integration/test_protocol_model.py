@@ -1,14 +1,15 @@
 """A model of the protocol: random interleavings against real PostgreSQL.
 
 A hypothesis rule-based state machine drives the project's own SQL (the
-``Store`` the worker and the client use, and ``Client.enqueue`` for its
+``Store`` the worker and the client use, and ``Client.enqueue_many`` for its
 idempotency handling) from three simulated workers — each with its worker id,
 its queues and the leases it believes it holds — through random sequences of
-enqueue (idempotency keys, two tenants, delays), claim, a claim whose reply is
-lost, heartbeat, progress, completion (succeeded, failed, retry with or without
-delay, graceful release, cancelled), cancel and manual retry (own tenant,
-another tenant, any tenant), lease expiry and rescue with a moved clock,
-retention, and late writes with old or forged lease tokens.
+enqueue (idempotency keys, two tenants, delays, batches of two, re-sent
+specs), claim, a claim whose reply is lost, heartbeat, progress, completion
+(succeeded, failed, retry with or without delay, graceful release, cancelled),
+cancel and manual retry (own tenant, another tenant, any tenant), lease expiry
+and rescue with a moved clock, retention, and late writes with old or forged
+lease tokens.
 
 The clock is moved in the data, never by sleeping: a frozen worker's lease is
 set into the past, and "two hours pass" shifts every ``run_at``,
@@ -532,7 +533,7 @@ class ProtocolModel(RuleBasedStateMachine):
         ``reply_lost``: the claim committed but its reply never reached the worker;
         the rows stay running under tokens nobody holds until their lease expires.
         That is today's behaviour (issue 10 #5); once a worker releases such
-        orphans on its next contact, this rule gets that release step and the
+        orphans on its next contact, this step gets that release and the
         attempt is given back."""
         self._claim(worker, limit, reply_seen=not reply_lost)
 
