@@ -3,8 +3,9 @@
 Every ``heartbeat_interval`` (a third of the lease by default), or at once
 when asked (a listener reconnect), one statement extends all held leases and
 returns which were asked to cancel; a missing row is a lost lease. A lease
-that no heartbeat has renewed within its length is given up locally: the
-database may be unreachable, and another worker may already run the job.
+that no heartbeat renews in time is given up locally by a timer in the lease
+table, a fifth of the lease before its deadline: the database may be
+unreachable, and another worker may take the job once the lease ends.
 """
 
 from __future__ import annotations
@@ -47,15 +48,6 @@ class Heartbeat:
                 await self._beat(leases)
             else:
                 shared.metrics.heartbeat_ok()  # nothing to extend: the pass succeeded
-            now = time.monotonic()
-            for lease in list(self._table.leases.values()):
-                if lease.deadline <= now and not lease.completing:
-                    shared.log.warning(
-                        "lease_expired_locally",
-                        job_id=str(lease.job.id),
-                        reason="no heartbeat reached the database within the lease",
-                    )
-                    self._table.lose(lease, write="heartbeat")
 
     async def _beat(self, leases: list[Lease]) -> None:
         shared = self._shared
@@ -85,7 +77,7 @@ class Heartbeat:
                 if not lease.completing:
                     self._table.lose(lease, write="heartbeat")
                 continue
-            lease.deadline = sent_at + lease_seconds
+            self._table.extend(lease, sent_at + lease_seconds)
             if cancel_requested and not lease.completing:
                 self._table.cancel(lease, "cancel_requested")
 

@@ -9,6 +9,7 @@ executing; ``idle`` is set when it drops to zero.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,11 @@ __all__ = ["CancelReason", "Lease", "LeaseTable"]
 CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
 
 RECANCEL_SECONDS = 0.1  # a handler that swallowed a cancel is cancelled again this often
+# A lease no heartbeat renewed is given up locally this share of its length before
+# its deadline: the handler has that long to stop before another worker's rescuer
+# may take the job (the deadline counts from before the renewal was sent, so the
+# database's expiry is later still).
+EXPIRY_MARGIN = 0.2
 
 
 @dataclass(eq=False, slots=True)
@@ -42,6 +48,7 @@ class Lease:
     progress_written_at: float = 0.0
     completing: bool = False  # outcome handed to the completer
     released: bool = False  # its slot is free again (outcome written or given up)
+    expiry: asyncio.TimerHandle | None = None  # gives the lease up locally at its deadline
 
 
 class LeaseTable:
@@ -62,10 +69,42 @@ class LeaseTable:
         return self._shared.settings.concurrency - self.held
 
     def hold(self, lease: Lease) -> None:
-        """A claimed lease takes a slot and counts as running."""
+        """A claimed lease takes a slot, counts as running, and gets its expiry timer."""
         self.leases[lease.job.id] = lease
         self.running += 1
         self.held += 1
+        self._arm(lease)
+
+    def extend(self, lease: Lease, deadline: float) -> None:
+        """A heartbeat renewed the lease until ``deadline`` (monotonic): move its timer."""
+        lease.deadline = deadline
+        if lease.expiry is not None:
+            lease.expiry.cancel()
+        self._arm(lease)
+
+    def _arm(self, lease: Lease) -> None:
+        loop = self._shared.loop
+        if loop is None or lease.released:
+            return
+        margin = EXPIRY_MARGIN * self._shared.settings.lease
+        delay = max(0.0, lease.deadline - margin - time.monotonic())
+        lease.expiry = loop.call_later(delay, self._expired, lease)
+
+    def _expired(self, lease: Lease) -> None:
+        """No heartbeat renewed the lease in time: another worker may take the job now.
+
+        A timer, not a check after each heartbeat: a heartbeat hanging on a dead
+        network would delay the check by up to its own deadline.
+        """
+        lease.expiry = None
+        if lease.released or lease.completing or self.leases.get(lease.job.id) is not lease:
+            return  # the completer gives up an unwritten outcome at the deadline itself
+        self._shared.log.warning(
+            "lease_expired_locally",
+            job_id=str(lease.job.id),
+            reason="no heartbeat reached the database within the lease (less a margin)",
+        )
+        self.lose(lease, write="heartbeat")
 
     def handler_ended(self) -> None:
         """One handler stopped executing (its outcome may still be unwritten)."""
@@ -79,6 +118,9 @@ class LeaseTable:
             lease.released = True
             self.held -= 1
             self.slot_free.set()
+            if lease.expiry is not None:
+                lease.expiry.cancel()
+                lease.expiry = None
         if self.leases.get(lease.job.id) is lease:
             del self.leases[lease.job.id]
 
