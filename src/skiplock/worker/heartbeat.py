@@ -78,11 +78,17 @@ class Heartbeat:
                     self._table.lose(lease, write="heartbeat")
                 continue
             self._table.extend(lease, sent_at + lease_seconds)
-            if cancel_requested and not lease.completing:
+            if cancel_requested and not lease.completing and lease.cancel_reason is None:
+                shared.log.info("cancel_requested", job_id=str(lease.job.id))
                 self._table.cancel(lease, "cancel_requested")
 
     def on_cancel_notification(self, payload: str) -> None:
-        """A NOTIFY on ``<schema>.cancel``: stop the named jobs this worker holds."""
+        """A NOTIFY on ``<schema>.cancel`` naming a job this worker holds: beat now.
+
+        Only a hint: any role that can connect can send one. The heartbeat
+        returns each held job's real ``cancel_requested`` flag, and only that
+        stops a handler.
+        """
         for raw in payload.split(","):
             try:
                 job_id = uuid.UUID(raw)
@@ -90,5 +96,5 @@ class Heartbeat:
                 continue
             lease = self._table.leases.get(job_id)
             if lease is not None and not lease.completing:
-                self._shared.log.info("cancel_requested", job_id=raw)
-                self._table.cancel(lease, "cancel_requested")
+                self._shared.log.debug("cancel_notified", job_id=raw)
+                self.now.set()
