@@ -1,7 +1,8 @@
 """The completer: writes outcomes in batches with ``complete_jobs`` (sql/queries/complete_jobs.sql).
 
 Outcomes go to a buffer; one loop writes everything buffered in one statement
-(at most ``max_complete_batch``), and the next batch as soon as that returns.
+(at most ``max_complete_batch`` outcomes and ``max_complete_bytes`` of their
+text, see :func:`batch_length`), and the next batch as soon as that returns.
 While the database is unreachable it retries as long as the leases hold; a
 batch the database refuses for good is split until the refused outcomes are
 found, and those end their jobs ``failed`` (``CompletionRefused``).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from functools import partial
 
 import anyio
@@ -20,10 +22,35 @@ from skiplock.queue.listener import TRANSIENT_DB_ERRORS
 from skiplock.queue.store import Completion
 from skiplock.worker.gate import WriteGate, refused
 from skiplock.worker.leases import Lease, LeaseTable
-from skiplock.worker.outcomes import Outcomes
+from skiplock.worker.outcomes import Outcomes, utf8_size
 from skiplock.worker.shared import Shared
 
-__all__ = ["Completer"]
+__all__ = ["Completer", "batch_length", "completion_bytes"]
+
+ROW_OVERHEAD_BYTES = 64  # ids, token, outcome, numbers: what a row costs besides its text
+
+
+def completion_bytes(c: Completion) -> int:
+    """About how many bytes ``c`` adds to a ``complete_jobs`` statement."""
+    size = ROW_OVERHEAD_BYTES
+    for text in (c.result_json, c.error_json, c.message):
+        if text is not None:
+            size += utf8_size(text)
+    return size
+
+
+def batch_length(pending: Sequence[Completion], max_count: int, max_bytes: int) -> int:
+    """How many of ``pending`` (from the front) the next statement writes.
+
+    At most ``max_count``, and no more than ``max_bytes`` together, but always
+    at least one: an outcome larger than the cap is written alone.
+    """
+    total = 0
+    for n, c in enumerate(pending[:max_count]):
+        total += completion_bytes(c)
+        if total > max_bytes and n > 0:
+            return n
+    return min(len(pending), max_count)
 
 
 class Completer:
@@ -74,9 +101,11 @@ class Completer:
         while True:
             await self._ready.wait()
             self._ready.clear()
+            s = self._shared.settings
             while self._pending:
-                batch = self._pending[: self._shared.settings.max_complete_batch]
-                del self._pending[: len(batch)]
+                n = batch_length(self._pending, s.max_complete_batch, s.max_complete_bytes)
+                batch = self._pending[:n]
+                del self._pending[:n]
                 await self._write(batch)
             if not self._pending_leases:
                 self._drained.set()

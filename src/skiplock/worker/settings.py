@@ -25,6 +25,10 @@ class WorkerSettings:
     ``heartbeat`` defaults to a third of ``lease``. ``progress_interval`` is the
     minimum time between two progress writes of one job (0.1 s: at most 10
     writes per job per second). ``max_result_bytes`` caps a handler's JSON result.
+    One ``complete_jobs`` statement writes at most ``max_complete_batch``
+    outcomes and about ``max_complete_bytes`` of results, errors and messages
+    (an outcome larger than that is written alone): PostgreSQL refuses a
+    message over 1 GiB, and a smaller batch holds fewer locks for less time.
 
     ``probe_port``: serve ``/livez``, ``/readyz`` (and ``/metrics`` when
     ``metrics``) on ``probe_host`` at this port (0: any free port; None: no
@@ -55,6 +59,7 @@ class WorkerSettings:
     progress_interval: float = 0.1
     max_claim_batch: int = 1000
     max_complete_batch: int = 2000
+    max_complete_bytes: int = 8 * 1024 * 1024
     max_result_bytes: int = 16 * 1024 * 1024
     db_timeout: float = 10.0
     schema: str = "skiplock"
@@ -80,6 +85,10 @@ class WorkerSettings:
             raise ValueError("poll and rescue must be positive, shutdown_grace non-negative")
         if self.probe_port is not None and not 0 <= self.probe_port <= 65535:
             raise ValueError("probe_port must be between 0 and 65535")
+        if self.max_claim_batch < 1 or self.max_complete_batch < 1:
+            raise ValueError("max_claim_batch and max_complete_batch must be at least 1")
+        if self.max_complete_bytes < 1 or self.max_result_bytes < 1:
+            raise ValueError("max_complete_bytes and max_result_bytes must be at least 1")
         if self.probe_file_interval <= 0:
             raise ValueError("probe_file_interval must be positive")
 
