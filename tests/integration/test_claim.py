@@ -360,5 +360,5 @@ async def test_rescue_uses_lease_index(client: Client) -> None:
     await client.enqueue_many([JobSpec(task="t") for _ in range(5)])
     await _claim(client)
     await client.pool.execute("ANALYZE skiplock.jobs")
-    plan = await _plan(client, "rescue_expired", 10)
+    plan = await _plan(client, "rescue_expired", 10, [])
     assert "jobs_lease_idx" in plan, plan

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 import structlog
 
-from skiplock import Client, JobSpec
+from skiplock import Client, JobContext, JobSpec, JobState, TaskRegistry, Worker
 from skiplock.queue import Store
 from skiplock.queue.store import Completion
 from skiplock.worker.completer import Completer
@@ -21,7 +21,8 @@ from skiplock.worker.outcomes import Outcomes
 from skiplock.worker.probes import WorkerHealth
 from skiplock.worker.settings import WorkerSettings
 from skiplock.worker.shared import Shared
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wait_for_state
+from tests.worker_helpers import fast_settings, running
 
 MIB = 1024 * 1024
 
@@ -103,3 +104,104 @@ async def test_an_outcome_over_the_byte_cap_is_written_alone(client: Client) -> 
             completer.submit_unleased(c)
         sizes = await _all_written(client, [c.job_id for c in outcomes])
     assert sizes == [1, 1, 1]
+
+
+# -- a refused row is isolated -----------------------------------------------------
+
+
+async def _refuse_updates(client: Client, condition: str) -> None:
+    """A trigger refusing (RAISE: SQLSTATE P0001) every update of a job matching ``condition``."""
+    await client.pool.execute(
+        "CREATE FUNCTION public.refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN IF {condition} THEN RAISE EXCEPTION 'refused row %', NEW.id; END IF;"
+        " RETURN NEW; END $$"
+    )
+    await client.pool.execute(
+        "CREATE TRIGGER refuse_update BEFORE UPDATE ON skiplock.jobs"
+        " FOR EACH ROW EXECUTE FUNCTION public.refuse_update()"
+    )
+
+
+def _progress_errors(worker: Worker) -> float:
+    value = worker.metrics.registry.get_sample_value(
+        "skiplock_worker_db_errors_total", {"operation": "progress"}
+    )
+    return value or 0.0
+
+
+async def test_a_refused_progress_report_does_not_stall_the_others(
+    db_dsn: str, client: Client
+) -> None:
+    """A progress write the database refuses is dropped; other jobs' progress still lands."""
+    await _refuse_updates(client, "NEW.progress_message = 'poison'")
+    tasks = TaskRegistry()
+    go = anyio.Event()
+    release = anyio.Event()
+
+    @tasks.task()
+    async def poisoned(ctx: JobContext) -> str:
+        await ctx.progress(10, message="poison")
+        await release.wait()
+        return "done"
+
+    @tasks.task()
+    async def healthy(ctx: JobContext) -> str:
+        await go.wait()
+        await ctx.progress(50, message="fine")
+        await release.wait()
+        return "done"
+
+    bad = await client.enqueue("poisoned")
+    good = await client.enqueue("healthy")
+    worker = Worker(tasks, db_dsn, fast_settings())
+    async with running(worker):
+        await wait_for(
+            lambda: _async(_progress_errors(worker)),
+            lambda n: n >= 1,
+            what="the poisoned progress report to be refused",
+        )
+        go.set()
+        row = await wait_for(
+            lambda: client.get(good.id),
+            lambda job: job is not None and job.progress_message == "fine",
+            what="the healthy job's progress",
+        )
+        assert row is not None
+        assert row.progress == 50
+        release.set()
+        bad_done = await wait_for_state(client, bad.id, JobState.SUCCEEDED)
+        await wait_for_state(client, good.id, JobState.SUCCEEDED)
+    assert bad_done.progress_message is None  # the refused report was not written later
+
+
+async def _async(value: float) -> float:
+    return value
+
+
+async def test_a_refused_rescue_does_not_stall_the_others(db_dsn: str, client: Client) -> None:
+    """A row whose rescue the database refuses is left aside; other expired jobs are rescued."""
+    await _refuse_updates(client, "NEW.args ? 'poison' AND NEW.state <> 'running'")
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def t(ctx: JobContext) -> str:
+        return "rerun"
+
+    store = client.store
+    poison = await client.enqueue("t", {"poison": True}, queue="dead")
+    await store.claim_jobs(client.pool, ["dead"], 1, 0.05, "dead-worker")
+    good = await client.enqueue("t", queue="dead")
+    await store.claim_jobs(client.pool, ["dead"], 1, 0.05, "dead-worker")
+    await wait_for(
+        lambda: client.pool.fetchval(
+            "SELECT count(*) FROM skiplock.jobs WHERE lease_expires_at < now()"
+        ),
+        lambda n: n == 2,
+        what="both leases to expire",
+    )
+    async with running(Worker(tasks, db_dsn, fast_settings(queues=("dead",)))):
+        done = await wait_for_state(client, good.id, JobState.SUCCEEDED, timeout=10)
+    assert done.result == "rerun"
+    stuck = await client.get(poison.id)
+    assert stuck is not None
+    assert stuck.state is JobState.RUNNING
