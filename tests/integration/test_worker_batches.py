@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from skiplock.queue import Store
 from skiplock.queue.store import Completion
 from skiplock.worker.completer import Completer
 from skiplock.worker.gate import WriteGate
-from skiplock.worker.leases import LeaseTable
+from skiplock.worker.leases import Lease, LeaseTable
 from skiplock.worker.metrics import WorkerMetrics
 from skiplock.worker.outcomes import Outcomes
 from skiplock.worker.probes import WorkerHealth
@@ -41,11 +42,13 @@ def _shared(client: Client, settings: WorkerSettings) -> Shared:
 
 
 @asynccontextmanager
-async def _completer(client: Client, settings: WorkerSettings) -> AsyncIterator[Completer]:
+async def _completer(
+    client: Client, settings: WorkerSettings, *, gate_timeout: float = 10.0
+) -> AsyncIterator[Completer]:
     """A completer on the test database; its loop runs inside the block."""
     shared = _shared(client, settings)
     table = LeaseTable(shared)
-    gate = WriteGate(10.0)
+    gate = WriteGate(gate_timeout)
     completer = Completer(shared, table, gate, Outcomes("batches", settings.max_result_bytes))
     async with anyio.create_task_group() as tg:
         tg.start_soon(completer.run)
@@ -205,3 +208,25 @@ async def test_a_refused_rescue_does_not_stall_the_others(db_dsn: str, client: C
     stuck = await client.get(poison.id)
     assert stuck is not None
     assert stuck.state is JobState.RUNNING
+
+
+async def test_a_completion_slower_than_the_write_bound_is_written(client: Client) -> None:
+    """A batch that takes longer than the write gate's bound gets longer retries and lands."""
+    await client.enqueue("t")
+    (job,) = await client.store.claim_jobs(client.pool, ["default"], 1, 60.0, "batches")
+    assert job.lease_token is not None
+    outcome = Completion(job.id, job.lease_token, "succeeded", result_json="1")
+    # every update of the row takes 0.2 s: ten times the gate's bound below
+    await client.pool.execute(
+        "CREATE FUNCTION public.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$"
+    )
+    await client.pool.execute(
+        "CREATE TRIGGER slow_update BEFORE UPDATE ON skiplock.jobs"
+        " FOR EACH ROW EXECUTE FUNCTION public.slow_update()"
+    )
+    async with _completer(client, WorkerSettings(), gate_timeout=0.02) as completer:
+        # held while it is written: a retry keeps an outcome only while its lease holds
+        completer.submit(Lease(job, job.lease_token, deadline=time.monotonic() + 60), outcome)
+        sizes = await _all_written(client, [outcome.job_id])
+    assert sizes == [1]

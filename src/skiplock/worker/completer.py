@@ -113,16 +113,22 @@ class Completer:
     async def _write(self, batch: list[Completion]) -> None:
         shared = self._shared
         backoff = 0.05
+        timeout = self._gate.timeout
         while batch:
             try:
                 written = await self._gate.write(
-                    partial(shared.store.complete_jobs, shared.pool, batch)
+                    partial(shared.store.complete_jobs, shared.pool, batch), within=timeout
                 )
             except TRANSIENT_DB_ERRORS as exc:
                 shared.metrics.db_error("complete")
                 if refused(exc):  # retrying would stall every completion behind it
                     await self._write_refused(batch, exc)
                     return
+                if isinstance(exc, TimeoutError):
+                    # A big batch (a 10 MB result on a busy server) may need longer
+                    # than the gate's bound every time: give each retry twice as
+                    # long, up to db_timeout, or it would be retried for ever.
+                    timeout = min(timeout * 2, max(shared.settings.db_timeout, timeout))
                 shared.health.db_failed(exc)
                 now = time.monotonic()
                 keep: list[Completion] = []

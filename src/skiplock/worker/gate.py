@@ -48,8 +48,10 @@ class WriteGate:
         self.timeout = timeout
         self._lock = asyncio.Lock()
 
-    async def write(self, statement: Callable[[], Awaitable[T]]) -> T:
-        """Wait for the gate, then run ``statement()``; both within ``timeout``."""
-        with anyio.fail_after(self.timeout):
+    async def write(
+        self, statement: Callable[[], Awaitable[T]], *, within: float | None = None
+    ) -> T:
+        """Wait for the gate, then run ``statement()``; both ``within`` (default: ``timeout``)."""
+        with anyio.fail_after(self.timeout if within is None else within):
             async with self._lock:
                 return await statement()
