@@ -338,7 +338,9 @@ async def test_worker_cut_off_by_a_silent_network_gives_up_its_jobs(
         # two short jobs A finishes while cut off (late completions), two long ones
         ids = await db.enqueue(work_specs(2, ms=600, steps=6, queue="cut"))
         ids += await db.enqueue(work_specs(2, ms=6000, steps=60, queue="cut"))
-        a = await f.start_via(proxy.dsn(fault_dsn), "A", queues="cut")
+        # A renews at the default third of its lease: a heartbeat that hangs on the
+        # dead network then takes a third of the lease before it gives up
+        a = await f.start_via(proxy.dsn(fault_dsn), "A", queues="cut", heartbeat=LEASE / 3)
         held = await db.holding("A", 4)
 
         fault_at = await db.now()
@@ -389,6 +391,15 @@ async def test_worker_cut_off_by_a_silent_network_gives_up_its_jobs(
         (None, True): 2,
         ("lease_lost", False): 2,
     }
+    # A stopped each long handler before B started that job again: never two at once
+    overlaps = await db.fetch(
+        "SELECT a.job_id, extract(epoch FROM a.stopped - b.started) AS late_s"
+        " FROM public.executions a JOIN public.executions b USING (job_id)"
+        " WHERE a.worker_id = 'A' AND b.worker_id = 'B' AND a.job_id = ANY($1::uuid[])"
+        " AND (a.stopped IS NULL OR a.stopped >= b.started)",
+        ids[2:],
+    )
+    assert [dict(r) for r in overlaps] == []
 
 
 async def _logged(worker: WorkerProcess, event: str) -> int:

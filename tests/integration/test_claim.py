@@ -196,6 +196,18 @@ async def test_complete_batch_writes_only_held_leases(client: Client) -> None:
     assert await _get(client, lost.id) == lost
 
 
+async def test_complete_refuses_cancelled_without_a_cancel_request(client: Client) -> None:
+    """complete_jobs writes 'cancelled' only for a job whose cancel was requested."""
+    job = await _claim_one(client)
+    assert job.lease_token is not None
+    cancelled = Completion(job.id, job.lease_token, "cancelled")
+    assert await client.store.complete_jobs(client.pool, [cancelled]) == set()
+    assert await _get(client, job.id) == job
+    await client.cancel(job.id)
+    assert await client.store.complete_jobs(client.pool, [cancelled]) == {job.id}
+    assert (await _get(client, job.id)).state is JobState.CANCELLED
+
+
 async def test_update_progress_is_fenced_by_lease_token(client: Client) -> None:
     """update_progress with a stale or wrong lease token changes nothing; the right one works."""
     job, stale = await _reclaimed(client)
@@ -348,5 +360,5 @@ async def test_rescue_uses_lease_index(client: Client) -> None:
     await client.enqueue_many([JobSpec(task="t") for _ in range(5)])
     await _claim(client)
     await client.pool.execute("ANALYZE skiplock.jobs")
-    plan = await _plan(client, "rescue_expired", 10)
+    plan = await _plan(client, "rescue_expired", 10, [])
     assert "jobs_lease_idx" in plan, plan

@@ -365,6 +365,57 @@ async def test_cancelling_a_running_job_stops_its_handler(db_dsn: str, client: C
     assert done.result is None
 
 
+async def test_forged_cancel_notification_does_not_cancel_a_running_job(
+    db_dsn: str, client: Client
+) -> None:
+    """A cancel NOTIFY for a job nobody asked to cancel only prompts a re-read: it runs on."""
+    tasks = TaskRegistry()
+    started = anyio.Event()
+    release = anyio.Event()
+
+    @tasks.task()
+    async def waits(ctx: JobContext) -> bool:
+        started.set()
+        await release.wait()
+        return ctx.cancelled
+
+    # a 10 s heartbeat: only the notification can explain a lease renewed within seconds
+    settings = fast_settings(lease=30.0, heartbeat=10.0)
+    async with running(Worker(tasks, db_dsn, settings)):
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %cancel%'"
+            ),
+            lambda n: n == 1,
+            what="the worker's LISTEN connection",
+        )
+        job = await client.enqueue("waits")
+        with anyio.fail_after(5):
+            await started.wait()
+        lease_row = "SELECT state::text, lease_expires_at FROM skiplock.jobs WHERE id = $1"
+        before = await client.pool.fetchrow(lease_row, job.id)
+        assert before is not None
+        await execute(db_dsn, "SELECT pg_notify('skiplock.cancel', $1)", str(job.id))
+        after = await wait_for(
+            lambda: client.pool.fetchrow(lease_row, job.id),
+            lambda row: (
+                row is not None
+                and (
+                    row["state"] != "running"
+                    or row["lease_expires_at"] > before["lease_expires_at"]
+                )
+            ),
+            timeout=5,
+            what="the worker to re-read the job's cancel flag",
+        )
+        assert after is not None
+        assert after["state"] == "running"
+        release.set()
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED, timeout=5)
+    assert done.result is False  # the handler was never told to stop
+
+
 async def test_handler_that_swallows_a_cancel_is_cancelled_again(
     db_dsn: str, client: Client
 ) -> None:

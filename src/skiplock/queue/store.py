@@ -431,9 +431,19 @@ class Store:
         )
         return {r["id"] for r in rows}
 
-    async def rescue_expired(self, ex: Executor, limit: int) -> list[Rescued]:
-        rows = await ex.fetch(self._q("rescue_expired"), limit)
+    async def rescue_expired(
+        self, ex: Executor, limit: int, skip: Sequence[uuid.UUID] = ()
+    ) -> list[Rescued]:
+        """Take back up to ``limit`` expired leases, leaving out the jobs in ``skip``."""
+        rows = await ex.fetch(self._q("rescue_expired"), limit, list(skip))
         return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
+
+    async def expired_jobs(
+        self, ex: Executor, limit: int, skip: Sequence[uuid.UUID] = ()
+    ) -> list[uuid.UUID]:
+        """Ids of up to ``limit`` jobs whose lease expired, in rescue order, but ``skip``."""
+        rows = await ex.fetch(self._q("expired_jobs"), limit, list(skip))
+        return [r["id"] for r in rows]
 
     # -- operations -------------------------------------------------------
 

@@ -13,9 +13,14 @@ import structlog
 from skiplock.queue.models import Job
 from skiplock.worker.errors import MAX_DELAY_SECONDS, Cancelled
 
-__all__ = ["JobContext", "ProgressReport"]
+__all__ = ["JobContext", "ProgressReport", "clean_text"]
 
 MAX_MESSAGE_CHARS = 1000
+
+
+def clean_text(text: str) -> str:
+    """Text PostgreSQL accepts in ``text`` and ``jsonb``: no NUL, no lone surrogates."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 class ProgressReport:
@@ -129,7 +134,7 @@ class JobContext:
         if not math.isfinite(percent) or not 0 <= percent <= 100:
             raise ValueError("progress percent must be between 0 and 100")
         if message is not None:
-            message = str(message).replace("\x00", "").encode("utf-8", "replace").decode()
+            message = clean_text(str(message))
             if len(message) > MAX_MESSAGE_CHARS:
                 message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         eta_seconds: float | None = None

@@ -4,6 +4,8 @@
 -- 'retry' (queued again after delay, error appended), 'release' (queued now,
 -- the attempt not counted: graceful shutdown). A retry or release of a job whose
 -- cancel was requested meanwhile ends it 'cancelled' instead: the cancel is kept.
+-- 'cancelled' is written only when the job's cancel was requested (a forged
+-- NOTIFY cannot end a job): otherwise the row is left alone and not returned.
 -- Parameters: $1 ids uuid[], $2 lease tokens uuid[], $3 outcomes text[],
 --   $4 results (JSON text)[], $5 errors (JSON text)[], $6 retry delay seconds
 --   float8[], $7 final progress real[] (NULL keeps), $8 final message text[],
@@ -41,4 +43,5 @@ FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::floa
             $7::real[], $8::text[], $9::float8[])
     AS c (id, lease_token, outcome, result, error, delay, progress, message, eta)
 WHERE j.id = c.id AND j.lease_token = c.lease_token
+  AND (c.outcome <> 'cancelled' OR j.cancel_requested)
 RETURNING j.id

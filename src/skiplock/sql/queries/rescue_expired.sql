@@ -2,12 +2,15 @@
 -- the database) go back to queued, or to failed when no attempt is left, or to
 -- cancelled when their cancel was requested. Uses the database clock only.
 -- Takes at most $1 rows, skipping locked ones, so several rescuers never block
--- each other.
--- Parameters: $1 limit. Result: (id, state, attempt, worker_id) of rescued rows.
+-- each other, and leaves out the ids in $2: rows whose rescue the database
+-- refused (a trigger, a constraint), which would fail every batch they are in.
+-- Parameters: $1 limit, $2 ids to leave out uuid[].
+-- Result: (id, state, attempt, worker_id) of rescued rows.
 WITH expired AS (
     SELECT e.id
     FROM skiplock.jobs e
     WHERE e.state = 'running' AND e.lease_expires_at < now()
+      AND e.id <> ALL($2::uuid[])
     ORDER BY e.lease_expires_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED

@@ -1,0 +1,129 @@
+"""The claimer: ``claim_jobs`` (sql/queries/claim_jobs.sql) takes jobs as fenced leases.
+
+It waits for a free slot, claims a batch sized to the free slots (capped by
+``max_claim_batch``) in one ``FOR UPDATE SKIP LOCKED`` statement and hands
+each job to the executor. When it got fewer jobs than it asked for, it waits
+for a NOTIFY on ``<schema>.queue`` or a jittered poll timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import anyio
+
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.store import Unreadable
+from skiplock.worker.completer import Completer
+from skiplock.worker.executor import Executor
+from skiplock.worker.leases import Lease, LeaseTable
+from skiplock.worker.outcomes import Outcomes
+from skiplock.worker.shared import Shared
+
+__all__ = ["Claimer"]
+
+
+class Claimer:
+    """The claim loop, and the wake-ups (notifications, stop) that end its waits."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        table: LeaseTable,
+        executor: Executor,
+        completer: Completer,
+        outcomes: Outcomes,
+    ) -> None:
+        self._shared = shared
+        self._table = table
+        self._executor = executor
+        self._completer = completer
+        self._outcomes = outcomes
+        self._queues = list(shared.settings.queues)
+        self._queue_set = frozenset(self._queues)
+        self._stopping = False
+        self.wake = asyncio.Event()
+        """Set to claim now rather than at the next poll."""
+
+    def stop(self) -> None:
+        """Claim no more; :meth:`run` returns."""
+        self._stopping = True
+        self.wake.set()
+        self._table.slot_free.set()
+
+    def on_queue_notification(self, payload: str) -> None:
+        """A NOTIFY on ``<schema>.queue``: claim now when one of our queues is named."""
+        # '*': too many queues to list in one payload (migration 0005): all of them.
+        if payload == "*" or self._queue_set.intersection(payload.split(",")):
+            self.wake.set()
+
+    async def run(self) -> None:
+        """Claim until stopped."""
+        shared = self._shared
+        s = shared.settings
+        table = self._table
+        loop = asyncio.get_running_loop()
+        backoff = 0.1
+        by_poll = False  # this claim was woken by the poll timer, not a notification
+        while not self._stopping:
+            free = table.free
+            if free <= 0:
+                table.slot_free.clear()
+                await table.slot_free.wait()
+                by_poll = False
+                continue
+            self.wake.clear()
+            limit = min(free, s.max_claim_batch)
+            deadline = time.monotonic() + s.lease
+            claim_started = time.perf_counter()
+            try:
+                with anyio.fail_after(s.db_timeout):
+                    jobs = await shared.store.claim_jobs(
+                        shared.pool,
+                        self._queues,
+                        limit,
+                        s.lease,
+                        shared.worker_id,
+                        on_unreadable=self._fail_unreadable,
+                    )
+            except TRANSIENT_DB_ERRORS as exc:
+                shared.metrics.db_error("claim")
+                shared.health.db_failed(exc)
+                shared.log.warning("claim_failed", error=repr(exc), retry_in=round(backoff, 2))
+                await self._sleep_or_wake(backoff)
+                backoff = min(backoff * 2, s.poll * 5)
+                by_poll = False
+                continue
+            shared.metrics.claimed(len(jobs), time.perf_counter() - claim_started, by_poll=by_poll)
+            shared.health.db_ok()
+            by_poll = False
+            backoff = 0.1
+            for job in jobs:
+                assert job.lease_token is not None
+                self._executor.start(Lease(job=job, token=job.lease_token, deadline=deadline), loop)
+            if jobs:
+                shared.log.debug("jobs_claimed", count=len(jobs))
+            if len(jobs) < limit:
+                by_poll = not await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
+
+    async def _sleep_or_wake(self, seconds: float) -> bool:
+        """Wait for a wake-up or ``seconds``; whether woken (False: the timer ran out)."""
+        with anyio.move_on_after(seconds):
+            await self.wake.wait()
+            return True
+        return False
+
+    def _fail_unreadable(self, row: Unreadable) -> None:
+        """A claimed row that cannot be decoded fails at once (no handler can take it)."""
+        self._shared.log.error("job_unreadable", job_id=str(row.job_id), error=row.error)
+        self._completer.submit_unleased(
+            self._outcomes.failed_outright(
+                row.job_id,
+                row.lease_token,
+                row.attempt,
+                "UnreadableJob",
+                f"the job's stored JSON cannot be decoded: {row.error}",
+            )
+        )

@@ -1,0 +1,175 @@
+"""The lease table: the attempts a worker holds, its slots, and stopping handlers.
+
+A slot is held from the claim until the job's outcome is written (or given
+up), so a worker never holds more than ``concurrency`` leases, however slow
+the database is to take its completions. ``running`` counts handlers still
+executing; ``idle`` is set when it drops to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from skiplock.queue.models import Job
+from skiplock.worker.context import JobContext, ProgressReport
+from skiplock.worker.shared import Shared
+
+__all__ = ["CancelReason", "Lease", "LeaseTable"]
+
+CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
+
+RECANCEL_SECONDS = 0.1  # a handler that swallowed a cancel is cancelled again this often
+# A lease no heartbeat renewed is given up locally this share of its length before
+# its deadline: the handler has that long to stop before another worker's rescuer
+# may take the job (the deadline counts from before the renewal was sent, so the
+# database's expiry is later still).
+EXPIRY_MARGIN = 0.2
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One attempt this worker holds, from claim until its outcome is written."""
+
+    job: Job
+    token: uuid.UUID
+    deadline: float  # monotonic time by which the lease may have run out
+    ctx: JobContext | None = None
+    task: asyncio.Task[None] | None = None  # runs the executor
+    executing: bool = False  # inside the handler call: cancelling the task stops it
+    cancels: int = 0  # task.cancel() calls we made (each needs its uncancel())
+    timed_out: bool = False
+    cancel_reason: CancelReason | None = None
+    progress: ProgressReport | None = None  # latest report
+    progress_dirty: bool = False
+    progress_written_at: float = 0.0
+    completing: bool = False  # outcome handed to the completer
+    released: bool = False  # its slot is free again (outcome written or given up)
+    expiry: asyncio.TimerHandle | None = None  # gives the lease up locally at its deadline
+
+
+class LeaseTable:
+    """Held leases by job id, handler tasks, slot and idle accounting."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+        self.leases: dict[uuid.UUID, Lease] = {}
+        self.tasks: set[asyncio.Task[None]] = set()  # one per claimed job, until it ends
+        self.running = 0  # handlers executing
+        self.held = 0  # slots in use: claimed and not yet written or given up
+        self.slot_free = asyncio.Event()
+        self.idle = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        """Slots free for new claims."""
+        return self._shared.settings.concurrency - self.held
+
+    def hold(self, lease: Lease) -> None:
+        """A claimed lease takes a slot, counts as running, and gets its expiry timer."""
+        self.leases[lease.job.id] = lease
+        self.running += 1
+        self.held += 1
+        self._arm(lease)
+
+    def extend(self, lease: Lease, deadline: float) -> None:
+        """A heartbeat renewed the lease until ``deadline`` (monotonic): move its timer."""
+        lease.deadline = deadline
+        if lease.expiry is not None:
+            lease.expiry.cancel()
+        self._arm(lease)
+
+    def _arm(self, lease: Lease) -> None:
+        loop = self._shared.loop
+        if loop is None or lease.released:
+            return
+        margin = EXPIRY_MARGIN * self._shared.settings.lease
+        delay = max(0.0, lease.deadline - margin - time.monotonic())
+        lease.expiry = loop.call_later(delay, self._expired, lease)
+
+    def _expired(self, lease: Lease) -> None:
+        """No heartbeat renewed the lease in time: another worker may take the job now.
+
+        A timer, not a check after each heartbeat: a heartbeat hanging on a dead
+        network would delay the check by up to its own deadline.
+        """
+        lease.expiry = None
+        if lease.released or lease.completing or self.leases.get(lease.job.id) is not lease:
+            return  # the completer gives up an unwritten outcome at the deadline itself
+        self._shared.log.warning(
+            "lease_expired_locally",
+            job_id=str(lease.job.id),
+            reason="no heartbeat reached the database within the lease (less a margin)",
+        )
+        self.lose(lease, write="heartbeat")
+
+    def handler_ended(self) -> None:
+        """One handler stopped executing (its outcome may still be unwritten)."""
+        self.running -= 1
+        if not self.running:
+            self.idle.set()
+
+    def release(self, lease: Lease) -> None:
+        """Free the lease's slot (once) and drop it from the table."""
+        if not lease.released:
+            lease.released = True
+            self.held -= 1
+            self.slot_free.set()
+            if lease.expiry is not None:
+                lease.expiry.cancel()
+                lease.expiry = None
+        if self.leases.get(lease.job.id) is lease:
+            del self.leases[lease.job.id]
+
+    async def wait_idle(self) -> None:
+        """Return once no handler is executing."""
+        while self.running:
+            self.idle.clear()
+            await self.idle.wait()
+
+    # -- stopping handlers --------------------------------------------------
+
+    def cancel(self, lease: Lease, reason: CancelReason) -> None:
+        """Tell the handler to stop (``ctx.cancelled``) and cancel its call."""
+        if lease.cancel_reason is None:
+            lease.cancel_reason = reason
+        if lease.ctx is not None:
+            lease.ctx._cancel(reason)
+        self._stop_handler(lease)
+
+    def time_out(self, lease: Lease) -> None:
+        """The task's timeout ran out: stop the handler unless it is stopping already."""
+        if lease.executing and lease.cancel_reason is None:
+            lease.timed_out = True
+            if lease.ctx is not None:
+                lease.ctx._cancel("timeout")
+            self._stop_handler(lease)
+
+    def lose(self, lease: Lease, *, write: str) -> None:
+        """The lease is gone (a fenced write found no row): stop its handler, write nothing."""
+        self._shared.metrics.lease_lost(write)
+        self._shared.log.warning(
+            "lease_lost", job_id=str(lease.job.id), task=lease.job.task, write=write
+        )
+        self.leases.pop(lease.job.id, None)
+        self.cancel(lease, "lease_lost")
+
+    def _stop_handler(self, lease: Lease) -> None:
+        """Cancel the handler call if it is running, and again until it stops."""
+        if lease.executing and not lease.cancels:
+            self._send_cancel(lease)
+
+    def _send_cancel(self, lease: Lease) -> None:
+        # A handler may catch the CancelledError and await again (cleanup code,
+        # shield, a wait_for that swallowed it): cancel again until it returns,
+        # as a cancel scope would.
+        task = lease.task
+        loop = self._shared.loop
+        if not lease.executing or task is None or task.done() or loop is None:
+            return
+        lease.cancels += 1
+        task.cancel()
+        loop.call_later(RECANCEL_SECONDS, self._send_cancel, lease)

@@ -1,0 +1,142 @@
+"""Outcomes: what an attempt's end writes — completions, failures, error JSON, retries.
+
+Every builder returns a :class:`~skiplock.queue.store.Completion` for the
+completer. A completion carries the handler's latest progress report, so the
+final value always reaches the row. The retry decision lives in
+:meth:`Outcomes.failure`: a retryable error with attempts left goes back to
+``queued`` after the task's backoff (or the delay the handler asked for),
+anything else ends ``failed``.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from datetime import UTC, datetime
+
+from skiplock.queue.jsoncodec import dumps
+from skiplock.queue.store import Completion, Outcome
+from skiplock.worker.context import clean_text
+from skiplock.worker.leases import Lease
+from skiplock.worker.registry import Task
+
+__all__ = ["Outcomes", "error_json", "exc_message", "utf8_size"]
+
+MAX_TRACEBACK_CHARS = 16_000
+MAX_ERROR_MESSAGE_CHARS = 4_000
+UNKNOWN_TASK_RETRY_DELAY = 5.0  # seconds before a job of an unknown task is offered again
+
+
+def utf8_size(text: str) -> int:
+    """``text``'s size in UTF-8 bytes (no copy for ASCII, which CPython flags)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def exc_message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception cannot be printed."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def error_json(
+    exc: BaseException | None, *, kind: str, message: str, attempt: int, worker: str
+) -> str:
+    """One entry of a job's ``errors`` history, as JSON text PostgreSQL accepts."""
+    tb = None
+    if exc is not None:
+        tb = clean_text("".join(traceback.format_exception(exc)))[-MAX_TRACEBACK_CHARS:]
+    return dumps(
+        {
+            "type": clean_text(kind),
+            "message": clean_text(message)[:MAX_ERROR_MESSAGE_CHARS],
+            "traceback": tb,
+            "attempt": attempt,
+            "worker": worker,
+            "at": datetime.now(UTC).isoformat(),
+        },
+        what="error",
+    )
+
+
+class Outcomes:
+    """Builds the completions of one worker's attempts."""
+
+    def __init__(self, worker_id: str, max_result_bytes: int) -> None:
+        self.worker_id = worker_id
+        self.max_result_bytes = max_result_bytes
+
+    def completion(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+        delay: float | None = None,
+    ) -> Completion:
+        """The completion of ``lease`` with ``outcome``, carrying its latest progress."""
+        report = lease.progress
+        return Completion(
+            job_id=lease.job.id,
+            lease_token=lease.token,
+            outcome=outcome,
+            result_json=result_json,
+            error_json=error_json,
+            delay_seconds=delay,
+            progress=None if report is None else report.percent,
+            message=None if report is None else report.message,
+            eta_seconds=None if report is None else report.eta_seconds,
+        )
+
+    def failure(
+        self,
+        lease: Lease,
+        exc: BaseException | None,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool,
+        task: Task | None,
+        delay: float | None = None,
+    ) -> Completion:
+        """A failed attempt: ``retry`` while retryable with attempts left, else ``failed``."""
+        job = lease.job
+        error = error_json(
+            exc, kind=kind, message=message, attempt=job.attempt, worker=self.worker_id
+        )
+        if retryable and job.attempt < job.max_attempts:
+            if delay is None:
+                delay = (
+                    task.retry.delay(job.attempt) if task is not None else UNKNOWN_TASK_RETRY_DELAY
+                )
+            return self.completion(lease, "retry", error_json=error, delay=delay)
+        return self.completion(lease, "failed", error_json=error)
+
+    def failed_outright(
+        self, job_id: uuid.UUID, token: uuid.UUID, attempt: int, kind: str, message: str
+    ) -> Completion:
+        """A ``failed`` outcome with no retry, result or progress: no handler can help."""
+        error = error_json(None, kind=kind, message=message, attempt=attempt, worker=self.worker_id)
+        return Completion(job_id=job_id, lease_token=token, outcome="failed", error_json=error)
+
+    def success(self, lease: Lease, task: Task, result: object) -> Completion:
+        """``succeeded`` with the result as JSON; ``failed`` when it cannot be stored."""
+        job = lease.job
+        try:
+            result_json = dumps(result, what=f"the result of task {job.task!r}")
+        except ValueError as exc:
+            if lease.ctx is not None:
+                lease.ctx.log.error("job_result_invalid", error=str(exc))
+            return self.failure(lease, None, "InvalidResult", str(exc), retryable=False, task=task)
+        size = utf8_size(result_json)
+        if size > self.max_result_bytes:
+            message = (
+                f"the result of task {job.task!r} is {size} bytes, over the "
+                f"limit of {self.max_result_bytes}"
+            )
+            if lease.ctx is not None:
+                lease.ctx.log.error("job_result_too_large", size=size)
+            return self.failure(lease, None, "ResultTooLarge", message, retryable=False, task=task)
+        return self.completion(lease, "succeeded", result_json=result_json)

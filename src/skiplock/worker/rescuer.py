@@ -1,0 +1,107 @@
+"""The rescuer: ``rescue_expired`` (sql/queries/rescue_expired.sql) takes back expired leases.
+
+Every few seconds (jittered), jobs whose lease expired on any worker go back
+to ``queued``, or end ``failed`` when no attempt is left (``cancelled`` when
+their cancel was requested), in batches of :data:`RESCUE_BATCH`, with
+``SKIP LOCKED`` so the rescuers of many workers never block each other.
+
+A row whose rescue the database refuses (a trigger, a constraint) would fail
+every batch it is in: the rescuer halves its batch until the refused row is
+alone, names it with ``expired_jobs`` (sql/queries/expired_jobs.sql), logs
+``rescue_refused`` and leaves it out for :data:`REFUSED_RETRY_SECONDS`, so
+the other expired jobs are rescued.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import anyio
+
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.worker.gate import refused
+from skiplock.worker.shared import Shared
+
+__all__ = ["MAX_REFUSED", "REFUSED_RETRY_SECONDS", "RESCUE_BATCH", "Rescuer"]
+
+RESCUE_BATCH = 500
+REFUSED_RETRY_SECONDS = 60.0  # a refused row is tried again after this (an operator may fix it)
+MAX_REFUSED = 1000  # refused rows left out at once; the oldest is tried again first
+
+
+class Rescuer:
+    """The loop that re-queues (or fails) jobs whose lease expired anywhere."""
+
+    def __init__(self, shared: Shared) -> None:
+        self._shared = shared
+        self._refused: dict[uuid.UUID, float] = {}  # job id -> monotonic time to try again
+
+    async def run(self) -> None:
+        """Rescue every ``rescue`` seconds (0.5–1× jittered), forever."""
+        shared = self._shared
+        s = shared.settings
+        while True:
+            await anyio.sleep(s.rescue * random.uniform(0.5, 1.0))
+            shared.health.alive("rescuer")
+            try:
+                await self._rescue_all()
+            except TRANSIENT_DB_ERRORS as exc:
+                shared.metrics.db_error("rescue")
+                shared.health.db_failed(exc)
+                shared.log.warning("rescue_failed", error=repr(exc))
+
+    def _left_out(self) -> list[uuid.UUID]:
+        now = time.monotonic()
+        for job_id in [j for j, until in self._refused.items() if until <= now]:
+            del self._refused[job_id]
+        return list(self._refused)
+
+    async def _rescue_all(self) -> None:
+        """Rescue batch after batch until fewer than asked come back."""
+        shared = self._shared
+        db_timeout = shared.settings.db_timeout
+        limit = RESCUE_BATCH
+        while True:
+            skip = self._left_out()
+            try:
+                with anyio.fail_after(db_timeout):
+                    rescued = await shared.store.rescue_expired(shared.pool, limit, skip)
+            except TRANSIENT_DB_ERRORS as exc:
+                if not refused(exc):
+                    raise
+                shared.metrics.db_error("rescue")
+                if limit > 1:
+                    limit //= 2  # the rows before the refused one go in smaller batches
+                    continue
+                with anyio.fail_after(db_timeout):
+                    culprit = await shared.store.expired_jobs(shared.pool, 1, skip)
+                if not culprit:  # another rescuer took it meanwhile: next pass
+                    return
+                self._leave_out(culprit[0], exc)
+                limit = RESCUE_BATCH
+                continue
+            shared.health.db_ok()
+            shared.health.alive("rescuer")
+            for r in rescued:
+                shared.log.warning(
+                    "lease_expired_job_rescued",
+                    job_id=str(r.job_id),
+                    state=r.state.value,
+                    attempt=r.attempt,
+                    previous_worker=r.worker_id,
+                )
+            if len(rescued) < limit:
+                return
+
+    def _leave_out(self, job_id: uuid.UUID, exc: BaseException) -> None:
+        self._shared.log.error(
+            "rescue_refused",
+            job_id=str(job_id),
+            error=repr(exc),
+            retry_in=REFUSED_RETRY_SECONDS,
+        )
+        if len(self._refused) >= MAX_REFUSED:
+            del self._refused[min(self._refused, key=self._refused.__getitem__)]
+        self._refused[job_id] = time.monotonic() + REFUSED_RETRY_SECONDS

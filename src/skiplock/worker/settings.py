@@ -1,0 +1,98 @@
+"""How a worker behaves: :class:`WorkerSettings`, validated when built."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from skiplock.worker.retention import RetentionPolicy
+
+__all__ = ["WorkerSettings", "default_worker_id"]
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per process, readable in the jobs table."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker behaves. Times are in seconds.
+
+    ``heartbeat`` defaults to a third of ``lease``. ``progress_interval`` is the
+    minimum time between two progress writes of one job (0.1 s: at most 10
+    writes per job per second). ``max_result_bytes`` caps a handler's JSON result.
+    One ``complete_jobs`` statement writes at most ``max_complete_batch``
+    outcomes and about ``max_complete_bytes`` of results, errors and messages
+    (an outcome larger than that is written alone): PostgreSQL refuses a
+    message over 1 GiB, and a smaller batch holds fewer locks for less time.
+
+    ``probe_port``: serve ``/livez``, ``/readyz`` (and ``/metrics`` when
+    ``metrics``) on ``probe_host`` at this port (0: any free port; None: no
+    server). ``probe_file``: rewrite this file every ``probe_file_interval``
+    seconds while live, for exec probes. ``retention``: delete old finished
+    jobs from this worker by that policy (None: never).
+
+    ``async_commit``: the worker's own writes (claims, completions, heartbeats,
+    progress) commit without waiting for the WAL flush
+    (``synchronous_commit=off`` on its sessions; enqueues stay durable). A
+    claim no longer waits for the disk before its handler starts. The price:
+    a PostgreSQL *crash* (not a restart) can lose the last few hundred
+    milliseconds of them. A lost claim puts its job back to queued (it runs
+    again; the fencing refuses the old attempt's writes); a lost completion
+    leaves its job running under the old lease, so the rescuer re-queues it
+    with one more attempt counted, and a job on its last attempt then ends
+    ``failed`` (``LeaseExpired``) although its handler succeeded. Off by
+    default.
+    """
+
+    queues: Sequence[str] = ("default",)
+    concurrency: int = 10
+    lease: float = 30.0
+    heartbeat: float | None = None
+    poll: float = 1.0
+    rescue: float = 5.0
+    shutdown_grace: float = 30.0
+    progress_interval: float = 0.1
+    max_claim_batch: int = 1000
+    max_complete_batch: int = 2000
+    max_complete_bytes: int = 8 * 1024 * 1024
+    max_result_bytes: int = 16 * 1024 * 1024
+    db_timeout: float = 10.0
+    schema: str = "skiplock"
+    worker_id: str | None = None
+    probe_port: int | None = None
+    probe_host: str = "0.0.0.0"  # noqa: S104 (the kubelet connects from outside the pod)
+    probe_file: str | None = None
+    probe_file_interval: float = 10.0
+    metrics: bool = True
+    retention: RetentionPolicy | None = None
+    async_commit: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.lease <= 0.5:
+            raise ValueError("lease must be longer than 0.5 s")
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            raise ValueError("heartbeat must be positive and shorter than the lease")
+        if self.poll <= 0 or self.rescue <= 0 or self.shutdown_grace < 0:
+            raise ValueError("poll and rescue must be positive, shutdown_grace non-negative")
+        if self.probe_port is not None and not 0 <= self.probe_port <= 65535:
+            raise ValueError("probe_port must be between 0 and 65535")
+        if self.max_claim_batch < 1 or self.max_complete_batch < 1:
+            raise ValueError("max_claim_batch and max_complete_batch must be at least 1")
+        if self.max_complete_bytes < 1 or self.max_result_bytes < 1:
+            raise ValueError("max_complete_bytes and max_result_bytes must be at least 1")
+        if self.probe_file_interval <= 0:
+            raise ValueError("probe_file_interval must be positive")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats."""
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3
