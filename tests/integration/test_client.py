@@ -527,7 +527,45 @@ async def test_lease_check_rejects_running_without_lease(client: Client) -> None
         await client.pool.execute(
             "UPDATE skiplock.jobs SET state = 'running' WHERE id = $1", job.id
         )
-    assert caught.value.constraint_name == "jobs_lease_check"
+    assert caught.value.constraint_name in {"jobs_lease_token_check", "jobs_lease_expires_check"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "constraint"),
+    [
+        ("lease_token = gen_random_uuid()", "jobs_lease_token_check"),
+        ("lease_expires_at = now()", "jobs_lease_expires_check"),
+        (
+            "state = 'succeeded', finished_at = now(), lease_token = gen_random_uuid()",
+            "jobs_lease_token_check",
+        ),
+    ],
+)
+async def test_lease_columns_are_checked_one_by_one(
+    client: Client, assignment: str, constraint: str
+) -> None:
+    """A lease token (or expiry) alone on a row that is not running is refused: the writes
+    fenced by the token alone rely on "a token means running"."""
+    job = await client.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await client.pool.execute(
+            f"UPDATE skiplock.jobs SET {assignment} WHERE id = $1",  # noqa: S608 - fixed test clauses
+            job.id,
+        )
+    assert caught.value.constraint_name == constraint
+    assert await client.get(job.id) == job
+
+
+async def test_running_row_names_its_worker(client: Client) -> None:
+    """A running row without a worker id is refused."""
+    job = await client.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await client.pool.execute(
+            "UPDATE skiplock.jobs SET state = 'running', lease_token = gen_random_uuid(),"
+            " lease_expires_at = now() + interval '1 minute' WHERE id = $1",
+            job.id,
+        )
+    assert caught.value.constraint_name == "jobs_running_worker_check"
 
 
 async def test_client_in_custom_schema(db_dsn: str, client: Client) -> None:
