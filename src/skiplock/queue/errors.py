@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import asyncpg
+
 __all__ = [
+    "TRANSIENT_DB_ERRORS",
     "IdempotencyConflict",
     "InvalidJob",
     "JobNotFound",
@@ -55,3 +58,21 @@ class IdempotencyConflict(SkiplockError):
 
 class SchemaMismatch(SkiplockError):
     """The database schema is missing, older or newer than this version of skiplock."""
+
+
+# Errors that mean "the database cannot do this right now": unreachable,
+# restarting, out of connections, a deadlock or a statement timeout. Loops
+# retry them with backoff instead of letting them end the process.
+# InternalClientError too: when a server shuts down (restart, pg_terminate_backend)
+# an idle asyncpg connection may read the FATAL message before the end of the
+# stream; its next query then fails with "cannot switch to state …; another
+# operation (2) is in progress" instead of a connection error. The server has
+# closed that connection: it is gone once the end of the stream is read, and
+# the pool connects anew, so trying again is right.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
