@@ -295,9 +295,10 @@ async def test_rescue_requeues_expired_job(client: Client) -> None:
         None,
         None,
     )
-    assert now.error is not None
-    assert (now.error.type, now.error.attempt, now.error.worker) == ("LeaseExpired", 1, "w-dead")
-    assert "w-dead" in now.error.message
+    assert now.error is None  # queued again: it has not failed
+    (last,) = now.errors
+    assert (last.type, last.attempt, last.worker) == ("LeaseExpired", 1, "w-dead")
+    assert "w-dead" in last.message
     (again,) = await _claim(client)
     assert (again.id, again.attempt) == (job.id, 2)
 
@@ -315,6 +316,33 @@ async def test_rescue_fails_expired_job_without_attempts_left(client: Client) ->
     assert now.error is not None
     assert now.error.type == "LeaseExpired"
     assert await _claim(client) == []
+
+
+async def test_error_is_shown_only_on_a_failed_job(client: Client) -> None:
+    """``Job.error`` is the last error of a failed job only: a job that failed once and then
+    succeeded (or was cancelled) keeps its history in ``errors`` but has no error."""
+    error = orjson.dumps({"type": "Boom", "message": "first try", "attempt": 1}).decode()
+    ended: dict[str, Job] = {}
+    for outcome in ("succeeded", "cancelled", "failed"):
+        first = await _claim_one(client)
+        assert first.lease_token is not None
+        retry = Completion(first.id, first.lease_token, "retry", error_json=error)
+        assert await client.store.complete_jobs(client.pool, [retry]) == {first.id}
+        waiting = await _get(client, first.id)
+        assert (waiting.state, waiting.error) == (JobState.QUEUED, None)
+        (second,) = await _claim(client)
+        assert second.lease_token is not None
+        last_error = error.replace("first try", "second try") if outcome == "failed" else None
+        done = Completion(second.id, second.lease_token, outcome, error_json=last_error)
+        assert await client.store.complete_jobs(client.pool, [done]) == {second.id}
+        ended[outcome] = await _get(client, first.id)
+    for outcome in ("succeeded", "cancelled"):
+        assert ended[outcome].error is None, outcome
+        assert [e.message for e in ended[outcome].errors] == ["first try"]
+    failed = ended["failed"]
+    assert failed.error is not None
+    assert failed.error.message == "second try"
+    assert [e.message for e in failed.errors] == ["first try", "second try"]
 
 
 # -- plans ---------------------------------------------------------------------------

@@ -75,8 +75,14 @@ class Job:
 
     @property
     def error(self) -> JobError | None:
-        """The most recent failed attempt, if any."""
-        return self.errors[-1] if self.errors else None
+        """Why the job failed: the last entry of ``errors`` when the job is ``failed``, else None.
+
+        A job that succeeded, was cancelled or waits for another attempt after a
+        failed one has no error; its earlier failures stay in ``errors``.
+        """
+        if self.state is not JobState.FAILED or not self.errors:
+            return None
+        return self.errors[-1]
 
     @property
     def is_terminal(self) -> bool:
