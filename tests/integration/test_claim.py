@@ -345,6 +345,33 @@ async def test_error_is_shown_only_on_a_failed_job(client: Client) -> None:
     assert [e.message for e in failed.errors] == ["first try", "second try"]
 
 
+async def test_a_running_job_whose_lease_was_not_renewed_is_stalled(client: Client) -> None:
+    """Past its lease expiry a running job says ``stalled`` (database clock) in get, get_jobs,
+    list and cancel, until it is rescued; a renewed lease is not stalled."""
+    held = await _claim_one(client, lease=600.0, worker="w-alive")
+    dead = await _claim_one(client, lease=0.3, worker="w-dead")
+    assert (await _get(client, held.id)).stalled is False
+
+    stalled = await wait_for(
+        lambda: _get(client, dead.id), lambda j: j.stalled, timeout=10, what="a stalled job"
+    )
+    assert (stalled.state, stalled.worker_id) == (JobState.RUNNING, "w-dead")
+    assert {
+        j.id: j.stalled for j in await client.store.get_jobs(client.pool, [held.id, dead.id], None)
+    } == {
+        held.id: False,
+        dead.id: True,
+    }
+    page = await client.list(states=[JobState.RUNNING])
+    assert {j.id: j.stalled for j in page.jobs} == {held.id: False, dead.id: True}
+    asked = await client.cancel(dead.id)
+    assert (asked.state, asked.cancel_requested, asked.stalled) == (JobState.RUNNING, True, True)
+
+    assert await client.store.rescue_expired(client.pool, 10) != []
+    rescued = await _get(client, dead.id)
+    assert (rescued.state, rescued.stalled) == (JobState.CANCELLED, False)
+
+
 # -- plans ---------------------------------------------------------------------------
 
 

@@ -72,6 +72,10 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    stalled: bool = False
+    """Running, but its lease expired by the database clock: the worker stopped renewing it
+    (crashed, frozen or cut off) and the job is not being worked on. ``progress`` and ``eta``
+    are stale until a rescuer takes the job back (queued again, failed or cancelled)."""
 
     @property
     def error(self) -> JobError | None:

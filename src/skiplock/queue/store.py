@@ -195,6 +195,8 @@ def _job(row: asyncpg.Record) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        # Only the reads compute it (claim and retry return rows that cannot be stalled).
+        stalled=bool(row.get("stalled", False)),
     )
 
 
