@@ -5,6 +5,7 @@ Enqueue with :class:`Client`, run with a :class:`Worker` and the tasks of a
 """
 
 from skiplock.queue import (
+    ALL_TENANTS,
     Client,
     IdempotencyConflict,
     InvalidJob,
@@ -34,6 +35,7 @@ from skiplock.worker import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_TENANTS",
     "Cancelled",
     "Client",
     "Fail",

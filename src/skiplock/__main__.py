@@ -15,6 +15,7 @@ import orjson
 from skiplock.config import Settings
 from skiplock.logs import configure_logging
 from skiplock.queue import (
+    ALL_TENANTS,
     Client,
     IdempotencyConflict,
     InvalidJob,
@@ -788,7 +789,7 @@ def jobs_list(
     page = _with_client(
         _settings(ctx),
         lambda client: client.list(
-            tenant=tenant,
+            tenant=ALL_TENANTS if tenant is None else tenant,
             states=list(states) or None,
             task=task,
             queue=queue,
@@ -821,7 +822,7 @@ def jobs_list(
 
 async def _get_job(client: Client, job_id: str) -> Job:
     """The job, or JobNotFound."""
-    job = await client.get(job_id)
+    job = await client.get(job_id, tenant=ALL_TENANTS)
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -851,7 +852,7 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     """Cancel a queued job, or ask a running one's worker to stop it."""
-    job = _with_client(_settings(ctx), lambda client: client.cancel(job_id))
+    job = _with_client(_settings(ctx), lambda client: client.cancel(job_id, tenant=ALL_TENANTS))
     if job.state is JobState.RUNNING:
         click.echo(f"cancel requested for running job {job.id}")
     elif job.state is JobState.CANCELLED:
@@ -865,7 +866,7 @@ def jobs_cancel(ctx: click.Context, job_id: str) -> None:
 @click.pass_context
 def jobs_retry(ctx: click.Context, job_id: str) -> None:
     """Put a failed or cancelled job back in the queue, due now."""
-    job = _with_client(_settings(ctx), lambda client: client.retry(job_id))
+    job = _with_client(_settings(ctx), lambda client: client.retry(job_id, tenant=ALL_TENANTS))
     click.echo(f"retried {job.id}: {job.state.value}")
 
 

@@ -214,7 +214,11 @@ async def _follow(
     cancel_sent = False
     last = ""
     while True:
-        current = [j for j in [await client.get(job.id) for job in jobs] if j is not None]
+        current = [
+            j
+            for j in [await client.get(job.id, tenant=DEMO_TENANT) for job in jobs]
+            if j is not None
+        ]
         result.jobs = current
         text = "\n".join(_line(j) for j in current)
         if text != last:
@@ -222,7 +226,7 @@ async def _follow(
             last = text
         report = next((j for j in current if j.task == "long_report"), None)
         if not cancel_sent and report and report.progress and report.progress >= _CANCEL_AT:
-            await client.cancel(report.id)
+            await client.cancel(report.id, tenant=DEMO_TENANT)
             echo("  → cancel requested for long_report\n")
             cancel_sent = True
         if current and all(j.is_terminal for j in current):
@@ -349,7 +353,9 @@ async def _serve_demo(
             with anyio.move_on_after(math.inf if exit_after is None else exit_after):
                 await stop.wait()
             following.cancel()
-            result.jobs = [j for j in [await client.get(job.id) for job in jobs] if j]
+            result.jobs = [
+                j for j in [await client.get(job.id, tenant=DEMO_TENANT) for job in jobs] if j
+            ]
         finally:
             echo("stopping the API server and the worker…")
             server.should_exit = True

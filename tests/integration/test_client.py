@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest_asyncio
 
 import skiplock
 from skiplock import (
+    ALL_TENANTS,
     Client,
     IdempotencyConflict,
     InvalidJob,
@@ -61,7 +62,7 @@ async def _finished(client: Client, outcome: Outcome, **kwargs: Any) -> Job:
         [Completion(job.id, job.lease_token, outcome, result_json=result, error_json=error)],
     )
     assert done == {job.id}
-    ended = await client.get(job.id)
+    ended = await client.get(job.id, tenant=job.tenant)
     assert ended is not None
     assert ended.state == outcome
     return ended
@@ -106,7 +107,7 @@ async def test_enqueue_returns_job_with_given_fields(client: Client) -> None:
     )
     assert (job.lease_token, job.lease_expires_at, job.worker_id) == (None, None, None)
     assert (job.started_at, job.finished_at, job.progress) == (None, None, None)
-    assert await client.get(job.id) == job
+    assert await client.get(job.id, tenant="acme") == job
 
 
 async def test_enqueue_without_schedule_is_due_at_creation(client: Client) -> None:
@@ -319,11 +320,59 @@ async def test_list_filters_by_meta_containment(client: Client) -> None:
 
 
 async def test_list_filters_by_tenant(client: Client) -> None:
-    """list(tenant=…) keeps that tenant's jobs only; no tenant means every tenant."""
+    """list(tenant=…) keeps that tenant's jobs only; no tenant means the tenant "default";
+    every tenant only with ALL_TENANTS."""
     a = await client.enqueue("t", tenant="a")
     b = await client.enqueue("t", tenant="b")
+    c = await client.enqueue("t")
     assert await _ids(client, tenant="a") == {a.id}
-    assert await _ids(client) == {a.id, b.id}
+    assert await _ids(client) == {c.id}
+    assert await _ids(client, tenant=ALL_TENANTS) == {a.id, b.id, c.id}
+
+
+async def test_a_missing_tenant_is_refused_not_read_as_every_tenant(client: Client) -> None:
+    """tenant=None (an app passing a missing user id) is refused by get, list, cancel and
+    retry, before anything is read or written: another tenant's job stays unseen and
+    untouched."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    calls: dict[str, Callable[[Any], Awaitable[object]]] = {
+        "get": lambda tenant: client.get(theirs.id, tenant=tenant),
+        "list": lambda tenant: client.list(tenant=tenant),
+        "cancel": lambda tenant: client.cancel(theirs.id, tenant=tenant),
+        "retry": lambda tenant: client.retry(failed.id, tenant=tenant),
+    }
+    for name, call in calls.items():
+        for tenant in (None, "", "x" * 257, 42):
+            with pytest.raises(ValueError, match="tenant"):  # noqa: PT012 - names the call
+                await call(tenant)
+                pytest.fail(f"{name}(tenant={tenant!r}) was accepted")
+    assert await client.get(theirs.id, tenant="acme") == theirs
+    assert await client.get(failed.id, tenant="acme") == failed
+
+
+async def test_default_tenant_does_not_reach_other_tenants(client: Client) -> None:
+    """Without tenant=, get/cancel/retry act on the tenant "default" only."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    assert await client.get(theirs.id) is None
+    with pytest.raises(JobNotFound):
+        await client.cancel(theirs.id)
+    with pytest.raises(JobNotFound):
+        await client.retry(failed.id)
+    assert await client.get(theirs.id, tenant="acme") == theirs
+    assert await client.get(failed.id, tenant="acme") == failed
+
+
+async def test_all_tenants_reaches_every_tenant(client: Client) -> None:
+    """ALL_TENANTS (operators) reads, cancels and retries a job of any tenant."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    assert await client.get(theirs.id, tenant=ALL_TENANTS) == theirs
+    cancelled = await client.cancel(theirs.id, tenant=ALL_TENANTS)
+    assert (cancelled.tenant, cancelled.state) == ("acme", JobState.CANCELLED)
+    retried = await client.retry(failed.id, tenant=ALL_TENANTS)
+    assert (retried.tenant, retried.state) == ("acme", JobState.QUEUED)
 
 
 async def test_list_combines_filters(client: Client) -> None:
@@ -332,7 +381,7 @@ async def test_list_combines_filters(client: Client) -> None:
     await client.enqueue("x", tenant="b", queue="q")
     await client.enqueue("y", tenant="a", queue="q")
     await client.enqueue("x", tenant="a", queue="other")
-    await client.cancel((await client.enqueue("x", tenant="a", queue="q")).id)
+    await client.cancel((await client.enqueue("x", tenant="a", queue="q")).id, tenant="a")
     assert await _ids(client, tenant="a", task="x", queue="q", states=["queued"]) == {match.id}
 
 
@@ -435,7 +484,7 @@ async def test_cancel_other_tenants_job_not_found(client: Client) -> None:
     job = await client.enqueue("t", tenant="a")
     with pytest.raises(JobNotFound):
         await client.cancel(job.id, tenant="b")
-    assert await client.get(job.id) == job
+    assert await client.get(job.id, tenant="a") == job
 
 
 # -- retry -------------------------------------------------------------------------
@@ -501,7 +550,7 @@ async def test_retry_other_tenants_job_not_found(client: Client) -> None:
     failed = await _finished(client, "failed", tenant="a")
     with pytest.raises(JobNotFound):
         await client.retry(failed.id, tenant="b")
-    assert await client.get(failed.id) == failed
+    assert await client.get(failed.id, tenant="a") == failed
 
 
 # -- constraints and schemas ---------------------------------------------------------

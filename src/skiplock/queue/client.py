@@ -20,7 +20,7 @@ from skiplock.queue.errors import (
     SkiplockError,
 )
 from skiplock.queue.jsoncodec import dumps
-from skiplock.queue.models import Job, JobSpec, Page
+from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import Executor, Store, open_pool
 
@@ -63,8 +63,10 @@ class Client:
     application's own connection, so a job can be enqueued inside the
     application's transaction and exists exactly when that transaction commits.
 
-    ``tenant=None`` on reads means "any tenant" (operators); the status API
-    always passes the caller's tenant, so the scoping happens in SQL.
+    Every read and change is scoped to one tenant, in SQL: ``tenant=`` names it
+    (``"default"`` when omitted, as for :meth:`enqueue`). Only
+    ``tenant=ALL_TENANTS`` reaches every tenant (operators' tools); ``None`` is
+    refused with ValueError, so a missing user id never means "everyone".
     """
 
     def __init__(
@@ -192,6 +194,8 @@ class Client:
         self, ex: Executor, pending: builtins.list[JobSpec], found: dict[uuid.UUID, Job]
     ) -> builtins.list[JobSpec]:
         """Match skipped specs to the rows that hold their id or key; return the unmatched."""
+        # By id across tenants (None): ids are unique over the table, and a row of another
+        # tenant holding the id is refused below, never returned.
         by_id = {j.id: j for j in await self.store.get_jobs(ex, [s.id for s in pending], None)}
         keyed = [(s.tenant, s.idempotency_key) for s in pending if s.idempotency_key]
         by_key = {
@@ -219,19 +223,20 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job | None:
         """The job, or None when it does not exist (or belongs to another tenant)."""
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         if parsed is None:
             return None
-        return await self.store.get_job(self._ex(connection), parsed, tenant)
+        return await self.store.get_job(self._ex(connection), parsed, scope)
 
     async def list(
         self,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         states: Sequence[JobState | str] | None = None,
         task: str | None = None,
         queue: str | None = None,
@@ -246,13 +251,14 @@ class Client:
 
         Pass the returned ``next_cursor`` back as ``cursor`` for the next page.
         """
+        scope = tenant_filter(tenant)
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         state_values = None if states is None else [JobState(s).value for s in states]
         meta_json = None if meta is None else dumps(dict(meta), what="meta filter")
         jobs = await self.store.list_jobs(
             self._ex(connection),
-            tenant=tenant,
+            tenant=scope,
             states=state_values,
             task=task,
             queue=queue,
@@ -270,7 +276,7 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job:
         """Cancel a job: a queued one ends ``cancelled`` at once; a running one
@@ -279,13 +285,14 @@ class Client:
         Cancelling a job that already ended returns it unchanged. Raises
         :class:`JobNotFound` when there is no such job for this tenant.
         """
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.cancel_job(ex, parsed, tenant)
+            job = await self.store.cancel_job(ex, parsed, scope)
             if job is not None:
                 return job
-            job = await self.store.get_job(ex, parsed, tenant)
+            job = await self.store.get_job(ex, parsed, scope)
             if job is not None:
                 return job
         raise JobNotFound(job_id)
@@ -294,7 +301,7 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job:
         """Put a failed or cancelled job back in the queue, due now.
@@ -302,13 +309,14 @@ class Client:
         Raises :class:`JobNotFound`, or :class:`JobStateConflict` when the job is
         queued, running or succeeded.
         """
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.retry_job(ex, parsed, tenant)
+            job = await self.store.retry_job(ex, parsed, scope)
             if job is not None:
                 return job
-            current = await self.store.get_job(ex, parsed, tenant)
+            current = await self.store.get_job(ex, parsed, scope)
             if current is not None:
                 raise JobStateConflict(current.id, current.state.value, "retry")
         raise JobNotFound(job_id)

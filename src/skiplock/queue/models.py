@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
 from skiplock.queue.errors import InvalidJob
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.states import JobState
 from skiplock.tracing import inject_trace_context
 
-__all__ = ["Job", "JobError", "JobSpec", "Page"]
+__all__ = [
+    "ALL_TENANTS",
+    "AllTenants",
+    "Job",
+    "JobError",
+    "JobSpec",
+    "Page",
+    "TenantScope",
+    "tenant_filter",
+]
 
 _SMALLINT = (-32768, 32767)
+_TENANT_MAX = 256
+
+
+class AllTenants(enum.Enum):
+    """The type of :data:`ALL_TENANTS`."""
+
+    ALL_TENANTS = "all tenants"
+
+    def __repr__(self) -> str:
+        return "ALL_TENANTS"
+
+
+ALL_TENANTS: Final = AllTenants.ALL_TENANTS
+"""Pass as ``tenant=`` to read or change the jobs of every tenant (operators' tools).
+
+Without it every read and change is scoped to one tenant: a tenant name, or
+``"default"`` when none is given. ``None`` is refused, never read as "all".
+"""
+
+TenantScope: TypeAlias = "str | Literal[AllTenants.ALL_TENANTS]"
+"""A tenant name, or :data:`ALL_TENANTS`."""
+
+
+def tenant_filter(tenant: TenantScope) -> str | None:
+    """The tenant to filter by in SQL (None: every tenant, only for :data:`ALL_TENANTS`).
+
+    Raises ValueError for anything but a valid tenant name or :data:`ALL_TENANTS`
+    (``None`` in particular, a missing user id must not mean every tenant).
+    """
+    if tenant is ALL_TENANTS:
+        return None
+    if not isinstance(tenant, str) or not 1 <= len(tenant) <= _TENANT_MAX or "\x00" in tenant:
+        raise ValueError(
+            f"tenant must be a tenant name (1 to {_TENANT_MAX} characters) or ALL_TENANTS, "
+            f"not {tenant!r}"
+        )
+    return tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +174,7 @@ class JobSpec:
     def __post_init__(self) -> None:
         _check_name(self.task, "task", 256)
         _check_name(self.queue, "queue", 128)
-        _check_name(self.tenant, "tenant", 256)
+        _check_name(self.tenant, "tenant", _TENANT_MAX)
         if self.idempotency_key is not None:
             _check_name(self.idempotency_key, "idempotency_key", 256)
         if not isinstance(self.args, Mapping):
