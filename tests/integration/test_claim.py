@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import orjson
 
 from skiplock import Client, Job, JobSpec, JobState, sql
 from skiplock.queue.store import Completion, ProgressWrite, Rescued
+from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from tests.helpers import wait_for
 
 LEASE = 30.0
@@ -405,3 +407,79 @@ async def test_rescue_uses_lease_index(client: Client) -> None:
     await client.pool.execute("ANALYZE skiplock.jobs")
     plan = await _plan(client, "rescue_expired", 10)
     assert "jobs_lease_idx" in plan, plan
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+async def _expired(client: Client, **kwargs: Any) -> Job:
+    """A queued job whose expires_at has passed by the database clock."""
+    job = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(seconds=0.3), **kwargs)
+    assert job.expires_at is not None
+    await wait_for(
+        lambda: client.pool.fetchval("SELECT now() > $1", job.expires_at),
+        bool,
+        timeout=10,
+        what="the expiry to pass",
+    )
+    return job
+
+
+async def test_claim_skips_a_job_past_its_expiry(client: Client) -> None:
+    """A queued job past its expires_at is never claimed; one before it is."""
+    expired = await _expired(client, priority=-1)
+    fresh = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert [j.id for j in await _claim(client)] == [fresh.id]
+    assert (await _get(client, expired.id)).state is JobState.QUEUED
+
+
+async def test_expiry_sweep_cancels_jobs_not_started_in_time(client: Client) -> None:
+    """purge_sweep first ends queued jobs past their expiry as cancelled with an Expired
+    entry in their history (not as an error: they did not fail), keeps them like any
+    cancelled job, and leaves running jobs past their expiry alone."""
+    expired = await _expired(client)
+    running = await _expired(client, queue="busy")
+    # Claim the second one as if it had started before its expiry (the claim skips it now).
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET expires_at = now() + interval '1 hour' WHERE id = $1",
+        running.id,
+    )
+    (claimed,) = await _claim(client, ("busy",))
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET expires_at = now() - interval '1 second' WHERE id = $1",
+        running.id,
+    )
+
+    policy = RetentionPolicy(batch_pause=0)
+    assert await purge_sweep(client.pool, client.store, policy) == 0  # nothing deleted
+
+    ended = await _get(client, expired.id)
+    assert (ended.state, ended.cancel_requested, ended.error) == (JobState.CANCELLED, False, None)
+    assert ended.finished_at is not None
+    (entry,) = ended.errors
+    assert (entry.type, entry.attempt, entry.worker) == ("Expired", 0, None)
+    assert "before it started" in entry.message
+    still = await _get(client, claimed.id)
+    assert (still.state, still.lease_token) == (JobState.RUNNING, claimed.lease_token)
+    assert await client.store.expire_jobs(client.pool, 100) == 0  # nothing left to expire
+
+
+async def test_a_job_finished_before_its_expiry_is_purged_at_it(client: Client) -> None:
+    """Retention deletes a job that finished before its expires_at once that has passed,
+    whatever its state's age; a job that ended at or after it follows its state's age."""
+    job = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(seconds=0.5))
+    (claimed,) = await _claim(client)
+    assert claimed.lease_token is not None
+    done = Completion(claimed.id, claimed.lease_token, "succeeded", result_json="1")
+    assert await client.store.complete_jobs(client.pool, [done]) == {job.id}
+    late = await _expired(client)
+    policy = RetentionPolicy(batch_pause=0)
+    await wait_for(
+        lambda: client.pool.fetchval("SELECT now() > $1", job.expires_at),
+        bool,
+        timeout=10,
+        what="the expiry to pass",
+    )
+    assert await purge_sweep(client.pool, client.store, policy) == 1
+    assert await client.get(job.id) is None
+    assert (await _get(client, late.id)).state is JobState.CANCELLED

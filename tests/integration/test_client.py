@@ -644,3 +644,54 @@ async def test_a_job_id_reused_for_another_request_is_refused(client: Client) ->
     with pytest.raises(InvalidJob, match="already used"):
         await client.enqueue_many([other, JobSpec(task="t")])
     assert await _count(client) == 1
+
+
+# -- expiry and per-job timeout ------------------------------------------------------
+
+
+async def test_enqueue_stores_expiry_and_timeout(client: Client) -> None:
+    """expires_at and timeout are stored and read back, and a claimed job carries them."""
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    job = await client.enqueue("t", expires_at=expires, timeout=2.5)
+    assert (job.expires_at, job.timeout_seconds) == (expires, 2.5)
+    assert await client.get(job.id) == job
+    (claimed,) = await client.store.claim_jobs(client.pool, ["default"], 1, 30.0, "w1")
+    assert (claimed.id, claimed.expires_at, claimed.timeout_seconds) == (job.id, expires, 2.5)
+    plain = await client.enqueue("t")
+    assert (plain.expires_at, plain.timeout_seconds) == (None, None)
+    assert await client.get(plain.id) == plain
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"expires_at": datetime(2099, 1, 1)}, "expires_at must be a timezone-aware datetime"),
+        ({"expires_at": "2099-01-01T00:00:00Z"}, "expires_at must be a timezone-aware datetime"),
+        ({"expires_at": datetime(2001, 1, 1, tzinfo=UTC)}, "expires_at must be in the future"),
+        (
+            {
+                "run_at": datetime(2099, 1, 2, tzinfo=UTC),
+                "expires_at": datetime(2099, 1, 1, tzinfo=UTC),
+            },
+            "expires_at must be after run_at",
+        ),
+        (
+            {"delay": 7200, "expires_at": datetime.now(UTC) + timedelta(hours=1)},
+            "expires_at must be after",
+        ),
+        ({"timeout": 0}, "timeout must be a positive, finite number of seconds"),
+        ({"timeout": -1.0}, "timeout must be a positive"),
+        ({"timeout": float("inf")}, "timeout must be a positive"),
+        ({"timeout": float("nan")}, "timeout must be a positive"),
+        ({"timeout": True}, "timeout must be a positive"),
+        ({"timeout": "5"}, "timeout must be a positive"),
+    ],
+)
+async def test_invalid_expiry_or_timeout_refused(
+    client: Client, fields: dict[str, Any], message: str
+) -> None:
+    """A naive, past or too-early expiry and a timeout that is not a positive finite number
+    are refused before anything is written."""
+    with pytest.raises(InvalidJob, match=message):
+        await client.enqueue("t", **fields)
+    assert await _count(client) == 0

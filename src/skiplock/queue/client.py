@@ -122,9 +122,11 @@ class Client:
         tenant: str = "default",
         idempotency_key: str | None = None,
         meta: Mapping[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
         connection: Executor | None = None,
     ) -> Job:
-        """Enqueue one job and return it.
+        """Enqueue one job and return it (the fields are those of :class:`JobSpec`).
 
         With ``idempotency_key``, the same (tenant, key) returns the job that
         already holds it; the same key with another task or other args raises
@@ -142,6 +144,8 @@ class Client:
             tenant=tenant,
             idempotency_key=idempotency_key,
             meta={} if meta is None else meta,
+            expires_at=expires_at,
+            timeout=timeout,
         )
         (job,) = await self.enqueue_many([spec], connection=connection)
         return job

@@ -7,7 +7,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
 
 from skiplock.queue.errors import InvalidJob
@@ -28,6 +28,7 @@ __all__ = [
 
 _SMALLINT = (-32768, 32767)
 _TENANT_MAX = 256
+_MAX_DELAY = timedelta.max.total_seconds() / 2  # beyond it no expiry could follow the delay
 
 
 class AllTenants(enum.Enum):
@@ -124,6 +125,11 @@ class Job:
     (crashed, frozen or cut off) and the job is not being worked on. ``progress`` and ``eta``
     are stale until a rescuer takes the job back (queued again, failed or cancelled)."""
 
+    expires_at: datetime | None = None
+    """A job not started by then never starts (see :class:`JobSpec`)."""
+    timeout_seconds: float | None = None
+    """Seconds one attempt may run, overriding the task's timeout; None: the task's."""
+
     @property
     def error(self) -> JobError | None:
         """Why the job failed: the last entry of ``errors`` when the job is ``failed``, else None.
@@ -155,6 +161,12 @@ class JobSpec:
     runs at ``run_at`` (timezone-aware) or ``delay`` after the database's now,
     or at once. ``priority``: smaller runs first. ``meta``: JSON labels (model,
     provider, external ids…) kept with the job.
+
+    ``expires_at`` (timezone-aware, in the future, after ``run_at``/``delay``):
+    a job not started by then never starts; it ends ``cancelled`` with an
+    ``Expired`` entry in its history, and a job that finished before it is
+    deleted by retention once it passes. ``timeout``: seconds one attempt may
+    run, instead of the task's timeout (positive and finite).
     """
 
     task: str
@@ -167,6 +179,8 @@ class JobSpec:
     tenant: str = "default"
     idempotency_key: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    timeout: float | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     args_json: str = field(init=False, repr=False, compare=False)
     meta_json: str = field(init=False, repr=False, compare=False)
@@ -199,6 +213,7 @@ class JobSpec:
             seconds = self.delay_seconds
             if seconds is None or not math.isfinite(seconds) or seconds < 0:
                 raise InvalidJob("delay must be a non-negative number of seconds or timedelta")
+        self._check_expiry_and_timeout()
         try:
             object.__setattr__(self, "args_json", dumps(dict(self.args), what="args"))
             # The current span's W3C context under meta["_trace"] (a no-op without
@@ -208,6 +223,33 @@ class JobSpec:
             object.__setattr__(self, "meta_json", dumps(meta, what="meta"))
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
+
+    def _check_expiry_and_timeout(self) -> None:
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not 0 < self.timeout < math.inf
+        ):
+            raise InvalidJob("timeout must be a positive, finite number of seconds")
+        if self.expires_at is None:
+            return
+        if not isinstance(self.expires_at, datetime) or self.expires_at.tzinfo is None:
+            raise InvalidJob("expires_at must be a timezone-aware datetime")
+        now = datetime.now(UTC)
+        if self.expires_at <= now:
+            raise InvalidJob("expires_at must be in the future")
+        if self.run_at is not None and self.expires_at <= self.run_at:
+            raise InvalidJob("expires_at must be after run_at: the job could never start")
+        delay = self.delay_seconds
+        if delay is not None and (
+            delay >= _MAX_DELAY or self.expires_at <= now + timedelta(seconds=delay)
+        ):
+            raise InvalidJob("expires_at must be after the delay ends: the job could never start")
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The per-attempt timeout in seconds, or None (the task's own timeout applies)."""
+        return None if self.timeout is None else float(self.timeout)
 
     @property
     def delay_seconds(self) -> float | None:

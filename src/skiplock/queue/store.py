@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
@@ -197,6 +197,8 @@ def _job(row: asyncpg.Record) -> Job:
         finished_at=row["finished_at"],
         # Only the reads compute it (claim and retry return rows that cannot be stalled).
         stalled=bool(row.get("stalled", False)),
+        expires_at=row["expires_at"],
+        timeout_seconds=row["timeout_seconds"],
     )
 
 
@@ -228,6 +230,8 @@ def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
         updated_at=created_at,
         started_at=None,
         finished_at=None,
+        expires_at=None if spec.expires_at is None else spec.expires_at.astimezone(UTC),
+        timeout_seconds=spec.timeout_seconds,
     )
 
 
@@ -305,6 +309,8 @@ class Store:
             [s.tenant for s in specs],
             [s.idempotency_key for s in specs],
             [s.meta_json for s in specs],
+            [s.expires_at for s in specs],
+            [s.timeout_seconds for s in specs],
         )
         by_id = {s.id: s for s in specs}
         return [_queued_job(by_id[r["id"]], r["run_at"], r["created_at"]) for r in rows]
@@ -438,6 +444,10 @@ class Store:
         return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
 
     # -- operations -------------------------------------------------------
+
+    async def expire_jobs(self, ex: Executor, limit: int) -> int:
+        """End at most ``limit`` queued jobs past their ``expires_at`` as cancelled (Expired)."""
+        return int(await ex.fetchval(self._q("expire_jobs"), limit))
 
     async def purge_finished(
         self,

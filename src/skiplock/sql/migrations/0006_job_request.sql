@@ -20,3 +20,28 @@ ALTER TABLE skiplock.jobs
         CHECK ((state = 'running') = (lease_expires_at IS NOT NULL)),
     -- a running job names its worker (the last worker stays named after it ends)
     ADD CONSTRAINT jobs_running_worker_check CHECK (state <> 'running' OR worker_id IS NOT NULL);
+
+-- Expiry and a per-job timeout, set at enqueue (JobSpec.expires_at, .timeout).
+--
+-- expires_at (0003) could not be set by anything. Its meaning now: a job not
+-- started by then never starts (claim_jobs skips it; expire_jobs ends it
+-- 'cancelled' with an 'Expired' entry in its history); a job that finished
+-- before it is deleted by retention once it passes; a job that finished at or
+-- after it is kept for its state's retention age like any other.
+COMMENT ON COLUMN skiplock.jobs.expires_at IS
+    'Optional deadline set at enqueue: a job not started by then never starts (it ends '
+    'cancelled, with an Expired entry in errors); a job finished before it is deleted by '
+    'retention once it passes.';
+
+-- timeout_seconds: how long one attempt may run, instead of the task's timeout.
+ALTER TABLE skiplock.jobs
+    ADD COLUMN timeout_seconds float8,
+    ADD CONSTRAINT jobs_timeout_check
+        CHECK (timeout_seconds > 0 AND timeout_seconds < 'Infinity'::float8);
+
+COMMENT ON COLUMN skiplock.jobs.timeout_seconds IS
+    'Optional per-job timeout in seconds for one attempt; overrides the task''s timeout.';
+
+-- expire_jobs finds queued jobs past their expiry here.
+CREATE INDEX jobs_queued_expiry_idx ON skiplock.jobs (expires_at)
+    WHERE state = 'queued' AND expires_at IS NOT NULL;
