@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -227,6 +227,67 @@ async def test_same_key_different_request_conflicts(client: Client) -> None:
         with pytest.raises(IdempotencyConflict) as caught:
             await client.enqueue(task, args, idempotency_key="k")
         assert caught.value.job_id == first.id
+    assert await _count(client) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"meta": {"model": "other"}},
+        {"priority": 5},
+        {"delay": 30},
+        {"run_at": datetime(2031, 1, 1, tzinfo=UTC)},
+        {"max_attempts": 9},
+        {"queue": "elsewhere"},
+        {"expires_at": datetime(2099, 1, 1, tzinfo=UTC)},
+        {"timeout": 5.0},
+    ],
+)
+async def test_same_key_with_any_other_field_conflicts(
+    client: Client, change: dict[str, Any]
+) -> None:
+    """The whole request is compared, not only task and args: the same key with another meta,
+    priority, delay, run_at, max_attempts, queue, expiry or timeout raises
+    IdempotencyConflict and adds no row."""
+    request: dict[str, Any] = {"meta": {"model": "m"}, "delay": 60}
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k", **request)
+    if "run_at" in change:
+        request.pop("delay")
+    with pytest.raises(IdempotencyConflict) as caught:
+        await client.enqueue("t", {"a": 1}, idempotency_key="k", **{**request, **change})
+    assert caught.value.job_id == first.id
+    assert await _count(client) == 1
+
+
+async def test_same_key_same_request_with_a_delay_returns_the_job(client: Client) -> None:
+    """Two sends of one request with a delay (so another run_at each time) and the same
+    args in another key order are the same request: the first job comes back."""
+    expires = datetime.now(UTC) + timedelta(days=1)
+    first = await client.enqueue(
+        "t", {"a": 1, "b": 2}, idempotency_key="k", delay=60, expires_at=expires, timeout=3
+    )
+    again = await client.enqueue(
+        "t",
+        {"b": 2, "a": 1},
+        idempotency_key="k",
+        delay=timedelta(seconds=60),
+        expires_at=expires.astimezone(timezone(timedelta(hours=2))),
+        timeout=3.0,
+    )
+    assert again == first
+    assert await _count(client) == 1
+
+
+async def test_rows_from_before_the_fingerprint_compare_task_and_args(client: Client) -> None:
+    """A job enqueued before migration 0006 has no request fingerprint: its key still
+    conflicts on another task or args, and matches on the same ones, as before."""
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k", meta={"m": 1})
+    await client.pool.execute("UPDATE skiplock.jobs SET request_fingerprint = NULL")
+    legacy = await client.get(first.id)
+    assert legacy is not None
+    assert await client.enqueue("t", {"a": 1}, idempotency_key="k", priority=3) == legacy
+    with pytest.raises(IdempotencyConflict):
+        await client.enqueue("t", {"a": 2}, idempotency_key="k")
     assert await _count(client) == 1
 
 

@@ -52,6 +52,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def _same_request(spec: JobSpec, job: Job) -> bool:
+    """Whether ``job`` was made by the same request as ``spec`` (every field but the id).
+
+    A job enqueued before schema 0006 has no fingerprint: task and args decide.
+    """
+    if job.request_fingerprint is not None:
+        return spec.fingerprint == job.request_fingerprint
     return spec.task == job.task and orjson.loads(spec.args_json) == job.args
 
 
@@ -128,9 +134,11 @@ class Client:
     ) -> Job:
         """Enqueue one job and return it (the fields are those of :class:`JobSpec`).
 
-        With ``idempotency_key``, the same (tenant, key) returns the job that
-        already holds it; the same key with another task or other args raises
-        :class:`IdempotencyConflict`. Bad input raises :class:`InvalidJob` and
+        With ``idempotency_key``, the same (tenant, key) with the same request
+        returns the job that already holds it; the same key with any other field
+        (task, args, queue, priority, ``run_at`` or ``delay``, max_attempts, meta,
+        expiry, timeout) raises :class:`IdempotencyConflict`. A ``delay`` is
+        compared as given, not as the ``run_at`` it makes. Bad input raises :class:`InvalidJob` and
         writes nothing.
         """
         spec = JobSpec(

@@ -44,12 +44,12 @@ class JobStateConflict(SkiplockError):
 
 
 class IdempotencyConflict(SkiplockError):
-    """The idempotency key is already used by a job with another task or other args."""
+    """The idempotency key is already used by a job made by a different request."""
 
     def __init__(self, tenant: str, key: str, job_id: UUID) -> None:
         super().__init__(
             f"idempotency key {key!r} of tenant {tenant!r} already belongs to job {job_id} "
-            "with a different task or arguments"
+            "made by a different request"
         )
         self.tenant = tenant
         self.key = key

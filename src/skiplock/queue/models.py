@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
+
+import orjson
 
 from skiplock.queue.errors import InvalidJob
 from skiplock.queue.jsoncodec import dumps
@@ -129,6 +132,9 @@ class Job:
     """A job not started by then never starts (see :class:`JobSpec`)."""
     timeout_seconds: float | None = None
     """Seconds one attempt may run, overriding the task's timeout; None: the task's."""
+    request_fingerprint: str | None = None
+    """:attr:`JobSpec.fingerprint` of the request that made the job (None: made before
+    schema 0006); the same idempotency key with another fingerprint is a conflict."""
 
     @property
     def error(self) -> JobError | None:
@@ -151,6 +157,10 @@ def _check_name(value: str, what: str, limit: int) -> str:
     if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
         raise InvalidJob(f"{what} must be a non-empty string of at most {limit} characters")
     return value
+
+
+def _utc_iso(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,9 @@ class JobSpec:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     args_json: str = field(init=False, repr=False, compare=False)
     meta_json: str = field(init=False, repr=False, compare=False)
+    fingerprint: str = field(init=False, repr=False, compare=False)
+    """SHA-256 (hex) of the canonical request: every field but ``id`` (and the trace
+    context added to ``meta``), with ``delay`` itself rather than the run_at it makes."""
 
     def __post_init__(self) -> None:
         _check_name(self.task, "task", 256)
@@ -218,11 +231,13 @@ class JobSpec:
             object.__setattr__(self, "args_json", dumps(dict(self.args), what="args"))
             # The current span's W3C context under meta["_trace"] (a no-op without
             # OpenTelemetry): the worker continues the enqueuer's trace.
+            given_meta_json = dumps(dict(self.meta), what="meta")
             meta = inject_trace_context(dict(self.meta))
             object.__setattr__(self, "meta", meta)
             object.__setattr__(self, "meta_json", dumps(meta, what="meta"))
         except ValueError as exc:
             raise InvalidJob(str(exc)) from None
+        object.__setattr__(self, "fingerprint", self._fingerprint(given_meta_json))
 
     def _check_expiry_and_timeout(self) -> None:
         if self.timeout is not None and (
@@ -245,6 +260,24 @@ class JobSpec:
             delay >= _MAX_DELAY or self.expires_at <= now + timedelta(seconds=delay)
         ):
             raise InvalidJob("expires_at must be after the delay ends: the job could never start")
+
+    def _fingerprint(self, meta_json: str) -> str:
+        request = {
+            "task": self.task,
+            "args": orjson.loads(self.args_json),
+            "queue": self.queue,
+            "priority": self.priority,
+            "run_at": _utc_iso(self.run_at),
+            "delay": self.delay_seconds,
+            "max_attempts": self.max_attempts,
+            "tenant": self.tenant,
+            "idempotency_key": self.idempotency_key,
+            "meta": orjson.loads(meta_json),
+            "expires_at": _utc_iso(self.expires_at),
+            "timeout": self.timeout_seconds,
+        }
+        canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()
 
     @property
     def timeout_seconds(self) -> float | None:

@@ -199,6 +199,7 @@ def _job(row: asyncpg.Record) -> Job:
         stalled=bool(row.get("stalled", False)),
         expires_at=row["expires_at"],
         timeout_seconds=row["timeout_seconds"],
+        request_fingerprint=row["request_fingerprint"],
     )
 
 
@@ -232,6 +233,7 @@ def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
         finished_at=None,
         expires_at=None if spec.expires_at is None else spec.expires_at.astimezone(UTC),
         timeout_seconds=spec.timeout_seconds,
+        request_fingerprint=spec.fingerprint,
     )
 
 
@@ -311,6 +313,7 @@ class Store:
             [s.meta_json for s in specs],
             [s.expires_at for s in specs],
             [s.timeout_seconds for s in specs],
+            [s.fingerprint for s in specs],
         )
         by_id = {s.id: s for s in specs}
         return [_queued_job(by_id[r["id"]], r["run_at"], r["created_at"]) for r in rows]

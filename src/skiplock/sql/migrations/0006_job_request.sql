@@ -45,3 +45,16 @@ COMMENT ON COLUMN skiplock.jobs.timeout_seconds IS
 -- expire_jobs finds queued jobs past their expiry here.
 CREATE INDEX jobs_queued_expiry_idx ON skiplock.jobs (expires_at)
     WHERE state = 'queued' AND expires_at IS NOT NULL;
+
+-- request_fingerprint: SHA-256 (hex) of the canonical request that made the job
+-- (JobSpec.fingerprint, computed by the client: every field but the id, with a
+-- delay as given rather than the run_at it makes). The same idempotency key
+-- with another fingerprint is a conflict. Jobs enqueued before this migration
+-- have NULL, and their key is compared on task and args as before.
+ALTER TABLE skiplock.jobs
+    ADD COLUMN request_fingerprint text,
+    ADD CONSTRAINT jobs_request_fingerprint_check
+        CHECK (request_fingerprint ~ '^[0-9a-f]{64}$');
+
+COMMENT ON COLUMN skiplock.jobs.request_fingerprint IS
+    'SHA-256 (hex) of the canonical enqueue request; NULL for jobs made before 0006.';
