@@ -7,6 +7,7 @@ Enqueue with :class:`Client`, run with a :class:`Worker` and the tasks of a
 from skiplock.queue import (
     ALL_TENANTS,
     Client,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     Job,
@@ -38,6 +39,7 @@ __all__ = [
     "ALL_TENANTS",
     "Cancelled",
     "Client",
+    "DatabaseUnavailable",
     "Fail",
     "IdempotencyConflict",
     "InvalidJob",

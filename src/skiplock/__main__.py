@@ -17,6 +17,7 @@ from skiplock.logs import configure_logging
 from skiplock.queue import (
     ALL_TENANTS,
     Client,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     Job,
@@ -105,7 +106,7 @@ def migrate_cmd(ctx: click.Context) -> None:
     except (ValueError, SchemaMismatch) as exc:
         _fail(str(exc), EXIT_SCHEMA if isinstance(exc, SchemaMismatch) else EXIT_USAGE)
         return
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         _fail(f"cannot reach the database: {exc}")
         return
     if applied:
@@ -304,7 +305,7 @@ def worker_cmd(
         asyncio.run(Worker(registry, dsn, ws).run_until_signal())
     except SchemaMismatch as exc:
         _fail(str(exc), EXIT_SCHEMA)
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         _fail(f"cannot reach the database: {exc}")
     except BaseExceptionGroup as group:
         # From the worker's task group: a probe port in use, a probe file it cannot write.
@@ -355,7 +356,7 @@ def _run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
         _fail(str(exc), EXIT_CONFLICT)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         _fail(f"cannot reach the database: {exc}")
 
 

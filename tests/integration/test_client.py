@@ -24,7 +24,10 @@ from skiplock import (
     JobState,
     JobStateConflict,
 )
+from skiplock.queue.client import ENQUEUE_ATTEMPTS
+from skiplock.queue.errors import DatabaseUnavailable
 from skiplock.queue.store import Completion, Outcome
+from tests.helpers import wait_for
 
 
 @pytest_asyncio.fixture
@@ -755,4 +758,133 @@ async def test_invalid_expiry_or_timeout_refused(
     are refused before anything is written."""
     with pytest.raises(InvalidJob, match=message):
         await client.enqueue("t", **fields)
+    assert await _count(client) == 0
+
+
+# -- a connection killed mid-call ------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def admin(db_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection outside the client's pool that holds locks and terminates backends."""
+    c = await asyncpg.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+_BLOCKED_SQL = (
+    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE $1 AND pid <> pg_backend_pid() LIMIT 1"
+)
+
+
+async def _blocked(admin: asyncpg.Connection[Any], query: str) -> int | None:
+    """The pid of a backend running ``query`` (its leading comment) that waits on a lock."""
+    # pg_stat_activity is read once per transaction unless the snapshot is cleared.
+    await admin.execute("SELECT pg_stat_clear_snapshot()")
+    pid = await admin.fetchval(_BLOCKED_SQL, f"-- {query}:%")
+    assert pid is None or isinstance(pid, int)
+    return pid
+
+
+async def _terminate_when_blocked(admin: asyncpg.Connection[Any], query: str) -> None:
+    """Wait until a backend running query ``query`` waits on a lock, then terminate it, as
+    a server restart or a failover would."""
+    pid = await wait_for(
+        lambda: _blocked(admin, query),
+        lambda p: p is not None,
+        what=f"{query} to block on the lock",
+    )
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+@pytest.mark.parametrize(
+    ("call", "query", "retry_safe"),
+    [
+        ("get", "get_job", True),
+        ("list", "list_jobs", True),
+        ("cancel", "cancel_job", True),
+        ("retry", "retry_job", False),
+    ],
+)
+async def test_a_killed_connection_raises_database_unavailable(
+    client: Client, admin: asyncpg.Connection[Any], call: str, query: str, retry_safe: bool
+) -> None:
+    """A backend terminated mid-call raises DatabaseUnavailable (not asyncpg's own error),
+    saying whether calling again is safe: reads and cancel are, retry is not (it may have
+    put the job back already)."""
+    failed = await _finished(client, "failed")
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "get": lambda: client.get(failed.id),
+        "list": lambda: client.list(),
+        "cancel": lambda: client.cancel(failed.id),
+        "retry": lambda: client.retry(failed.id),
+    }
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+        pending = asyncio.ensure_future(calls[call]())
+        await _terminate_when_blocked(admin, query)
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is retry_safe
+    assert isinstance(caught.value.__cause__, asyncpg.PostgresError | asyncpg.InterfaceError)
+    assert not isinstance(caught.value, asyncpg.PostgresError | asyncpg.InterfaceError)
+    assert await client.get(failed.id) == failed  # the pool works again
+
+
+async def test_an_enqueue_whose_connection_is_killed_is_sent_again(
+    client: Client, admin: asyncpg.Connection[Any]
+) -> None:
+    """An enqueue on the client's pool whose connection dies mid-call is sent again by
+    itself (its client-made id makes that safe) and returns the one job it made."""
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")  # blocks INSERT
+        pending = asyncio.ensure_future(client.enqueue("t", {"a": 1}, idempotency_key="k"))
+        await _terminate_when_blocked(admin, "enqueue_many")
+    job = await pending
+    assert (job.task, job.args, job.idempotency_key) == ("t", {"a": 1}, "k")
+    assert await client.get(job.id) == job
+    assert await _count(client) == 1
+
+
+async def test_enqueue_resends_are_bounded(client: Client, admin: asyncpg.Connection[Any]) -> None:
+    """An enqueue whose every attempt loses its connection gives up after a few attempts
+    with DatabaseUnavailable(retry_safe=True): sending the same JobSpec again is safe."""
+    spec = JobSpec(task="t")
+    kills = 0
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
+        pending = asyncio.ensure_future(client.enqueue_many([spec]))
+        while not pending.done():
+            blocked = await _blocked(admin, "enqueue_many")
+            if blocked is not None and await admin.fetchval(
+                "SELECT pg_terminate_backend($1)", blocked
+            ):
+                kills += 1
+            await asyncio.wait([pending], timeout=0.01)
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is True
+    assert kills == ENQUEUE_ATTEMPTS
+    assert await _count(client) == 0
+    assert await client.enqueue_many([spec]) == [await client.get(spec.id)]
+
+
+async def test_a_killed_application_connection_is_not_retried(
+    client: Client, admin: asyncpg.Connection[Any], app_conn: asyncpg.Connection[Any]
+) -> None:
+    """On the application's own connection its transaction is gone with it: the enqueue is
+    not sent again, and DatabaseUnavailable says a plain retry is not safe."""
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
+        tx = app_conn.transaction()
+        await tx.start()
+        pending = asyncio.ensure_future(client.enqueue("t", connection=app_conn))
+        await _terminate_when_blocked(admin, "enqueue_many")
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is False
+    assert "transaction" in str(caught.value)
     assert await _count(client) == 0

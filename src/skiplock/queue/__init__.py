@@ -2,6 +2,7 @@
 
 from skiplock.queue.client import Client
 from skiplock.queue.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     JobNotFound,
@@ -19,6 +20,7 @@ __all__ = [
     "TERMINAL_STATES",
     "AllTenants",
     "Client",
+    "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidJob",
     "Job",

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
+import anyio
 import asyncpg
 import orjson
+import structlog
 
 from skiplock.queue.errors import (
+    UNAVAILABLE_DB_ERRORS,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     JobNotFound,
@@ -24,9 +29,14 @@ from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import Executor, Store, open_pool
 
-__all__ = ["Client", "decode_cursor", "encode_cursor"]
+__all__ = ["ENQUEUE_ATTEMPTS", "Client", "decode_cursor", "encode_cursor"]
+
+log = structlog.get_logger("skiplock.client")
 
 _IDEMPOTENCY_ROUNDS = 3
+ENQUEUE_ATTEMPTS = 3
+"""How many times an enqueue on the client's pool is sent when its connection fails."""
+_RESEND_PAUSE = 0.1  # seconds before the second send; x4 before each later one
 
 
 def encode_cursor(job: Job) -> str:
@@ -155,7 +165,9 @@ class Client:
             expires_at=expires_at,
             timeout=timeout,
         )
-        (job,) = await self.enqueue_many([spec], connection=connection)
+        (job,) = await self._send(
+            [spec], connection, "enqueue", resend_safe=idempotency_key is not None
+        )
         return job
 
     async def enqueue_many(
@@ -165,6 +177,12 @@ class Client:
 
         Specs carrying an idempotency key that already exists resolve to the
         existing job (or raise :class:`IdempotencyConflict`), as in :meth:`enqueue`.
+
+        On the client's pool, a send whose connection fails is sent again by itself
+        (up to :data:`ENQUEUE_ATTEMPTS` times): the specs' client-made ids make that
+        safe. Then :class:`DatabaseUnavailable` (``retry_safe``: sending the same
+        specs again is). On the application's own connection nothing is sent
+        again: its transaction is gone (``retry_safe`` False).
         """
         batch = list(specs)
         if not batch:
@@ -172,6 +190,35 @@ class Client:
         for spec in batch:
             if not isinstance(spec, JobSpec):
                 raise InvalidJob(f"enqueue_many takes JobSpec objects, not {type(spec).__name__}")
+        return await self._send(batch, connection, "enqueue_many", resend_safe=True)
+
+    async def _send(
+        self,
+        batch: builtins.list[JobSpec],
+        connection: Executor | None,
+        operation: str,
+        *,
+        resend_safe: bool,
+    ) -> builtins.list[Job]:
+        """Insert ``batch``, sending it again on a lost connection when it is on a pool."""
+        if not _pooled(connection):
+            with _unavailable(operation, connection):
+                return await self._insert(batch, connection)
+        for attempt in range(1, ENQUEUE_ATTEMPTS + 1):
+            try:
+                return await self._insert(batch, connection)
+            except UNAVAILABLE_DB_ERRORS as exc:
+                if _not_unavailable(exc):
+                    raise
+                if attempt == ENQUEUE_ATTEMPTS:
+                    raise DatabaseUnavailable(operation, exc, retry_safe=resend_safe) from exc
+                log.warning("enqueue_resent", operation=operation, attempt=attempt, error=repr(exc))
+                await anyio.sleep(_RESEND_PAUSE * 4 ** (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _insert(
+        self, batch: builtins.list[JobSpec], connection: Executor | None
+    ) -> builtins.list[Job]:
         if len(batch) == 1:  # one statement: atomic on its own
             return await self._enqueue(self._ex(connection), batch)
         # Several jobs: all or none, even when a conflict is found after the insert.
@@ -243,7 +290,8 @@ class Client:
         parsed = _parse_id(job_id)
         if parsed is None:
             return None
-        return await self.store.get_job(self._ex(connection), parsed, scope)
+        with _unavailable("get", connection):
+            return await self.store.get_job(self._ex(connection), parsed, scope)
 
     async def list(
         self,
@@ -268,18 +316,19 @@ class Client:
             raise ValueError("limit must be between 1 and 1000")
         state_values = None if states is None else [JobState(s).value for s in states]
         meta_json = None if meta is None else dumps(dict(meta), what="meta filter")
-        jobs = await self.store.list_jobs(
-            self._ex(connection),
-            tenant=scope,
-            states=state_values,
-            task=task,
-            queue=queue,
-            created_after=created_after,
-            created_before=created_before,
-            meta_json=meta_json,
-            cursor=None if cursor is None else decode_cursor(cursor),
-            limit=limit + 1,
-        )
+        with _unavailable("list", connection):
+            jobs = await self.store.list_jobs(
+                self._ex(connection),
+                tenant=scope,
+                states=state_values,
+                task=task,
+                queue=queue,
+                created_after=created_after,
+                created_before=created_before,
+                meta_json=meta_json,
+                cursor=None if cursor is None else decode_cursor(cursor),
+                limit=limit + 1,
+            )
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return Page(tuple(jobs), encode_cursor(jobs[-1]) if more else None)
@@ -301,10 +350,10 @@ class Client:
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.cancel_job(ex, parsed, scope)
-            if job is not None:
-                return job
-            job = await self.store.get_job(ex, parsed, scope)
+            with _unavailable("cancel", connection):
+                job = await self.store.cancel_job(ex, parsed, scope)
+                if job is None:
+                    job = await self.store.get_job(ex, parsed, scope)
             if job is not None:
                 return job
         raise JobNotFound(job_id)
@@ -325,10 +374,12 @@ class Client:
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.retry_job(ex, parsed, scope)
-            if job is not None:
-                return job
-            current = await self.store.get_job(ex, parsed, scope)
+            # Not safe to repeat: the job may be back in the queue, or running again.
+            with _unavailable("retry", connection, safe=False):
+                job = await self.store.retry_job(ex, parsed, scope)
+                if job is not None:
+                    return job
+                current = await self.store.get_job(ex, parsed, scope)
             if current is not None:
                 raise JobStateConflict(current.id, current.state.value, "retry")
         raise JobNotFound(job_id)
@@ -341,3 +392,34 @@ def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID | None:
         return uuid.UUID(str(job_id))
     except ValueError:
         return None
+
+
+def _pooled(connection: Executor | None) -> bool:
+    """Whether calls run on a pool (the client's or one given), not the application's
+    own connection, whose transaction a lost connection takes with it."""
+    return connection is None or isinstance(connection, asyncpg.Pool)
+
+
+def _not_unavailable(exc: BaseException) -> bool:
+    """asyncpg's errors about a query's arguments are InterfaceErrors too: not an outage."""
+    return isinstance(exc, ValueError)
+
+
+@contextlib.contextmanager
+def _unavailable(
+    operation: str, connection: Executor | None, *, safe: bool = True
+) -> Iterator[None]:
+    """Raise the driver's connection errors as :class:`DatabaseUnavailable`.
+
+    ``safe``: whether the operation may be repeated; never on the application's
+    own connection (its transaction is gone with it).
+    """
+    try:
+        yield
+    except UNAVAILABLE_DB_ERRORS as exc:
+        if _not_unavailable(exc):
+            raise
+        pooled = _pooled(connection)
+        raise DatabaseUnavailable(
+            operation, exc, retry_safe=safe and pooled, own_transaction=not pooled
+        ) from exc
