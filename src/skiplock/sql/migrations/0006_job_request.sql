@@ -1,6 +1,9 @@
--- 0006_job_request: each lease column constrained on its own.
+-- 0006_job_request: what a job row may hold, and what an enqueue request sets.
+--   1. each lease column constrained on its own (and a running job's worker);
+--   2. expiry (expires_at, from 0003) and a per-job timeout (timeout_seconds);
+--   3. the request fingerprint that idempotency compares.
 --
--- jobs_lease_check (0001) tied the state to the PAIR (lease_token,
+-- 1. jobs_lease_check (0001) tied the state to the PAIR (lease_token,
 -- lease_expires_at): a queued or finished row could still carry a token
 -- (with a NULL expiry), while the writes fenced by the token alone
 -- (complete_jobs, update_progress, heartbeat_jobs) rely on "a token means
@@ -10,6 +13,11 @@
 
 UPDATE skiplock.jobs SET lease_token = NULL, lease_expires_at = NULL
 WHERE state <> 'running' AND (lease_token IS NOT NULL OR lease_expires_at IS NOT NULL);
+
+-- Claims always named their worker; a running row written by hand without one
+-- gets a placeholder rather than failing the migration.
+UPDATE skiplock.jobs SET worker_id = '?'
+WHERE state = 'running' AND worker_id IS NULL;
 
 ALTER TABLE skiplock.jobs
     DROP CONSTRAINT jobs_lease_check,
@@ -21,7 +29,7 @@ ALTER TABLE skiplock.jobs
     -- a running job names its worker (the last worker stays named after it ends)
     ADD CONSTRAINT jobs_running_worker_check CHECK (state <> 'running' OR worker_id IS NOT NULL);
 
--- Expiry and a per-job timeout, set at enqueue (JobSpec.expires_at, .timeout).
+-- 2. Expiry and a per-job timeout, set at enqueue (JobSpec.expires_at, .timeout).
 --
 -- expires_at (0003) could not be set by anything. Its meaning now: a job not
 -- started by then never starts (claim_jobs skips it; expire_jobs ends it
@@ -46,7 +54,7 @@ COMMENT ON COLUMN skiplock.jobs.timeout_seconds IS
 CREATE INDEX jobs_queued_expiry_idx ON skiplock.jobs (expires_at)
     WHERE state = 'queued' AND expires_at IS NOT NULL;
 
--- request_fingerprint: SHA-256 (hex) of the canonical request that made the job
+-- 3. request_fingerprint: SHA-256 (hex) of the canonical request that made the job
 -- (JobSpec.fingerprint, computed by the client: every field but the id, with a
 -- delay as given rather than the run_at it makes). The same idempotency key
 -- with another fingerprint is a conflict. Jobs enqueued before this migration
