@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import anyio
 
-from skiplock import Client, Job, JobState
+from skiplock import ALL_TENANTS, Client, Job, JobState
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ async def wait_for_state(
     wanted = {states} if isinstance(states, JobState) else set(states)
 
     async def probe() -> Job | None:
-        return await client.get(job_id)
+        return await client.get(job_id, tenant=ALL_TENANTS)
 
     job = await wait_for(
         probe,

@@ -11,7 +11,9 @@ command ``skiplock[cli]`` (which includes both).
 from typing import TYPE_CHECKING, Any
 
 from skiplock.queue import (
+    ALL_TENANTS,
     Client,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     Job,
@@ -65,8 +67,10 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_TENANTS",
     "Cancelled",
     "Client",
+    "DatabaseUnavailable",
     "Fail",
     "IdempotencyConflict",
     "InvalidJob",

@@ -301,12 +301,16 @@ async def _follow(
     """Show the sample jobs every second; cancel long_report part-way."""
     cancel_sent = False
     while True:
-        current = [j for j in [await client.get(job.id) for job in jobs] if j is not None]
+        current = [
+            j
+            for j in [await client.get(job.id, tenant=DEMO_TENANT) for job in jobs]
+            if j is not None
+        ]
         result.jobs = current
         table.frame(render_table(current, datetime.now(UTC)))
         report = next((j for j in current if j.task == "long_report"), None)
         if not cancel_sent and report and report.progress and report.progress >= _CANCEL_AT:
-            await client.cancel(report.id)
+            await client.cancel(report.id, tenant=DEMO_TENANT)
             table.note("  → cancel requested for long_report")
             cancel_sent = True
         if current and all(j.is_terminal for j in current):
@@ -439,7 +443,9 @@ async def _serve_demo(
             with anyio.move_on_after(math.inf if exit_after is None else exit_after):
                 await stop.wait()
             following.cancel()
-            result.jobs = [j for j in [await client.get(job.id) for job in jobs] if j]
+            result.jobs = [
+                j for j in [await client.get(job.id, tenant=DEMO_TENANT) for job in jobs] if j
+            ]
         finally:
             echo("stopping the API server and the worker…")
             server.should_exit = True

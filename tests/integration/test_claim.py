@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import orjson
 
 from skiplock import Client, Job, JobSpec, JobState, sql
 from skiplock.queue.store import Completion, ProgressWrite, Rescued
+from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from tests.helpers import wait_for
 
 LEASE = 30.0
@@ -307,9 +309,10 @@ async def test_rescue_requeues_expired_job(client: Client) -> None:
         None,
         None,
     )
-    assert now.error is not None
-    assert (now.error.type, now.error.attempt, now.error.worker) == ("LeaseExpired", 1, "w-dead")
-    assert "w-dead" in now.error.message
+    assert now.error is None  # queued again: it has not failed
+    (last,) = now.errors
+    assert (last.type, last.attempt, last.worker) == ("LeaseExpired", 1, "w-dead")
+    assert "w-dead" in last.message
     (again,) = await _claim(client)
     assert (again.id, again.attempt) == (job.id, 2)
 
@@ -327,6 +330,60 @@ async def test_rescue_fails_expired_job_without_attempts_left(client: Client) ->
     assert now.error is not None
     assert now.error.type == "LeaseExpired"
     assert await _claim(client) == []
+
+
+async def test_error_is_shown_only_on_a_failed_job(client: Client) -> None:
+    """``Job.error`` is the last error of a failed job only: a job that failed once and then
+    succeeded (or was cancelled) keeps its history in ``errors`` but has no error."""
+    error = orjson.dumps({"type": "Boom", "message": "first try", "attempt": 1}).decode()
+    ended: dict[str, Job] = {}
+    for outcome in ("succeeded", "cancelled", "failed"):
+        first = await _claim_one(client)
+        assert first.lease_token is not None
+        retry = Completion(first.id, first.lease_token, "retry", error_json=error)
+        assert await client.store.complete_jobs(client.pool, [retry]) == {first.id}
+        waiting = await _get(client, first.id)
+        assert (waiting.state, waiting.error) == (JobState.QUEUED, None)
+        (second,) = await _claim(client)
+        assert second.lease_token is not None
+        last_error = error.replace("first try", "second try") if outcome == "failed" else None
+        done = Completion(second.id, second.lease_token, outcome, error_json=last_error)
+        assert await client.store.complete_jobs(client.pool, [done]) == {second.id}
+        ended[outcome] = await _get(client, first.id)
+    for outcome in ("succeeded", "cancelled"):
+        assert ended[outcome].error is None, outcome
+        assert [e.message for e in ended[outcome].errors] == ["first try"]
+    failed = ended["failed"]
+    assert failed.error is not None
+    assert failed.error.message == "second try"
+    assert [e.message for e in failed.errors] == ["first try", "second try"]
+
+
+async def test_a_running_job_whose_lease_was_not_renewed_is_stalled(client: Client) -> None:
+    """Past its lease expiry a running job says ``stalled`` (database clock) in get, get_jobs,
+    list and cancel, until it is rescued; a renewed lease is not stalled."""
+    held = await _claim_one(client, lease=600.0, worker="w-alive")
+    dead = await _claim_one(client, lease=0.3, worker="w-dead")
+    assert (await _get(client, held.id)).stalled is False
+
+    stalled = await wait_for(
+        lambda: _get(client, dead.id), lambda j: j.stalled, timeout=10, what="a stalled job"
+    )
+    assert (stalled.state, stalled.worker_id) == (JobState.RUNNING, "w-dead")
+    assert {
+        j.id: j.stalled for j in await client.store.get_jobs(client.pool, [held.id, dead.id], None)
+    } == {
+        held.id: False,
+        dead.id: True,
+    }
+    page = await client.list(states=[JobState.RUNNING])
+    assert {j.id: j.stalled for j in page.jobs} == {held.id: False, dead.id: True}
+    asked = await client.cancel(dead.id)
+    assert (asked.state, asked.cancel_requested, asked.stalled) == (JobState.RUNNING, True, True)
+
+    assert await client.store.rescue_expired(client.pool, 10) != []
+    rescued = await _get(client, dead.id)
+    assert (rescued.state, rescued.stalled) == (JobState.CANCELLED, False)
 
 
 # -- plans ---------------------------------------------------------------------------
@@ -362,3 +419,79 @@ async def test_rescue_uses_lease_index(client: Client) -> None:
     await client.pool.execute("ANALYZE skiplock.jobs")
     plan = await _plan(client, "rescue_expired", 10, [])
     assert "jobs_lease_idx" in plan, plan
+
+
+# -- expiry ----------------------------------------------------------------------------
+
+
+async def _expired(client: Client, **kwargs: Any) -> Job:
+    """A queued job whose expires_at has passed by the database clock."""
+    job = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(seconds=0.3), **kwargs)
+    assert job.expires_at is not None
+    await wait_for(
+        lambda: client.pool.fetchval("SELECT now() > $1", job.expires_at),
+        bool,
+        timeout=10,
+        what="the expiry to pass",
+    )
+    return job
+
+
+async def test_claim_skips_a_job_past_its_expiry(client: Client) -> None:
+    """A queued job past its expires_at is never claimed; one before it is."""
+    expired = await _expired(client, priority=-1)
+    fresh = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(hours=1))
+    assert [j.id for j in await _claim(client)] == [fresh.id]
+    assert (await _get(client, expired.id)).state is JobState.QUEUED
+
+
+async def test_expiry_sweep_cancels_jobs_not_started_in_time(client: Client) -> None:
+    """purge_sweep first ends queued jobs past their expiry as cancelled with an Expired
+    entry in their history (not as an error: they did not fail), keeps them like any
+    cancelled job, and leaves running jobs past their expiry alone."""
+    expired = await _expired(client)
+    running = await _expired(client, queue="busy")
+    # Claim the second one as if it had started before its expiry (the claim skips it now).
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET expires_at = now() + interval '1 hour' WHERE id = $1",
+        running.id,
+    )
+    (claimed,) = await _claim(client, ("busy",))
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET expires_at = now() - interval '1 second' WHERE id = $1",
+        running.id,
+    )
+
+    policy = RetentionPolicy(batch_pause=0)
+    assert await purge_sweep(client.pool, client.store, policy) == 0  # nothing deleted
+
+    ended = await _get(client, expired.id)
+    assert (ended.state, ended.cancel_requested, ended.error) == (JobState.CANCELLED, False, None)
+    assert ended.finished_at is not None
+    (entry,) = ended.errors
+    assert (entry.type, entry.attempt, entry.worker) == ("Expired", 0, None)
+    assert "before it started" in entry.message
+    still = await _get(client, claimed.id)
+    assert (still.state, still.lease_token) == (JobState.RUNNING, claimed.lease_token)
+    assert await client.store.expire_jobs(client.pool, 100) == 0  # nothing left to expire
+
+
+async def test_a_job_finished_before_its_expiry_is_purged_at_it(client: Client) -> None:
+    """Retention deletes a job that finished before its expires_at once that has passed,
+    whatever its state's age; a job that ended at or after it follows its state's age."""
+    job = await client.enqueue("t", expires_at=datetime.now(UTC) + timedelta(seconds=0.5))
+    (claimed,) = await _claim(client)
+    assert claimed.lease_token is not None
+    done = Completion(claimed.id, claimed.lease_token, "succeeded", result_json="1")
+    assert await client.store.complete_jobs(client.pool, [done]) == {job.id}
+    late = await _expired(client)
+    policy = RetentionPolicy(batch_pause=0)
+    await wait_for(
+        lambda: client.pool.fetchval("SELECT now() > $1", job.expires_at),
+        bool,
+        timeout=10,
+        what="the expiry to pass",
+    )
+    assert await purge_sweep(client.pool, client.store, policy) == 1
+    assert await client.get(job.id) is None
+    assert (await _get(client, late.id)).state is JobState.CANCELLED

@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 from click.testing import CliRunner, Result
 
-from skiplock import Client
+from skiplock import ALL_TENANTS, Client
 from skiplock.cli import cli
 
 
@@ -82,7 +82,7 @@ async def test_enqueue_then_show_round_trip(db_dsn: str, client: Client) -> None
     assert (shown["tenant"], shown["idempotency_key"]) == ("acme", "k1")
     assert shown["meta"] == {"source": "cli"}
     assert shown["state"] == "queued"
-    job = await client.get(made["id"])
+    job = await client.get(made["id"], tenant=ALL_TENANTS)
     assert job is not None
     assert job.run_at > job.created_at
 
@@ -103,7 +103,7 @@ async def test_enqueue_file_in_bulk(db_dsn: str, client: Client, tmp_path: Path)
     assert done["enqueued"] == 1204
     assert len(set(done["ids"])) == 1204
     assert await _count(client) == 1204
-    other = await client.get(done["ids"][-1])
+    other = await client.get(done["ids"][-1], tenant=ALL_TENANTS)
     assert other is not None
     assert (other.task, other.queue, other.priority) == ("other", "q2", 3)
 
@@ -153,7 +153,7 @@ async def test_jobs_list_filters_and_json(db_dsn: str, client: Client) -> None:
     b = await client.enqueue("beta", queue="q2", tenant="t2")
     c = await client.enqueue("alpha", queue="q2", tenant="t1")
     await _end(client, b.id, "failed")
-    await client.cancel(c.id)
+    await client.cancel(c.id, tenant=ALL_TENANTS)
 
     def ids(result: Result) -> list[str]:
         return [j["id"] for j in _json(result)["jobs"]]
@@ -204,7 +204,7 @@ async def test_cancel_and_retry_paths(db_dsn: str, client: Client) -> None:
     failed = await client.enqueue("t")
     await _end(client, failed.id, "failed")
     assert (await _run(db_dsn, "jobs", "retry", str(failed.id))).exit_code == 0
-    back = await client.get(failed.id)
+    back = await client.get(failed.id, tenant=ALL_TENANTS)
     assert back is not None
     assert back.state.value == "queued"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -14,6 +14,7 @@ import pytest_asyncio
 
 import skiplock
 from skiplock import (
+    ALL_TENANTS,
     Client,
     IdempotencyConflict,
     InvalidJob,
@@ -23,7 +24,10 @@ from skiplock import (
     JobState,
     JobStateConflict,
 )
+from skiplock.queue.client import ENQUEUE_ATTEMPTS
+from skiplock.queue.errors import DatabaseUnavailable
 from skiplock.queue.store import Completion, Outcome
+from tests.helpers import wait_for
 
 
 @pytest_asyncio.fixture
@@ -61,7 +65,7 @@ async def _finished(client: Client, outcome: Outcome, **kwargs: Any) -> Job:
         [Completion(job.id, job.lease_token, outcome, result_json=result, error_json=error)],
     )
     assert done == {job.id}
-    ended = await client.get(job.id)
+    ended = await client.get(job.id, tenant=job.tenant)
     assert ended is not None
     assert ended.state == outcome
     return ended
@@ -106,7 +110,7 @@ async def test_enqueue_returns_job_with_given_fields(client: Client) -> None:
     )
     assert (job.lease_token, job.lease_expires_at, job.worker_id) == (None, None, None)
     assert (job.started_at, job.finished_at, job.progress) == (None, None, None)
-    assert await client.get(job.id) == job
+    assert await client.get(job.id, tenant="acme") == job
 
 
 async def test_enqueue_without_schedule_is_due_at_creation(client: Client) -> None:
@@ -229,6 +233,67 @@ async def test_same_key_different_request_conflicts(client: Client) -> None:
     assert await _count(client) == 1
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"meta": {"model": "other"}},
+        {"priority": 5},
+        {"delay": 30},
+        {"run_at": datetime(2031, 1, 1, tzinfo=UTC)},
+        {"max_attempts": 9},
+        {"queue": "elsewhere"},
+        {"expires_at": datetime(2099, 1, 1, tzinfo=UTC)},
+        {"timeout": 5.0},
+    ],
+)
+async def test_same_key_with_any_other_field_conflicts(
+    client: Client, change: dict[str, Any]
+) -> None:
+    """The whole request is compared, not only task and args: the same key with another meta,
+    priority, delay, run_at, max_attempts, queue, expiry or timeout raises
+    IdempotencyConflict and adds no row."""
+    request: dict[str, Any] = {"meta": {"model": "m"}, "delay": 60}
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k", **request)
+    if "run_at" in change:
+        request.pop("delay")
+    with pytest.raises(IdempotencyConflict) as caught:
+        await client.enqueue("t", {"a": 1}, idempotency_key="k", **{**request, **change})
+    assert caught.value.job_id == first.id
+    assert await _count(client) == 1
+
+
+async def test_same_key_same_request_with_a_delay_returns_the_job(client: Client) -> None:
+    """Two sends of one request with a delay (so another run_at each time) and the same
+    args in another key order are the same request: the first job comes back."""
+    expires = datetime.now(UTC) + timedelta(days=1)
+    first = await client.enqueue(
+        "t", {"a": 1, "b": 2}, idempotency_key="k", delay=60, expires_at=expires, timeout=3
+    )
+    again = await client.enqueue(
+        "t",
+        {"b": 2, "a": 1},
+        idempotency_key="k",
+        delay=timedelta(seconds=60),
+        expires_at=expires.astimezone(timezone(timedelta(hours=2))),
+        timeout=3.0,
+    )
+    assert again == first
+    assert await _count(client) == 1
+
+
+async def test_rows_from_before_the_fingerprint_compare_task_and_args(client: Client) -> None:
+    """A job enqueued before migration 0006 has no request fingerprint: its key still
+    conflicts on another task or args, and matches on the same ones, as before."""
+    first = await client.enqueue("t", {"a": 1}, idempotency_key="k", meta={"m": 1})
+    await client.pool.execute("UPDATE skiplock.jobs SET request_fingerprint = NULL")
+    legacy = await client.get(first.id)
+    assert legacy is not None
+    assert await client.enqueue("t", {"a": 1}, idempotency_key="k", priority=3) == legacy
+    with pytest.raises(IdempotencyConflict):
+        await client.enqueue("t", {"a": 2}, idempotency_key="k")
+    assert await _count(client) == 1
+
+
 async def test_idempotency_key_is_per_tenant(client: Client) -> None:
     """The same key in another tenant makes that tenant its own job."""
     a = await client.enqueue("t", {"a": 1}, tenant="a", idempotency_key="k")
@@ -319,11 +384,59 @@ async def test_list_filters_by_meta_containment(client: Client) -> None:
 
 
 async def test_list_filters_by_tenant(client: Client) -> None:
-    """list(tenant=…) keeps that tenant's jobs only; no tenant means every tenant."""
+    """list(tenant=…) keeps that tenant's jobs only; no tenant means the tenant "default";
+    every tenant only with ALL_TENANTS."""
     a = await client.enqueue("t", tenant="a")
     b = await client.enqueue("t", tenant="b")
+    c = await client.enqueue("t")
     assert await _ids(client, tenant="a") == {a.id}
-    assert await _ids(client) == {a.id, b.id}
+    assert await _ids(client) == {c.id}
+    assert await _ids(client, tenant=ALL_TENANTS) == {a.id, b.id, c.id}
+
+
+async def test_a_missing_tenant_is_refused_not_read_as_every_tenant(client: Client) -> None:
+    """tenant=None (an app passing a missing user id) is refused by get, list, cancel and
+    retry, before anything is read or written: another tenant's job stays unseen and
+    untouched."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    calls: dict[str, Callable[[Any], Awaitable[object]]] = {
+        "get": lambda tenant: client.get(theirs.id, tenant=tenant),
+        "list": lambda tenant: client.list(tenant=tenant),
+        "cancel": lambda tenant: client.cancel(theirs.id, tenant=tenant),
+        "retry": lambda tenant: client.retry(failed.id, tenant=tenant),
+    }
+    for name, call in calls.items():
+        for tenant in (None, "", "x" * 257, 42):
+            with pytest.raises(ValueError, match="tenant"):  # noqa: PT012 - names the call
+                await call(tenant)
+                pytest.fail(f"{name}(tenant={tenant!r}) was accepted")
+    assert await client.get(theirs.id, tenant="acme") == theirs
+    assert await client.get(failed.id, tenant="acme") == failed
+
+
+async def test_default_tenant_does_not_reach_other_tenants(client: Client) -> None:
+    """Without tenant=, get/cancel/retry act on the tenant "default" only."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    assert await client.get(theirs.id) is None
+    with pytest.raises(JobNotFound):
+        await client.cancel(theirs.id)
+    with pytest.raises(JobNotFound):
+        await client.retry(failed.id)
+    assert await client.get(theirs.id, tenant="acme") == theirs
+    assert await client.get(failed.id, tenant="acme") == failed
+
+
+async def test_all_tenants_reaches_every_tenant(client: Client) -> None:
+    """ALL_TENANTS (operators) reads, cancels and retries a job of any tenant."""
+    theirs = await client.enqueue("t", tenant="acme")
+    failed = await _finished(client, "failed", tenant="acme")
+    assert await client.get(theirs.id, tenant=ALL_TENANTS) == theirs
+    cancelled = await client.cancel(theirs.id, tenant=ALL_TENANTS)
+    assert (cancelled.tenant, cancelled.state) == ("acme", JobState.CANCELLED)
+    retried = await client.retry(failed.id, tenant=ALL_TENANTS)
+    assert (retried.tenant, retried.state) == ("acme", JobState.QUEUED)
 
 
 async def test_list_combines_filters(client: Client) -> None:
@@ -332,7 +445,7 @@ async def test_list_combines_filters(client: Client) -> None:
     await client.enqueue("x", tenant="b", queue="q")
     await client.enqueue("y", tenant="a", queue="q")
     await client.enqueue("x", tenant="a", queue="other")
-    await client.cancel((await client.enqueue("x", tenant="a", queue="q")).id)
+    await client.cancel((await client.enqueue("x", tenant="a", queue="q")).id, tenant="a")
     assert await _ids(client, tenant="a", task="x", queue="q", states=["queued"]) == {match.id}
 
 
@@ -435,7 +548,7 @@ async def test_cancel_other_tenants_job_not_found(client: Client) -> None:
     job = await client.enqueue("t", tenant="a")
     with pytest.raises(JobNotFound):
         await client.cancel(job.id, tenant="b")
-    assert await client.get(job.id) == job
+    assert await client.get(job.id, tenant="a") == job
 
 
 # -- retry -------------------------------------------------------------------------
@@ -501,7 +614,7 @@ async def test_retry_other_tenants_job_not_found(client: Client) -> None:
     failed = await _finished(client, "failed", tenant="a")
     with pytest.raises(JobNotFound):
         await client.retry(failed.id, tenant="b")
-    assert await client.get(failed.id) == failed
+    assert await client.get(failed.id, tenant="a") == failed
 
 
 # -- constraints and schemas ---------------------------------------------------------
@@ -527,7 +640,45 @@ async def test_lease_check_rejects_running_without_lease(client: Client) -> None
         await client.pool.execute(
             "UPDATE skiplock.jobs SET state = 'running' WHERE id = $1", job.id
         )
-    assert caught.value.constraint_name == "jobs_lease_check"
+    assert caught.value.constraint_name in {"jobs_lease_token_check", "jobs_lease_expires_check"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "constraint"),
+    [
+        ("lease_token = gen_random_uuid()", "jobs_lease_token_check"),
+        ("lease_expires_at = now()", "jobs_lease_expires_check"),
+        (
+            "state = 'succeeded', finished_at = now(), lease_token = gen_random_uuid()",
+            "jobs_lease_token_check",
+        ),
+    ],
+)
+async def test_lease_columns_are_checked_one_by_one(
+    client: Client, assignment: str, constraint: str
+) -> None:
+    """A lease token (or expiry) alone on a row that is not running is refused: the writes
+    fenced by the token alone rely on "a token means running"."""
+    job = await client.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await client.pool.execute(
+            f"UPDATE skiplock.jobs SET {assignment} WHERE id = $1",  # noqa: S608 - fixed test clauses
+            job.id,
+        )
+    assert caught.value.constraint_name == constraint
+    assert await client.get(job.id) == job
+
+
+async def test_running_row_names_its_worker(client: Client) -> None:
+    """A running row without a worker id is refused."""
+    job = await client.enqueue("t")
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await client.pool.execute(
+            "UPDATE skiplock.jobs SET state = 'running', lease_token = gen_random_uuid(),"
+            " lease_expires_at = now() + interval '1 minute' WHERE id = $1",
+            job.id,
+        )
+    assert caught.value.constraint_name == "jobs_running_worker_check"
 
 
 async def test_client_in_custom_schema(db_dsn: str, client: Client) -> None:
@@ -557,3 +708,183 @@ async def test_a_job_id_reused_for_another_request_is_refused(client: Client) ->
     with pytest.raises(InvalidJob, match="already used"):
         await client.enqueue_many([other, JobSpec(task="t")])
     assert await _count(client) == 1
+
+
+# -- expiry and per-job timeout ------------------------------------------------------
+
+
+async def test_enqueue_stores_expiry_and_timeout(client: Client) -> None:
+    """expires_at and timeout are stored and read back, and a claimed job carries them."""
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    job = await client.enqueue("t", expires_at=expires, timeout=2.5)
+    assert (job.expires_at, job.timeout_seconds) == (expires, 2.5)
+    assert await client.get(job.id) == job
+    (claimed,) = await client.store.claim_jobs(client.pool, ["default"], 1, 30.0, "w1")
+    assert (claimed.id, claimed.expires_at, claimed.timeout_seconds) == (job.id, expires, 2.5)
+    plain = await client.enqueue("t")
+    assert (plain.expires_at, plain.timeout_seconds) == (None, None)
+    assert await client.get(plain.id) == plain
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"expires_at": datetime(2099, 1, 1)}, "expires_at must be a timezone-aware datetime"),
+        ({"expires_at": "2099-01-01T00:00:00Z"}, "expires_at must be a timezone-aware datetime"),
+        ({"expires_at": datetime(2001, 1, 1, tzinfo=UTC)}, "expires_at must be in the future"),
+        (
+            {
+                "run_at": datetime(2099, 1, 2, tzinfo=UTC),
+                "expires_at": datetime(2099, 1, 1, tzinfo=UTC),
+            },
+            "expires_at must be after run_at",
+        ),
+        (
+            {"delay": 7200, "expires_at": datetime.now(UTC) + timedelta(hours=1)},
+            "expires_at must be after",
+        ),
+        ({"timeout": 0}, "timeout must be a positive, finite number of seconds"),
+        ({"timeout": -1.0}, "timeout must be a positive"),
+        ({"timeout": float("inf")}, "timeout must be a positive"),
+        ({"timeout": float("nan")}, "timeout must be a positive"),
+        ({"timeout": True}, "timeout must be a positive"),
+        ({"timeout": "5"}, "timeout must be a positive"),
+    ],
+)
+async def test_invalid_expiry_or_timeout_refused(
+    client: Client, fields: dict[str, Any], message: str
+) -> None:
+    """A naive, past or too-early expiry and a timeout that is not a positive finite number
+    are refused before anything is written."""
+    with pytest.raises(InvalidJob, match=message):
+        await client.enqueue("t", **fields)
+    assert await _count(client) == 0
+
+
+# -- a connection killed mid-call ------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def admin(db_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection outside the client's pool that holds locks and terminates backends."""
+    c = await asyncpg.connect(db_dsn)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+_BLOCKED_SQL = (
+    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    " AND query LIKE $1 AND pid <> pg_backend_pid() LIMIT 1"
+)
+
+
+async def _blocked(admin: asyncpg.Connection[Any], query: str) -> int | None:
+    """The pid of a backend running ``query`` (its leading comment) that waits on a lock."""
+    # pg_stat_activity is read once per transaction unless the snapshot is cleared.
+    await admin.execute("SELECT pg_stat_clear_snapshot()")
+    pid = await admin.fetchval(_BLOCKED_SQL, f"-- {query}:%")
+    assert pid is None or isinstance(pid, int)
+    return pid
+
+
+async def _terminate_when_blocked(admin: asyncpg.Connection[Any], query: str) -> None:
+    """Wait until a backend running query ``query`` waits on a lock, then terminate it, as
+    a server restart or a failover would."""
+    pid = await wait_for(
+        lambda: _blocked(admin, query),
+        lambda p: p is not None,
+        what=f"{query} to block on the lock",
+    )
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+@pytest.mark.parametrize(
+    ("call", "query", "retry_safe"),
+    [
+        ("get", "get_job", True),
+        ("list", "list_jobs", True),
+        ("cancel", "cancel_job", True),
+        ("retry", "retry_job", False),
+    ],
+)
+async def test_a_killed_connection_raises_database_unavailable(
+    client: Client, admin: asyncpg.Connection[Any], call: str, query: str, retry_safe: bool
+) -> None:
+    """A backend terminated mid-call raises DatabaseUnavailable (not asyncpg's own error),
+    saying whether calling again is safe: reads and cancel are, retry is not (it may have
+    put the job back already)."""
+    failed = await _finished(client, "failed")
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "get": lambda: client.get(failed.id),
+        "list": lambda: client.list(),
+        "cancel": lambda: client.cancel(failed.id),
+        "retry": lambda: client.retry(failed.id),
+    }
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN ACCESS EXCLUSIVE MODE")
+        pending = asyncio.ensure_future(calls[call]())
+        await _terminate_when_blocked(admin, query)
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is retry_safe
+    assert isinstance(caught.value.__cause__, asyncpg.PostgresError | asyncpg.InterfaceError)
+    assert not isinstance(caught.value, asyncpg.PostgresError | asyncpg.InterfaceError)
+    assert await client.get(failed.id) == failed  # the pool works again
+
+
+async def test_an_enqueue_whose_connection_is_killed_is_sent_again(
+    client: Client, admin: asyncpg.Connection[Any]
+) -> None:
+    """An enqueue on the client's pool whose connection dies mid-call is sent again by
+    itself (its client-made id makes that safe) and returns the one job it made."""
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")  # blocks INSERT
+        pending = asyncio.ensure_future(client.enqueue("t", {"a": 1}, idempotency_key="k"))
+        await _terminate_when_blocked(admin, "enqueue_many")
+    job = await pending
+    assert (job.task, job.args, job.idempotency_key) == ("t", {"a": 1}, "k")
+    assert await client.get(job.id) == job
+    assert await _count(client) == 1
+
+
+async def test_enqueue_resends_are_bounded(client: Client, admin: asyncpg.Connection[Any]) -> None:
+    """An enqueue whose every attempt loses its connection gives up after a few attempts
+    with DatabaseUnavailable(retry_safe=True): sending the same JobSpec again is safe."""
+    spec = JobSpec(task="t")
+    kills = 0
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
+        pending = asyncio.ensure_future(client.enqueue_many([spec]))
+        while not pending.done():
+            blocked = await _blocked(admin, "enqueue_many")
+            if blocked is not None and await admin.fetchval(
+                "SELECT pg_terminate_backend($1)", blocked
+            ):
+                kills += 1
+            await asyncio.wait([pending], timeout=0.01)
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is True
+    assert kills == ENQUEUE_ATTEMPTS
+    assert await _count(client) == 0
+    assert await client.enqueue_many([spec]) == [await client.get(spec.id)]
+
+
+async def test_a_killed_application_connection_is_not_retried(
+    client: Client, admin: asyncpg.Connection[Any], app_conn: asyncpg.Connection[Any]
+) -> None:
+    """On the application's own connection its transaction is gone with it: the enqueue is
+    not sent again, and DatabaseUnavailable says a plain retry is not safe."""
+    async with admin.transaction():
+        await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
+        tx = app_conn.transaction()
+        await tx.start()
+        pending = asyncio.ensure_future(client.enqueue("t", connection=app_conn))
+        await _terminate_when_blocked(admin, "enqueue_many")
+        with pytest.raises(DatabaseUnavailable) as caught:
+            await pending
+    assert caught.value.retry_safe is False
+    assert "transaction" in str(caught.value)
+    assert await _count(client) == 0

@@ -228,3 +228,57 @@ async def test_check_schema_looks_at_the_given_schema(
     await skiplock.migrate(empty_db_dsn)
     with pytest.raises(SchemaMismatch, match="'jobs_alt' is not installed"):
         await check_schema(conn, schema="jobs_alt")
+
+
+async def test_0006_applies_on_jobs_in_every_state(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0006 applies to a database holding jobs in every state, including rows 0005 allowed
+    and the new checks refuse: a queued job with a stray token (its stray lease is cleared)
+    and a running job without a worker id (named '?'); every other row is unchanged."""
+    shipped = sql.migrations()
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:5])
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute(
+        """
+        INSERT INTO skiplock.jobs (id, queue, task, args, state, attempt, lease_token,
+                                   lease_expires_at, worker_id, finished_at, errors)
+        VALUES
+          (gen_random_uuid(), 'q', 'queued', '{}', 'queued', 0, NULL, NULL, NULL, NULL, '[]'),
+          (gen_random_uuid(), 'q', 'retrying', '{}', 'queued', 1, NULL, NULL, 'w1', NULL,
+           '[{"type": "E", "message": "m", "attempt": 1}]'),
+          (gen_random_uuid(), 'q', 'running', '{}', 'running', 1, gen_random_uuid(),
+           now() + interval '1 minute', 'w1', NULL, '[]'),
+          (gen_random_uuid(), 'q', 'succeeded', '{}', 'succeeded', 1, NULL, NULL, 'w1', now(),
+           '[]'),
+          (gen_random_uuid(), 'q', 'failed', '{}', 'failed', 3, NULL, NULL, 'w1', now(), '[]'),
+          (gen_random_uuid(), 'q', 'cancelled', '{}', 'cancelled', 0, NULL, NULL, NULL, now(),
+           '[]'),
+          (gen_random_uuid(), 'q', 'stray', '{}', 'queued', 0, gen_random_uuid(), NULL, NULL,
+           NULL, '[]'),
+          (gen_random_uuid(), 'q', 'nameless', '{}', 'running', 1, gen_random_uuid(),
+           now() + interval '1 minute', NULL, NULL, '[]')
+        """
+    )
+    before = {
+        r["task"]: dict(r)
+        for r in await conn.fetch(
+            "SELECT * FROM skiplock.jobs WHERE task NOT IN ('stray', 'nameless')"
+        )
+    }
+
+    monkeypatch.setattr(sql, "migrations", lambda: shipped)
+    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[5:]]
+
+    after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+    nameless = after.pop("nameless")
+    assert (nameless["state"], nameless["worker_id"]) == ("running", "?")
+    stray = after.pop("stray")
+    assert (stray["state"], stray["lease_token"], stray["lease_expires_at"]) == (
+        "queued",
+        None,
+        None,
+    )
+    for task, row in before.items():
+        assert {k: after[task][k] for k in row} == row, task
+    assert await check_schema(conn) == LATEST

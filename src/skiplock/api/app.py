@@ -52,6 +52,7 @@ from skiplock.api.settings import ApiSettings
 from skiplock.api.views import CreateJobBody, etag, event_id, job_document
 from skiplock.queue import (
     Client,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     Job,
@@ -797,6 +798,7 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         HTTPException: _http_error,
         ClientDisconnect: _client_gone,
         OSError: _db_down,
+        DatabaseUnavailable: _db_down,
         asyncpg.PostgresConnectionError: _db_down,
         asyncpg.InterfaceError: _db_down,
         asyncpg.CannotConnectNowError: _db_down,

@@ -14,6 +14,7 @@ import orjson
 from skiplock.config import Settings
 from skiplock.queue import (
     Client,
+    DatabaseUnavailable,
     IdempotencyConflict,
     Job,
     JobNotFound,
@@ -169,7 +170,7 @@ def run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
         fail(str(exc), EXIT_CONFLICT)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         fail(f"cannot reach the database: {exc}")
 
 

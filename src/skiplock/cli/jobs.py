@@ -12,6 +12,7 @@ from skiplock.cli.common import (
     with_client,
 )
 from skiplock.queue import (
+    ALL_TENANTS,
     Client,
     Job,
     JobNotFound,
@@ -58,7 +59,7 @@ def jobs_list(
     page = with_client(
         settings_of(ctx),
         lambda client: client.list(
-            tenant=tenant,
+            tenant=ALL_TENANTS if tenant is None else tenant,
             states=list(states) or None,
             task=task,
             queue=queue,
@@ -91,7 +92,7 @@ def jobs_list(
 
 async def _get_job(client: Client, job_id: str) -> Job:
     """The job, or JobNotFound."""
-    job = await client.get(job_id)
+    job = await client.get(job_id, tenant=ALL_TENANTS)
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -122,7 +123,7 @@ def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Cancel a queued job, or ask a running one's worker to stop it."""
-    job = with_client(settings_of(ctx), lambda client: client.cancel(job_id))
+    job = with_client(settings_of(ctx), lambda client: client.cancel(job_id, tenant=ALL_TENANTS))
     if as_json:
         echo_json(job_json(job))
     elif job.state is JobState.RUNNING:
@@ -139,7 +140,7 @@ def jobs_cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def jobs_retry(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Put a failed or cancelled job back in the queue, due now."""
-    job = with_client(settings_of(ctx), lambda client: client.retry(job_id))
+    job = with_client(settings_of(ctx), lambda client: client.retry(job_id, tenant=ALL_TENANTS))
     if as_json:
         echo_json(job_json(job))
         return

@@ -16,6 +16,7 @@ from skiplock.cli.common import (
     with_client,
 )
 from skiplock.queue import (
+    DatabaseUnavailable,
     SchemaMismatch,
     check_schema,
     migrate,
@@ -34,7 +35,7 @@ def migrate_cmd(ctx: click.Context, as_json: bool) -> None:
     except (ValueError, SchemaMismatch) as exc:
         fail(str(exc), EXIT_SCHEMA if isinstance(exc, SchemaMismatch) else EXIT_USAGE)
         return
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         fail(f"cannot reach the database: {exc}")
         return
     if as_json:

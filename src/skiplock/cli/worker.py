@@ -17,6 +17,7 @@ from skiplock.cli.common import (
     settings_of,
 )
 from skiplock.queue import (
+    DatabaseUnavailable,
     SchemaMismatch,
 )
 from skiplock.queue.store import (
@@ -193,7 +194,7 @@ def worker_cmd(
         asyncio.run(Worker(registry, dsn, ws).run_until_signal())
     except SchemaMismatch as exc:
         fail(str(exc), EXIT_SCHEMA)
-    except OSError as exc:
+    except (OSError, DatabaseUnavailable) as exc:
         fail(f"cannot reach the database: {exc}")
     except BaseExceptionGroup as group:
         # From the worker's task group: a probe port in use, a probe file it cannot write.

@@ -2,6 +2,7 @@
 
 from skiplock.queue.client import Client
 from skiplock.queue.errors import (
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     JobNotFound,
@@ -10,13 +11,16 @@ from skiplock.queue.errors import (
     SkiplockError,
 )
 from skiplock.queue.migrate import check_schema, migrate
-from skiplock.queue.models import Job, JobError, JobSpec, Page
+from skiplock.queue.models import ALL_TENANTS, AllTenants, Job, JobError, JobSpec, Page
 from skiplock.queue.states import TERMINAL_STATES, JobState
 from skiplock.queue.store import Store
 
 __all__ = [
+    "ALL_TENANTS",
     "TERMINAL_STATES",
+    "AllTenants",
     "Client",
+    "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidJob",
     "Job",

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
+import anyio
 import asyncpg
 import orjson
+import structlog
 
 from skiplock.queue.errors import (
+    UNAVAILABLE_DB_ERRORS,
+    DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
     JobNotFound,
@@ -20,13 +25,18 @@ from skiplock.queue.errors import (
     SkiplockError,
 )
 from skiplock.queue.jsoncodec import dumps
-from skiplock.queue.models import Job, JobSpec, Page
+from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import Executor, Store, open_pool
 
-__all__ = ["Client", "decode_cursor", "encode_cursor"]
+__all__ = ["ENQUEUE_ATTEMPTS", "Client", "decode_cursor", "encode_cursor"]
+
+log = structlog.get_logger("skiplock.client")
 
 _IDEMPOTENCY_ROUNDS = 3
+ENQUEUE_ATTEMPTS = 3
+"""How many times an enqueue on the client's pool is sent when its connection fails."""
+_RESEND_PAUSE = 0.1  # seconds before the second send; x4 before each later one
 
 
 def encode_cursor(job: Job) -> str:
@@ -52,6 +62,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def _same_request(spec: JobSpec, job: Job) -> bool:
+    """Whether ``job`` was made by the same request as ``spec`` (every field but the id).
+
+    A job enqueued before schema 0006 has no fingerprint: task and args decide.
+    """
+    if job.request_fingerprint is not None:
+        return spec.fingerprint == job.request_fingerprint
     return spec.task == job.task and orjson.loads(spec.args_json) == job.args
 
 
@@ -63,8 +79,10 @@ class Client:
     application's own connection, so a job can be enqueued inside the
     application's transaction and exists exactly when that transaction commits.
 
-    ``tenant=None`` on reads means "any tenant" (operators); the status API
-    always passes the caller's tenant, so the scoping happens in SQL.
+    Every read and change is scoped to one tenant, in SQL: ``tenant=`` names it
+    (``"default"`` when omitted, as for :meth:`enqueue`). Only
+    ``tenant=ALL_TENANTS`` reaches every tenant (operators' tools); ``None`` is
+    refused with ValueError, so a missing user id never means "everyone".
     """
 
     def __init__(
@@ -120,13 +138,17 @@ class Client:
         tenant: str = "default",
         idempotency_key: str | None = None,
         meta: Mapping[str, Any] | None = None,
+        expires_at: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
         connection: Executor | None = None,
     ) -> Job:
-        """Enqueue one job and return it.
+        """Enqueue one job and return it (the fields are those of :class:`JobSpec`).
 
-        With ``idempotency_key``, the same (tenant, key) returns the job that
-        already holds it; the same key with another task or other args raises
-        :class:`IdempotencyConflict`. Bad input raises :class:`InvalidJob` and
+        With ``idempotency_key``, the same (tenant, key) with the same request
+        returns the job that already holds it; the same key with any other field
+        (task, args, queue, priority, ``run_at`` or ``delay``, max_attempts, meta,
+        expiry, timeout) raises :class:`IdempotencyConflict`. A ``delay`` is
+        compared as given, not as the ``run_at`` it makes. Bad input raises :class:`InvalidJob` and
         writes nothing.
         """
         spec = JobSpec(
@@ -140,8 +162,12 @@ class Client:
             tenant=tenant,
             idempotency_key=idempotency_key,
             meta={} if meta is None else meta,
+            expires_at=expires_at,
+            timeout=timeout,
         )
-        (job,) = await self.enqueue_many([spec], connection=connection)
+        (job,) = await self._send(
+            [spec], connection, "enqueue", resend_safe=idempotency_key is not None
+        )
         return job
 
     async def enqueue_many(
@@ -151,6 +177,12 @@ class Client:
 
         Specs carrying an idempotency key that already exists resolve to the
         existing job (or raise :class:`IdempotencyConflict`), as in :meth:`enqueue`.
+
+        On the client's pool, a send whose connection fails is sent again by itself
+        (up to :data:`ENQUEUE_ATTEMPTS` times): the specs' client-made ids make that
+        safe. Then :class:`DatabaseUnavailable` (``retry_safe``: sending the same
+        specs again is). On the application's own connection nothing is sent
+        again: its transaction is gone (``retry_safe`` False).
         """
         batch = list(specs)
         if not batch:
@@ -158,6 +190,35 @@ class Client:
         for spec in batch:
             if not isinstance(spec, JobSpec):
                 raise InvalidJob(f"enqueue_many takes JobSpec objects, not {type(spec).__name__}")
+        return await self._send(batch, connection, "enqueue_many", resend_safe=True)
+
+    async def _send(
+        self,
+        batch: builtins.list[JobSpec],
+        connection: Executor | None,
+        operation: str,
+        *,
+        resend_safe: bool,
+    ) -> builtins.list[Job]:
+        """Insert ``batch``, sending it again on a lost connection when it is on a pool."""
+        if not _pooled(connection):
+            with _unavailable(operation, connection):
+                return await self._insert(batch, connection)
+        for attempt in range(1, ENQUEUE_ATTEMPTS + 1):
+            try:
+                return await self._insert(batch, connection)
+            except UNAVAILABLE_DB_ERRORS as exc:
+                if _not_unavailable(exc):
+                    raise
+                if attempt == ENQUEUE_ATTEMPTS:
+                    raise DatabaseUnavailable(operation, exc, retry_safe=resend_safe) from exc
+                log.warning("enqueue_resent", operation=operation, attempt=attempt, error=repr(exc))
+                await anyio.sleep(_RESEND_PAUSE * 4 ** (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _insert(
+        self, batch: builtins.list[JobSpec], connection: Executor | None
+    ) -> builtins.list[Job]:
         if len(batch) == 1:  # one statement: atomic on its own
             return await self._enqueue(self._ex(connection), batch)
         # Several jobs: all or none, even when a conflict is found after the insert.
@@ -192,6 +253,8 @@ class Client:
         self, ex: Executor, pending: builtins.list[JobSpec], found: dict[uuid.UUID, Job]
     ) -> builtins.list[JobSpec]:
         """Match skipped specs to the rows that hold their id or key; return the unmatched."""
+        # By id across tenants (None): ids are unique over the table, and a row of another
+        # tenant holding the id is refused below, never returned.
         by_id = {j.id: j for j in await self.store.get_jobs(ex, [s.id for s in pending], None)}
         keyed = [(s.tenant, s.idempotency_key) for s in pending if s.idempotency_key]
         by_key = {
@@ -219,19 +282,21 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job | None:
         """The job, or None when it does not exist (or belongs to another tenant)."""
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         if parsed is None:
             return None
-        return await self.store.get_job(self._ex(connection), parsed, tenant)
+        with _unavailable("get", connection):
+            return await self.store.get_job(self._ex(connection), parsed, scope)
 
     async def list(
         self,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         states: Sequence[JobState | str] | None = None,
         task: str | None = None,
         queue: str | None = None,
@@ -246,22 +311,24 @@ class Client:
 
         Pass the returned ``next_cursor`` back as ``cursor`` for the next page.
         """
+        scope = tenant_filter(tenant)
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         state_values = None if states is None else [JobState(s).value for s in states]
         meta_json = None if meta is None else dumps(dict(meta), what="meta filter")
-        jobs = await self.store.list_jobs(
-            self._ex(connection),
-            tenant=tenant,
-            states=state_values,
-            task=task,
-            queue=queue,
-            created_after=created_after,
-            created_before=created_before,
-            meta_json=meta_json,
-            cursor=None if cursor is None else decode_cursor(cursor),
-            limit=limit + 1,
-        )
+        with _unavailable("list", connection):
+            jobs = await self.store.list_jobs(
+                self._ex(connection),
+                tenant=scope,
+                states=state_values,
+                task=task,
+                queue=queue,
+                created_after=created_after,
+                created_before=created_before,
+                meta_json=meta_json,
+                cursor=None if cursor is None else decode_cursor(cursor),
+                limit=limit + 1,
+            )
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return Page(tuple(jobs), encode_cursor(jobs[-1]) if more else None)
@@ -270,7 +337,7 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job:
         """Cancel a job: a queued one ends ``cancelled`` at once; a running one
@@ -279,13 +346,14 @@ class Client:
         Cancelling a job that already ended returns it unchanged. Raises
         :class:`JobNotFound` when there is no such job for this tenant.
         """
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.cancel_job(ex, parsed, tenant)
-            if job is not None:
-                return job
-            job = await self.store.get_job(ex, parsed, tenant)
+            with _unavailable("cancel", connection):
+                job = await self.store.cancel_job(ex, parsed, scope)
+                if job is None:
+                    job = await self.store.get_job(ex, parsed, scope)
             if job is not None:
                 return job
         raise JobNotFound(job_id)
@@ -294,7 +362,7 @@ class Client:
         self,
         job_id: uuid.UUID | str,
         *,
-        tenant: str | None = None,
+        tenant: TenantScope = "default",
         connection: Executor | None = None,
     ) -> Job:
         """Put a failed or cancelled job back in the queue, due now.
@@ -302,13 +370,16 @@ class Client:
         Raises :class:`JobNotFound`, or :class:`JobStateConflict` when the job is
         queued, running or succeeded.
         """
+        scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
         ex = self._ex(connection)
         if parsed is not None:
-            job = await self.store.retry_job(ex, parsed, tenant)
-            if job is not None:
-                return job
-            current = await self.store.get_job(ex, parsed, tenant)
+            # Not safe to repeat: the job may be back in the queue, or running again.
+            with _unavailable("retry", connection, safe=False):
+                job = await self.store.retry_job(ex, parsed, scope)
+                if job is not None:
+                    return job
+                current = await self.store.get_job(ex, parsed, scope)
             if current is not None:
                 raise JobStateConflict(current.id, current.state.value, "retry")
         raise JobNotFound(job_id)
@@ -321,3 +392,34 @@ def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID | None:
         return uuid.UUID(str(job_id))
     except ValueError:
         return None
+
+
+def _pooled(connection: Executor | None) -> bool:
+    """Whether calls run on a pool (the client's or one given), not the application's
+    own connection, whose transaction a lost connection takes with it."""
+    return connection is None or isinstance(connection, asyncpg.Pool)
+
+
+def _not_unavailable(exc: BaseException) -> bool:
+    """asyncpg's errors about a query's arguments are InterfaceErrors too: not an outage."""
+    return isinstance(exc, ValueError)
+
+
+@contextlib.contextmanager
+def _unavailable(
+    operation: str, connection: Executor | None, *, safe: bool = True
+) -> Iterator[None]:
+    """Raise the driver's connection errors as :class:`DatabaseUnavailable`.
+
+    ``safe``: whether the operation may be repeated; never on the application's
+    own connection (its transaction is gone with it).
+    """
+    try:
+        yield
+    except UNAVAILABLE_DB_ERRORS as exc:
+        if _not_unavailable(exc):
+            raise
+        pooled = _pooled(connection)
+        raise DatabaseUnavailable(
+            operation, exc, retry_safe=safe and pooled, own_transaction=not pooled
+        ) from exc

@@ -17,24 +17,10 @@ import anyio
 import asyncpg
 import structlog
 
-__all__ = ["TRANSIENT_DB_ERRORS", "listen_forever"]
+# Defined once in queue.errors; still importable from here.
+from skiplock.queue.errors import TRANSIENT_DB_ERRORS
 
-# Errors that mean "the database cannot do this right now": unreachable,
-# restarting, out of connections, a deadlock or a statement timeout. Loops
-# retry them with backoff instead of letting them end the process.
-# InternalClientError too: when a server shuts down (restart, pg_terminate_backend)
-# an idle asyncpg connection may read the FATAL message before the end of the
-# stream; its next query then fails with "cannot switch to state …; another
-# operation (2) is in progress" instead of a connection error. The server has
-# closed that connection: it is gone once the end of the stream is read, and
-# the pool connects anew, so trying again is right.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
+__all__ = ["TRANSIENT_DB_ERRORS", "listen_forever"]
 
 Handler = Callable[[str], None]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
@@ -195,6 +195,11 @@ def _job(row: asyncpg.Record) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        # Only the reads compute it (claim and retry return rows that cannot be stalled).
+        stalled=bool(row.get("stalled", False)),
+        expires_at=row["expires_at"],
+        timeout_seconds=row["timeout_seconds"],
+        request_fingerprint=row["request_fingerprint"],
     )
 
 
@@ -226,6 +231,9 @@ def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
         updated_at=created_at,
         started_at=None,
         finished_at=None,
+        expires_at=None if spec.expires_at is None else spec.expires_at.astimezone(UTC),
+        timeout_seconds=spec.timeout_seconds,
+        request_fingerprint=spec.fingerprint,
     )
 
 
@@ -303,6 +311,9 @@ class Store:
             [s.tenant for s in specs],
             [s.idempotency_key for s in specs],
             [s.meta_json for s in specs],
+            [s.expires_at for s in specs],
+            [s.timeout_seconds for s in specs],
+            [s.fingerprint for s in specs],
         )
         by_id = {s.id: s for s in specs}
         return [_queued_job(by_id[r["id"]], r["run_at"], r["created_at"]) for r in rows]
@@ -446,6 +457,10 @@ class Store:
         return [r["id"] for r in rows]
 
     # -- operations -------------------------------------------------------
+
+    async def expire_jobs(self, ex: Executor, limit: int) -> int:
+        """End at most ``limit`` queued jobs past their ``expires_at`` as cancelled (Expired)."""
+        return int(await ex.fetchval(self._q("expire_jobs"), limit))
 
     async def purge_finished(
         self,

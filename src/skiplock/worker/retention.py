@@ -1,9 +1,11 @@
 """Retention: deleting old finished jobs, from a worker's loop or the ``skiplock purge`` command.
 
 A :class:`RetentionPolicy` says how long finished jobs stay, per state
-(``None``: never deleted by age). A job whose own ``expires_at`` has passed
-goes as soon as it is finished, whatever its state's age (``purge_finished``
-checks that). Queued and running jobs are never deleted.
+(``None``: never deleted by age). A job that finished before its own
+``expires_at`` goes once that has passed, whatever its state's age
+(``purge_finished`` checks that). Queued and running jobs are never deleted;
+each sweep then ends the queued jobs past their ``expires_at`` as
+``cancelled`` (``expire_jobs``), which are kept like any cancelled job.
 
 :func:`purge_sweep` deletes everything due, in batches of ``batch_size``: each
 batch is one short ``Store.purge_finished`` statement that locks only the rows
@@ -124,9 +126,13 @@ async def purge_sweep(
         if deleted and on_deleted is not None:
             on_deleted(deleted)
         if deleted < policy.batch_size:
-            return total
+            break
         if policy.batch_pause:
             await anyio.sleep(policy.batch_pause)
+    while True:  # then end the queued jobs past their expiry (kept, as cancelled)
+        with anyio.fail_after(policy.timeout):
+            if await store.expire_jobs(ex, policy.batch_size) < policy.batch_size:
+                return total
 
 
 async def retention_loop(

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from skiplock import Client
+from skiplock import ALL_TENANTS, Client
 from tests.integration.api.support import (
     JOB_ROUTES,
     Keys,
@@ -53,7 +53,7 @@ async def test_other_tenant_cannot_cancel_a_job(
         f"/v1/jobs/{theirs}/cancel", headers=bearer(tenant_keys.b_write)
     )
     assert_problem(response, 404, "job-not-found")
-    job = await client_on_shared.get(theirs)
+    job = await client_on_shared.get(theirs, tenant=ALL_TENANTS)
     assert job is not None
     assert job.state.value == "queued"
     assert job.cancel_requested is False
@@ -72,7 +72,7 @@ async def test_other_tenant_cannot_retry_a_job(
         f"/v1/jobs/{theirs}/retry", headers=bearer(tenant_keys.b_write)
     )
     assert_problem(response, 404, "job-not-found")
-    job = await client_on_shared.get(theirs)
+    job = await client_on_shared.get(theirs, tenant=ALL_TENANTS)
     assert job is not None
     assert job.state.value == "cancelled"
 
@@ -155,8 +155,8 @@ async def test_other_tenant_reusing_an_idempotency_key_gets_its_own_job(
     read = await shared_api.http.get(b.headers["location"], headers=bearer(tenant_keys.b_write))
     assert read.status_code == 200
     assert await _list(shared_api, tenant_keys.b_write) == [b.json()["id"]]
-    b_job = await client_on_shared.get(b.json()["id"])
-    a_job = await client_on_shared.get(a.json()["id"])
+    b_job = await client_on_shared.get(b.json()["id"], tenant=ALL_TENANTS)
+    a_job = await client_on_shared.get(a.json()["id"], tenant=ALL_TENANTS)
     assert b_job is not None
     assert a_job is not None
     assert (b_job.tenant, b_job.idempotency_key) == (tenant_keys.tenant_b, "order-1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from schemathesis import checks
 
-from skiplock import Client
+from skiplock import ALL_TENANTS, Client
 from skiplock.api import ExposedTask
 from tests.integration.api.support import (
     PROBLEM_JSON,
@@ -295,7 +296,7 @@ async def test_hostile_create_bodies_get_a_clear_answer_and_write_all_or_nothing
         return anyio.from_thread.run(count_async)
 
     def stored(job_id: str) -> Any:
-        return anyio.from_thread.run(client_on_shared.get, job_id)
+        return anyio.from_thread.run(partial(client_on_shared.get, tenant=ALL_TENANTS), job_id)
 
     with httpx.Client(base_url=fuzz_api.url, timeout=30) as http:
 
@@ -324,7 +325,7 @@ async def test_each_named_hostile_body_gets_its_documented_answer(
     )
     if expected == "created":
         assert response.status_code == 201, response.text
-        job = await client_on_shared.get(response.json()["id"])
+        job = await client_on_shared.get(response.json()["id"], tenant=ALL_TENANTS)
         body = _expected(NAMED[name])
         assert body is not None
         assert job is not None
@@ -388,7 +389,7 @@ async def test_bodies_sent_to_bodiless_routes_are_ignored_or_refused(
     content_types = st.sampled_from(["application/json", "text/plain", "", "multipart/form-data"])
 
     async def state() -> str:
-        job = await client_on_shared.get(job_id)
+        job = await client_on_shared.get(job_id, tenant=ALL_TENANTS)
         assert job is not None
         return job.state.value
 

@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from skiplock import Client, JobState, Worker
+from skiplock import ALL_TENANTS, Client, JobState, Worker
 from skiplock.api import create_api_key
 from skiplock.queue import Store
 from skiplock.queue.client import decode_cursor
@@ -106,7 +106,7 @@ async def test_probe_of_another_tenants_job_answers_exactly_like_a_missing_one(
         updated = datetime.fromisoformat(victim["updated_at"])
         kwargs["headers"] = {"Last-Event-ID": str(int(updated.timestamp() * 1_000_000))}
     await _probe(shared_api, tenant_keys, method, path, victim, **kwargs)
-    job = await client_on_shared.get(victim["id"])
+    job = await client_on_shared.get(victim["id"], tenant=ALL_TENANTS)
     assert job is not None
     assert (job.state.value, job.cancel_requested, job.meta) == ("queued", False, {"secret": "a's"})
     assert job.tenant == tenant_keys.tenant_a
@@ -392,7 +392,7 @@ async def test_stream_to_a_client_that_stopped_reading_is_closed_quietly(
         for step in range(1, 101):  # each event is 64 KiB: the buffers fill in a few
             control.step(job_uuid, step)
             await wait_for(
-                lambda: client.get(job_uuid),
+                lambda: client.get(job_uuid, tenant=ALL_TENANTS),
                 lambda job: job is not None and job.progress == step,  # noqa: B023
                 what=f"progress {step}",
             )

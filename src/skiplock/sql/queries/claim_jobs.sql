@@ -8,6 +8,7 @@
 -- The UPDATE finds its rows through the primary key (`= ANY(ARRAY(...))`), never
 -- a hash join over the whole table.
 -- Parameters: $1 queues text[], $2 limit, $3 lease seconds float8, $4 worker id.
+-- A job past its expires_at is never claimed (expire_jobs ends it).
 -- Result: the claimed rows, now running with a fresh lease token.
 WITH picked AS (
     SELECT c.id
@@ -16,6 +17,7 @@ WITH picked AS (
         SELECT q.id, q.priority, q.run_at
         FROM skiplock.jobs q
         WHERE q.state = 'queued' AND q.queue = wanted.queue AND q.run_at <= now()
+          AND (q.expires_at IS NULL OR q.expires_at > now())
         ORDER BY q.priority, q.run_at, q.id
         LIMIT $2
         FOR UPDATE SKIP LOCKED

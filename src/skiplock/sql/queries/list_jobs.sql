@@ -3,8 +3,9 @@
 --   $4 queue or NULL, $5 created_at >= or NULL, $6 created_at < or NULL,
 --   $7 meta containment (JSON text) or NULL, $8/$9 cursor (created_at, id) of
 --   the last row of the previous page or NULL, $10 limit.
--- Result: up to $10 rows ordered by (created_at, id) descending.
-SELECT j.*
+-- Result: up to $10 rows ordered by (created_at, id) descending, with `stalled`
+--   as in get_job.
+SELECT j.*, (j.state = 'running' AND j.lease_expires_at < now()) AS stalled
 FROM skiplock.jobs j
 WHERE ($1::text IS NULL OR j.tenant = $1::text)
   AND ($2::text[] IS NULL OR j.state::text = ANY($2::text[]))

@@ -1,6 +1,7 @@
 -- purge_finished: retention: delete at most $1 finished jobs (succeeded,
 -- failed or cancelled, never queued or running) that finished longer ago than
--- the age given for their state, or whose expires_at has passed. Locks only
+-- the age given for their state, or that finished before their expires_at and
+-- it has passed (a job expired unstarted is kept like any cancelled one). Locks only
 -- the rows it takes, skipping locked ones, so it never waits on workers or
 -- holds many locks; call it again until it deletes fewer than $1.
 -- Parameters: $1 limit, $2 succeeded age seconds float8, $3 failed age seconds
@@ -18,7 +19,7 @@ WITH doomed AS (
             AND p.finished_at < now() - make_interval(secs => $3::float8))
         OR (p.state = 'cancelled'
             AND p.finished_at < now() - make_interval(secs => $4::float8))
-        OR p.expires_at < now()
+        OR (p.expires_at < now() AND p.finished_at < p.expires_at)
       )
     LIMIT $1
     FOR UPDATE SKIP LOCKED

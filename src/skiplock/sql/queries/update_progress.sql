@@ -3,7 +3,7 @@
 -- Parameters: $1 ids uuid[], $2 lease tokens uuid[], $3 progress real[],
 --   $4 messages text[], $5 ETA seconds from now float8[].
 -- Result: the ids written; a missing id is a lost lease.
--- The fence is the lease token alone: jobs_lease_check makes a non-NULL token
+-- The fence is the lease token alone: jobs_lease_token_check (0006) makes a non-NULL token
 -- mean 'running'. Adding `state = 'running'` would let the planner walk the
 -- partial lease index, whose dead entries (every finished job's) pile up
 -- between vacuums: measured 220 µs of server CPU per row instead of 18.
