@@ -347,6 +347,8 @@ async def test_error_is_shown_only_on_a_failed_job(client: Client) -> None:
         (second,) = await _claim(client)
         assert second.lease_token is not None
         last_error = error.replace("first try", "second try") if outcome == "failed" else None
+        if outcome == "cancelled":  # written only for a requested cancel
+            await client.cancel(second.id, tenant=second.tenant)
         done = Completion(second.id, second.lease_token, outcome, error_json=last_error)
         assert await client.store.complete_jobs(client.pool, [done]) == {second.id}
         ended[outcome] = await _get(client, first.id)

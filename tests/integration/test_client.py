@@ -60,6 +60,8 @@ async def _finished(client: Client, outcome: Outcome, **kwargs: Any) -> Job:
     assert job.lease_token is not None
     error = '{"type": "Boom", "message": "boom", "attempt": 1}' if outcome == "failed" else None
     result = "42" if outcome == "succeeded" else None
+    if outcome == "cancelled":  # a worker writes 'cancelled' only for a requested cancel
+        await client.cancel(job.id, tenant=job.tenant)
     done = await client.store.complete_jobs(
         client.pool,
         [Completion(job.id, job.lease_token, outcome, result_json=result, error_json=error)],
