@@ -1,0 +1,148 @@
+"""What the routes share: the app state built by the lifespan, and request helpers."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import jsonschema
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+
+from skiplock.api.auth import Authenticator, Principal
+from skiplock.api.hub import EventHub
+from skiplock.api.metrics import ApiMetrics
+from skiplock.api.problems import HTTPProblem
+from skiplock.api.settings import ApiSettings
+from skiplock.api.views import job_document
+from skiplock.queue import Client, Job
+
+__all__ = [
+    "ApiState",
+    "authorize",
+    "base_url",
+    "document",
+    "float_param",
+    "job_id_param",
+    "json_response",
+    "not_found",
+    "state_of",
+]
+
+log = structlog.get_logger("skiplock.api")
+
+
+class ApiState:
+    """What the routes share, built by the lifespan."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics(CollectorRegistry())
+        self.pool: asyncpg.Pool[Any] | None = None
+        self.client: Client | None = None
+        self.hub: EventHub | None = None
+        self.auth: Authenticator | None = None
+        self._result_sizes: dict[tuple[uuid.UUID, datetime], int] = {}
+        self.validators = {
+            name: jsonschema.Draft202012Validator(task.args_schema)
+            for name, task in settings.exposed_tasks.items()
+        }
+
+    def result_size(self, job: Job) -> int:
+        """Bytes of the job's result as JSON, measured once per version (streams share it)."""
+        key = (job.id, job.updated_at)
+        size = self._result_sizes.get(key)
+        if size is None:
+            size = self._result_sizes[key] = len(orjson.dumps(job.result))
+            if len(self._result_sizes) > 1024:
+                self._result_sizes.pop(next(iter(self._result_sizes)))
+        return size
+
+    def ready(self) -> tuple[Client, EventHub, Authenticator]:
+        """The client, hub and authenticator; 503 while starting."""
+        if self.client is None or self.hub is None or self.auth is None:
+            raise HTTPProblem(503, "the service is starting", code="unavailable")
+        return self.client, self.hub, self.auth
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response (orjson)."""
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def state_of(request: Request) -> ApiState:
+    """The app's :class:`ApiState`."""
+    state = request.app.state.skiplock
+    assert isinstance(state, ApiState)
+    return state
+
+
+async def authorize(request: Request, scope: str) -> Principal:
+    """The caller's principal, if its API key holds ``scope``; else 401/403."""
+    _, _, auth = state_of(request).ready()
+    header = request.headers.get("authorization", "")
+    kind, _, secret = header.partition(" ")
+    principal = None
+    if kind.lower() == "bearer" and secret:
+        principal = await auth.authenticate(secret.strip())
+    if principal is None:
+        raise HTTPProblem(
+            401,
+            "a valid API key is required (Authorization: Bearer <key>)",
+            code="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="skiplock"'},
+        )
+    if not principal.can(scope):
+        raise HTTPProblem(403, f"this API key lacks the {scope!r} scope", code="forbidden")
+    return principal
+
+
+def job_id_param(request: Request) -> uuid.UUID:
+    """The ``{job_id}`` path parameter; a malformed id is a missing job (404)."""
+    raw = request.path_params["job_id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise not_found(raw) from None
+
+
+def not_found(job_id: object) -> HTTPProblem:
+    """The 404 problem of a missing (or another tenant's) job."""
+    return HTTPProblem(404, f"job {job_id} not found", code="job-not-found")
+
+
+def base_url(request: Request) -> str:
+    """The configured public URL prefix of links (empty: relative links)."""
+    configured = state_of(request).settings.public_url
+    return configured.rstrip("/") if configured else ""
+
+
+def document(request: Request, job: Job) -> dict[str, Any]:
+    """The public document of ``job`` for this request."""
+    return job_document(job, base=base_url(request), now=datetime.now(UTC))
+
+
+def float_param(request: Request, name: str, maximum: float) -> float | None:
+    """A query parameter of seconds in ``[0, maximum]``, or None when absent; else 422."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= maximum:
+        raise HTTPProblem(
+            422,
+            f"{name} must be a number of seconds between 0 and {maximum:g}",
+            code="invalid-parameter",
+            parameter=name,
+        )
+    return value
