@@ -19,8 +19,9 @@ from skiplock.api.hub import EventHub
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.settings import ApiSettings
-from skiplock.api.views import job_document
+from skiplock.api.views import job_links
 from skiplock.queue import Client, Job
+from skiplock.queue.document import job_document
 
 __all__ = [
     "ApiState",
@@ -126,7 +127,7 @@ def base_url(request: Request) -> str:
 
 def document(request: Request, job: Job) -> dict[str, Any]:
     """The public document of ``job`` for this request."""
-    return job_document(job, base=base_url(request), now=datetime.now(UTC))
+    return job_document(job, now=datetime.now(UTC), links=job_links(job.id, base_url(request)))
 
 
 def float_param(request: Request, name: str, maximum: float) -> float | None:

@@ -1,15 +1,15 @@
-"""How jobs look over HTTP: JSON documents, ETags, and request bodies."""
+"""How jobs look over HTTP: links, ETags, and request bodies (documents: queue.document)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.queue.models import Job
 
-__all__ = ["CreateJobBody", "etag", "job_document"]
+__all__ = ["CreateJobBody", "etag", "event_id", "job_links"]
 
 
 class CreateJobBody(BaseModel):
@@ -24,10 +24,6 @@ class CreateJobBody(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def etag(job: Job) -> str:
     """A strong validator that changes whenever the job changes."""
     return f'"{job.id.hex[:12]}-{int(job.updated_at.timestamp() * 1_000_000):x}"'
@@ -38,41 +34,10 @@ def event_id(job: Job) -> str:
     return str(int(job.updated_at.timestamp() * 1_000_000))
 
 
-def job_document(job: Job, *, base: str = "", now: datetime | None = None) -> dict[str, Any]:
-    """The public JSON of a job. Tracebacks and lease details stay inside."""
-    error = job.error
-    doc: dict[str, Any] = {
-        "id": str(job.id),
-        "task": job.task,
-        "queue": job.queue,
-        "state": job.state.value,
-        "scheduled": job.state.value == "queued" and now is not None and job.run_at > now,
-        "progress": job.progress,
-        "message": job.progress_message,
-        "eta": _ts(job.eta),
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "priority": job.priority,
-        "cancel_requested": job.cancel_requested,
-        "result": job.result if job.state.value == "succeeded" else None,
-        "error": None
-        if error is None
-        else {
-            "type": error.type,
-            "message": error.message,
-            "attempt": error.attempt,
-            "at": error.at,
-        },
-        "meta": job.meta,
-        "run_at": _ts(job.run_at),
-        "created_at": _ts(job.created_at),
-        "updated_at": _ts(job.updated_at),
-        "started_at": _ts(job.started_at),
-        "finished_at": _ts(job.finished_at),
-        "links": {
-            "self": f"{base}/v1/jobs/{job.id}",
-            "events": f"{base}/v1/jobs/{job.id}/events",
-            "cancel": f"{base}/v1/jobs/{job.id}/cancel",
-        },
+def job_links(job_id: uuid.UUID, base: str = "") -> dict[str, str]:
+    """The routes an API-key holder uses for a job (``base``: the public URL prefix)."""
+    return {
+        "self": f"{base}/v1/jobs/{job_id}",
+        "events": f"{base}/v1/jobs/{job_id}/events",
+        "cancel": f"{base}/v1/jobs/{job_id}/cancel",
     }
-    return doc
