@@ -11,6 +11,7 @@ import jsonschema
 import orjson
 import structlog
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,6 +19,7 @@ from skiplock.api.auth import Authenticator, Principal
 from skiplock.api.hub import EventHub
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.problems import HTTPProblem
+from skiplock.api.schemas import render
 from skiplock.api.settings import ApiSettings
 from skiplock.api.views import job_links
 from skiplock.queue import Client, Job
@@ -31,6 +33,7 @@ __all__ = [
     "float_param",
     "job_id_param",
     "json_response",
+    "model_response",
     "not_found",
     "state_of",
 ]
@@ -75,6 +78,18 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     """A JSON response (orjson)."""
     return Response(
         orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def model_response(
+    model: type[BaseModel],
+    data: Any,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A JSON response shaped (and checked) by ``model``."""
+    return Response(
+        render(model, data), status_code=status, media_type="application/json", headers=headers
     )
 
 

@@ -13,13 +13,14 @@ from skiplock.api.common import (
     authorize,
     document,
     job_id_param,
-    json_response,
+    model_response,
     not_found,
     state_of,
 )
 from skiplock.api.problems import HTTPProblem
+from skiplock.api.schemas import CreateJobBody, JobDocument, JobList
 from skiplock.api.streams import read_job
-from skiplock.api.views import CreateJobBody, etag
+from skiplock.api.views import etag
 from skiplock.queue import (
     IdempotencyConflict,
     InvalidJob,
@@ -95,7 +96,7 @@ async def create_job(request: Request) -> Response:
     created = job.id == spec.id  # ids are made client-side: ours means we inserted it
     doc = document(request, job)
     headers = {"Location": doc["links"]["self"], "ETag": etag(job)}
-    return json_response(doc, 201 if created else 200, headers)
+    return model_response(JobDocument, doc, 201 if created else 200, headers)
 
 
 async def get_job(request: Request) -> Response:
@@ -137,8 +138,9 @@ async def list_jobs(request: Request) -> Response:
         cursor=cursor,
         limit=limit,
     )
-    return json_response(
-        {"jobs": [document(request, j) for j in page.jobs], "next_cursor": page.next_cursor}
+    return model_response(
+        JobList,
+        {"jobs": [document(request, j) for j in page.jobs], "next_cursor": page.next_cursor},
     )
 
 
@@ -167,7 +169,9 @@ async def cancel_job(request: Request) -> Response:
         job = await client.cancel(job_id, tenant=principal.tenant)
     except JobNotFound:
         raise not_found(job_id) from None
-    return json_response(document(request, job), 202 if job.state is JobState.RUNNING else 200)
+    return model_response(
+        JobDocument, document(request, job), 202 if job.state is JobState.RUNNING else 200
+    )
 
 
 async def retry_job(request: Request) -> Response:
@@ -186,4 +190,4 @@ async def retry_job(request: Request) -> Response:
             code="invalid-state",
             state=exc.state,
         ) from None
-    return json_response(document(request, job))
+    return model_response(JobDocument, document(request, job))

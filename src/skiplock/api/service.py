@@ -14,10 +14,12 @@ from starlette.responses import Response
 from skiplock.api.common import (
     authorize,
     json_response,
+    model_response,
     state_of,
 )
 from skiplock.api.openapi import openapi_document
 from skiplock.api.problems import problem_response
+from skiplock.api.schemas import Health, Readiness, Stats
 from skiplock.queue import SchemaMismatch, check_schema
 
 __all__ = ["WINDOWS", "healthz", "metrics_endpoint", "openapi", "readyz", "stats"]
@@ -53,20 +55,21 @@ async def stats(request: Request) -> Response:
                 }
             )
         windows[name] = tasks
-    return json_response(
+    return model_response(
+        Stats,
         {
             "counts": [
                 {"queue": c.queue, "task": c.task, "state": c.state.value, "count": c.count}
                 for c in counts
             ],
             "windows": windows,
-        }
+        },
     )
 
 
 async def healthz(request: Request) -> Response:
     """``GET /healthz``: the process is alive."""
-    return json_response({"status": "ok"})
+    return model_response(Health, {"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -85,7 +88,7 @@ async def readyz(request: Request) -> Response:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return problem_response(503, f"database unreachable: {exc!r}", code="database-down")
     checks["listener"] = "ok" if hub.connected else "reconnecting"
-    return json_response({"status": "ready", "checks": checks})
+    return model_response(Readiness, {"status": "ready", "checks": checks})
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -16,11 +16,12 @@ from skiplock.api.common import (
     base_url,
     float_param,
     job_id_param,
-    json_response,
+    model_response,
     not_found,
     state_of,
 )
 from skiplock.api.problems import HTTPProblem
+from skiplock.api.schemas import ShareLink
 from skiplock.api.streams import read_job, stream_job
 
 __all__ = ["share_job", "shared_events", "shared_job"]
@@ -50,7 +51,8 @@ async def share_job(request: Request) -> Response:
     )
     token = sign_share_token(job_id, principal.tenant, expires, secret)
     base = base_url(request)
-    return json_response(
+    return model_response(
+        ShareLink,
         {
             "token": token,
             "url": f"{base}/v1/shared/{token}",

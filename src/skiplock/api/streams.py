@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import structlog
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
@@ -21,11 +20,12 @@ from skiplock.api.common import (
     document,
     float_param,
     job_id_param,
-    json_response,
+    model_response,
     not_found,
     state_of,
 )
 from skiplock.api.metrics import ApiMetrics
+from skiplock.api.schemas import JobDocument, render
 from skiplock.api.views import etag, event_id
 from skiplock.queue import Job
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
@@ -62,7 +62,9 @@ async def read_job(request: Request, principal: Principal, job_id: uuid.UUID) ->
         tag = etag(job)
     if if_none_match is not None and if_none_match == tag:
         return Response(status_code=304, headers={"ETag": tag})
-    return json_response(document(request, job), headers={"ETag": tag, "Cache-Control": "no-cache"})
+    return model_response(
+        JobDocument, document(request, job), headers={"ETag": tag, "Cache-Control": "no-cache"}
+    )
 
 
 async def job_events(request: Request) -> Response:
@@ -169,4 +171,4 @@ def _event(request: Request, job: Job) -> dict[str, str]:
         # Each stream would hold its own copy of it: a big result is read with GET instead.
         doc["result"] = None
         doc["result_omitted"] = True
-    return {"event": "job", "id": event_id(job), "data": orjson.dumps(doc).decode()}
+    return {"event": "job", "id": event_id(job), "data": render(JobDocument, doc).decode()}

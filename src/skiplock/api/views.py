@@ -1,27 +1,12 @@
-"""How jobs look over HTTP: links, ETags, and request bodies (documents: queue.document)."""
+"""How jobs look over HTTP: links and ETags (documents: queue.document; shapes: schemas)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from skiplock.queue.models import Job
 
-__all__ = ["CreateJobBody", "etag", "event_id", "job_links"]
-
-
-class CreateJobBody(BaseModel):
-    """The body of ``POST /v1/jobs``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    task: str = Field(min_length=1, max_length=256)
-    args: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(default=0, ge=-32768, le=32767)
-    delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
-    meta: dict[str, Any] = Field(default_factory=dict)
+__all__ = ["etag", "event_id", "job_links"]
 
 
 def etag(job: Job) -> str:
