@@ -2,8 +2,9 @@
 
 Workers' writes fire NOTIFY on ``<schema>.job`` with ``[[id, state,
 progress], …]``. The hub keeps one dedicated connection listening, collects
-the ids that somebody watches, re-reads those rows in one query (so a burst of
-progress notifications for a job costs one read), and hands the fresh
+the ids that somebody watches, re-reads those rows in one query, each for
+its watchers' tenant only (a burst of progress notifications for a job costs
+one read; the hub never reads another tenant's row), and hands the fresh
 :class:`~skiplock.queue.Job` to every subscriber of that job through a bounded
 buffer. A subscriber whose buffer is full is too slow: it is dropped (its
 stream ends, the client reconnects and gets the current state first), so it
@@ -187,7 +188,9 @@ class EventHub:
             if not ids:
                 continue
             try:
-                jobs = await self._store.get_jobs(self._pool, ids, None)
+                # Each job is read for its watchers' tenants only, in SQL.
+                watched = {(i, sub.tenant) for i in ids for sub in self._subs.get(i, ())}
+                jobs = await self._store.get_watched_jobs(self._pool, watched)
             except _DB_DOWN as exc:
                 log.warning("hub_read_failed", error=repr(exc), jobs=len(ids))
                 self._dirty.update(ids)

@@ -326,6 +326,16 @@ class Store:
         rows = await ex.fetch(self._q("get_jobs"), list(job_ids), tenant)
         return [_job(r) for r in rows]
 
+    async def get_watched_jobs(
+        self, ex: Executor, watched: Iterable[tuple[uuid.UUID, str]]
+    ) -> list[Job]:
+        """The jobs of the (id, tenant) pairs in ``watched``, each only for its tenant."""
+        pairs = sorted(set(watched))
+        rows = await ex.fetch(
+            self._q("get_watched_jobs"), [i for i, _ in pairs], [t for _, t in pairs]
+        )
+        return [_job(r) for r in rows]
+
     async def list_jobs(
         self,
         ex: Executor,
