@@ -56,7 +56,14 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         try:
             await check_schema(pool, schema=settings.schema_name)
             client = Client(pool, schema=settings.schema_name)
-            hub = EventHub(dsn, client.store, pool, buffer=settings.subscriber_buffer)
+            hub = EventHub(
+                dsn,
+                client.store,
+                pool,
+                buffer=settings.subscriber_buffer,
+                poll_seconds=settings.hub_poll_seconds,
+                listen=settings.hub_listen,
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
                 state.pool, state.client, state.hub = pool, client, hub

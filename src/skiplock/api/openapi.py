@@ -143,8 +143,9 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
         "description": (
             "A stream of `job` events (the job document; a result over"
             f" {settings.sse_max_result_bytes} bytes of JSON is left out: `result` is null"
-            " and `result_omitted` true, read the job for it), then `expired` if the"
-            " credential stops being valid first."
+            " and `result_omitted` true, read the job for it). The stream ends after the"
+            " terminal state; with `expired` if the credential stops being valid first;"
+            ' with `gone` (data: `{"id": …}`) if the job is deleted while watched.'
         ),
         "content": {"text/event-stream": {}},
     }
@@ -202,7 +203,7 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
                     "200": _json(JobDocument, "The job."),
                     "304": {"description": "Unchanged since the given ETag."},
                     **_AUTH_ERRORS,
-                    "404": _problem("No such job."),
+                    "404": _problem("No such job (or it was deleted while waited for)."),
                     "422": _problem("Invalid wait."),
                 },
             }

@@ -87,7 +87,10 @@ async def readyz(request: Request) -> Response:
         return problem_response(503, str(exc), code="schema-mismatch")
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return problem_response(503, f"database unreachable: {exc!r}", code="database-down")
-    checks["listener"] = "ok" if hub.connected else "reconnecting"
+    if not hub.listening:
+        checks["listener"] = "disabled"
+    else:
+        checks["listener"] = "ok" if hub.connected else "reconnecting"
     return model_response(Readiness, {"status": "ready", "checks": checks})
 
 

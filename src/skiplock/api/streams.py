@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import structlog
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
@@ -24,6 +25,7 @@ from skiplock.api.common import (
     not_found,
     state_of,
 )
+from skiplock.api.hub import JobGone
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.schemas import JobDocument, render
 from skiplock.api.views import etag, event_id
@@ -54,9 +56,11 @@ async def read_job(request: Request, principal: Principal, job_id: uuid.UUID) ->
                     fresh = await sub.next(left)
                 except EOFError:
                     fresh = None
+                except JobGone:
+                    raise not_found(job_id) from None  # deleted while waited for
                 if fresh is None:
                     break
-                if etag(fresh) != tag:
+                if fresh.updated_at > job.updated_at:
                     job = fresh
                     break
         tag = etag(job)
@@ -90,7 +94,6 @@ async def stream_job(request: Request, principal: Principal, job_id: uuid.UUID) 
                 job = await client.get(job_id, tenant=principal.tenant)
                 if job is None:
                     return
-                last = event_id(job)
                 yield _event(request, job)
                 check_at = time.monotonic() + keepalive
                 while not job.is_terminal:
@@ -113,10 +116,14 @@ async def stream_job(request: Request, principal: Principal, job_id: uuid.UUID) 
                     except EOFError:
                         metrics.sse_dropped.inc()
                         return
+                    except JobGone:
+                        # Deleted (by retention) while watched: say so, and end.
+                        yield {"event": "gone", "data": _gone_data(job_id)}
+                        return
                     if fresh is None:
                         continue  # keepalive comments come from the response's ping
-                    if event_id(fresh) != last:
-                        job, last = fresh, event_id(fresh)
+                    if fresh.updated_at > job.updated_at:
+                        job = fresh
                         yield _event(request, job)
         finally:
             metrics.sse_subscribers.dec()
@@ -172,3 +179,8 @@ def _event(request: Request, job: Job) -> dict[str, str]:
         doc["result"] = None
         doc["result_omitted"] = True
     return {"event": "job", "id": event_id(job), "data": render(JobDocument, doc).decode()}
+
+
+def _gone_data(job_id: uuid.UUID) -> str:
+    """The data of the ``gone`` event: the id of the job that no longer exists."""
+    return orjson.dumps({"id": str(job_id)}).decode()
