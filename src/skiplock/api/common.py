@@ -21,7 +21,7 @@ from skiplock.api.metrics import ApiMetrics
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import render
 from skiplock.api.settings import ApiSettings
-from skiplock.api.views import job_links
+from skiplock.api.views import job_links, share_links
 from skiplock.queue import Client, Job
 from skiplock.queue.document import job_document
 
@@ -142,7 +142,11 @@ def base_url(request: Request) -> str:
 
 def document(request: Request, job: Job) -> dict[str, Any]:
     """The public document of ``job`` for this request."""
-    return job_document(job, now=datetime.now(UTC), links=job_links(job.id, base_url(request)))
+    base = base_url(request)
+    token = request.path_params.get("token")
+    # A document served through a share token links to the routes its holder can use.
+    links = job_links(job.id, base) if token is None else share_links(token, base)
+    return job_document(job, now=datetime.now(UTC), links=links)
 
 
 def float_param(request: Request, name: str, maximum: float) -> float | None:

@@ -62,11 +62,11 @@ class ErrorInfo(_Out):
 
 
 class JobLinks(_Out):
-    """Routes the caller can use for this job."""
+    """Routes the caller can use for this job (no ``cancel`` through a share link)."""
 
     self_: str = Field(alias="self")
     events: str
-    cancel: str
+    cancel: str | None = None
 
 
 class JobDocument(_Out):

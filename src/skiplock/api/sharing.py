@@ -23,6 +23,7 @@ from skiplock.api.common import (
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import ShareLink
 from skiplock.api.streams import read_job, stream_job
+from skiplock.api.views import share_links
 
 __all__ = ["share_job", "shared_events", "shared_job"]
 
@@ -50,13 +51,13 @@ async def share_job(request: Request) -> Response:
         time.time() + (ttl if ttl is not None else state.settings.share_ttl_seconds)
     )
     token = sign_share_token(job_id, principal.tenant, expires, secret)
-    base = base_url(request)
+    links = share_links(token, base_url(request))
     return model_response(
         ShareLink,
         {
             "token": token,
-            "url": f"{base}/v1/shared/{token}",
-            "events": f"{base}/v1/shared/{token}/events",
+            "url": links["self"],
+            "events": links["events"],
             "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
         },
         201,

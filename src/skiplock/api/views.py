@@ -6,7 +6,7 @@ import uuid
 
 from skiplock.queue.models import Job
 
-__all__ = ["etag", "event_id", "job_links"]
+__all__ = ["etag", "event_id", "job_links", "share_links"]
 
 
 def etag(job: Job) -> str:
@@ -26,3 +26,8 @@ def job_links(job_id: uuid.UUID, base: str = "") -> dict[str, str]:
         "events": f"{base}/v1/jobs/{job_id}/events",
         "cancel": f"{base}/v1/jobs/{job_id}/cancel",
     }
+
+
+def share_links(token: str, base: str = "") -> dict[str, str]:
+    """The routes a share-link holder uses: the shared read and its stream (no cancel)."""
+    return {"self": f"{base}/v1/shared/{token}", "events": f"{base}/v1/shared/{token}/events"}
