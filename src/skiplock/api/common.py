@@ -70,7 +70,9 @@ class ApiState:
     def ready(self) -> tuple[Client, EventHub, Authenticator]:
         """The client, hub and authenticator; 503 while starting."""
         if self.client is None or self.hub is None or self.auth is None:
-            raise HTTPProblem(503, "the service is starting", code="unavailable")
+            raise HTTPProblem(
+                503, "the service is starting", code="unavailable", headers={"Retry-After": "1"}
+            )
         return self.client, self.hub, self.auth
 
 

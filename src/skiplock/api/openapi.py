@@ -48,6 +48,23 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
+def _unavailable() -> dict[str, Any]:
+    """The 503 every /v1 route answers while the database is down (or the app starts)."""
+    return {
+        **_problem(
+            "The database is unavailable (`database-unavailable`) or the service is starting"
+            " (`unavailable`): nothing was done; retry after `Retry-After` seconds."
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    }
+
+
 _SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
 _AUTH_ERRORS = {
     "401": _problem("Missing, unknown, revoked or expired API key."),
@@ -333,6 +350,11 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
 
 def openapi_document(settings: ApiSettings) -> dict[str, Any]:
     """The OpenAPI document for an app built with ``settings``."""
+    paths = _paths(settings)
+    for path, item in paths.items():
+        if path.startswith("/v1/"):
+            for operation in item.values():
+                operation["responses"]["503"] = _unavailable()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -346,5 +368,5 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": {**_schemas(), "CreateJob": _create_body(settings)},
         },
-        "paths": _paths(settings),
+        "paths": paths,
     }
