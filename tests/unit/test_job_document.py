@@ -49,8 +49,16 @@ def make_job(**changes: Any) -> Job:
 def test_public_document_keeps_tenant_args_and_tracebacks_inside() -> None:
     """The public form has no tenant, args, idempotency key, worker or traceback."""
     doc = job_document(make_job(), now=NOW)
-    assert not {"tenant", "args", "idempotency_key", "worker_id", "errors", "links"} & set(doc)
+    assert not {"tenant", "args", "idempotency_key", "worker_id", "links"} & set(doc)
     assert doc["error"] == {"type": "Boom", "message": "it broke", "attempt": 1, "at": ERROR.at}
+    assert doc["errors"] == [doc["error"]]
+
+
+def test_error_is_set_only_on_a_failed_job() -> None:
+    """A job that succeeded after a failed attempt has no error, but keeps the history."""
+    doc = job_document(make_job(state=JobState.SUCCEEDED, result=1))
+    assert doc["error"] is None
+    assert [e["message"] for e in doc["errors"]] == ["it broke"]
 
 
 def test_operator_document_adds_the_history_with_tracebacks() -> None:

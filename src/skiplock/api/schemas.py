@@ -89,7 +89,13 @@ class JobDocument(_Out):
         default=False,
         description="The result is too big for this answer (result is null): read the job.",
     )
-    error: ErrorInfo | None
+    error: ErrorInfo | None = Field(
+        description="The error the job failed with: set only when state is failed."
+    )
+    errors: list[ErrorInfo] = Field(
+        description="Every failed attempt, oldest first, whatever the state (a job may "
+        "succeed after failed attempts)."
+    )
     meta: dict[str, Any]
     run_at: Timestamp
     created_at: Timestamp

@@ -51,10 +51,12 @@ def job_document(
     with ``run_at`` in the future; always false without it). ``links`` is
     included as ``links`` when given (the API passes the routes its caller
     may use). ``operator=True`` adds ``tenant``, ``args``,
-    ``idempotency_key``, ``worker_id`` and the whole error history
-    (``errors``, tracebacks included), for operators' tools.
+    ``idempotency_key``, ``worker_id``, and each entry of the error history
+    gets its worker and traceback, for operators' tools.
 
-    ``result`` is set only when the job succeeded.
+    ``result`` is set only when the job succeeded; ``error`` (the error the job
+    failed with) only when it failed; ``errors`` is every failed attempt,
+    oldest first, whatever the state.
     """
     error = job.error
     doc: dict[str, Any] = {
@@ -72,6 +74,7 @@ def job_document(
         "cancel_requested": job.cancel_requested,
         "result": job.result if job.state.value == "succeeded" else None,
         "error": None if error is None else error_document(error),
+        "errors": [error_document(e, operator=operator) for e in job.errors],
         "meta": job.meta,
         "run_at": _ts(job.run_at),
         "created_at": _ts(job.created_at),
@@ -84,7 +87,6 @@ def job_document(
         doc["args"] = job.args
         doc["idempotency_key"] = job.idempotency_key
         doc["worker_id"] = job.worker_id
-        doc["errors"] = [error_document(e, operator=True) for e in job.errors]
     if links is not None:
         doc["links"] = dict(links)
     return doc

@@ -75,7 +75,16 @@ class Job:
 
     @property
     def error(self) -> JobError | None:
-        """The most recent failed attempt, if any."""
+        """The error the job failed with: set only when the job failed.
+
+        A job that failed an attempt and then was retried, succeeded or was
+        cancelled has no error; its failed attempts stay in :attr:`errors`.
+        """
+        return self.errors[-1] if self.errors and self.state is JobState.FAILED else None
+
+    @property
+    def last_error(self) -> JobError | None:
+        """The most recent failed attempt, whatever the state (the end of :attr:`errors`)."""
         return self.errors[-1] if self.errors else None
 
     @property
