@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import structlog
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from skiplock.api.common import (
     state_of,
 )
 from skiplock.api.problems import HTTPProblem
-from skiplock.api.schemas import CreateJobBody, JobDocument, JobList
+from skiplock.api.schemas import CreateJobBody, JobDocument, render
 from skiplock.api.streams import read_job
 from skiplock.api.views import etag
 from skiplock.queue import (
@@ -29,7 +30,7 @@ from skiplock.queue import (
     JobState,
     JobStateConflict,
 )
-from skiplock.queue.client import decode_cursor
+from skiplock.queue.client import decode_cursor, encode_cursor
 
 __all__ = ["cancel_job", "create_job", "get_job", "list_jobs", "retry_job"]
 
@@ -108,7 +109,9 @@ async def get_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     """``GET /v1/jobs``: the tenant's jobs, newest first, filtered, keyset-paginated."""
     principal = await authorize(request, "read")
-    client, _, _ = state_of(request).ready()
+    state = state_of(request)
+    client, _, _ = state.ready()
+    settings = state.settings
     q = request.query_params
     states = q.getlist("state") or None
     try:
@@ -137,11 +140,22 @@ async def list_jobs(request: Request) -> Response:
         meta=meta,
         cursor=cursor,
         limit=limit,
+        max_result_bytes=settings.list_max_result_bytes,
     )
-    return model_response(
-        JobList,
-        {"jobs": [document(request, j) for j in page.jobs], "next_cursor": page.next_cursor},
-    )
+    # Each document is shaped by JobDocument; the page (a JobList) ends early once
+    # it would pass list_max_response_bytes, its cursor pointing after the last one.
+    parts: list[bytes] = []
+    size = 0
+    next_cursor = page.next_cursor
+    for index, job in enumerate(page.jobs):
+        part = render(JobDocument, document(request, job))
+        if parts and size + len(part) > settings.list_max_response_bytes:
+            next_cursor = encode_cursor(page.jobs[index - 1])
+            break
+        parts.append(part)
+        size += len(part) + 1
+    body = b'{"jobs":[%b],"next_cursor":%b}' % (b",".join(parts), orjson.dumps(next_cursor))
+    return Response(body, media_type="application/json")
 
 
 def _parse_time(raw: str | None, name: str) -> datetime | None:

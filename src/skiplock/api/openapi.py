@@ -198,6 +198,12 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
             },
             "get": {
                 "summary": "List the tenant's jobs, newest first",
+                "description": (
+                    f"A result over {settings.list_max_result_bytes} bytes of JSON is left"
+                    " out (`result` null, `result_omitted` true: read the job for it). A page"
+                    f" ends before {settings.list_max_response_bytes} bytes even if fewer than"
+                    " `limit` jobs: follow `next_cursor`."
+                ),
                 "security": _SECURED,
                 "parameters": _list_params(),
                 "responses": {

@@ -73,6 +73,7 @@ def job_document(
         "priority": job.priority,
         "cancel_requested": job.cancel_requested,
         "result": job.result if job.state.value == "succeeded" else None,
+        "result_omitted": job.result_omitted,
         "error": None if error is None else error_document(error),
         "errors": [error_document(e, operator=operator) for e in job.errors],
         "meta": job.meta,

@@ -72,6 +72,8 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # True when a listing left the result out for its size (``result`` is None then).
+    result_omitted: bool = False
 
     @property
     def error(self) -> JobError | None:

@@ -195,6 +195,7 @@ def _job(row: asyncpg.Record) -> Job:
         updated_at=row["updated_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        result_omitted=bool(row.get("result_omitted", False)),
     )
 
 
@@ -349,6 +350,7 @@ class Store:
         meta_json: str | None,
         cursor: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        max_result_bytes: int | None = None,
     ) -> list[Job]:
         rows = await ex.fetch(
             self._q("list_jobs"),
@@ -362,6 +364,7 @@ class Store:
             None if cursor is None else cursor[0],
             None if cursor is None else cursor[1],
             limit,
+            max_result_bytes,
         )
         return [_job(r) for r in rows]
 
