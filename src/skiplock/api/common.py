@@ -36,6 +36,7 @@ __all__ = [
     "model_response",
     "not_found",
     "state_of",
+    "tenant_scope",
 ]
 
 log = structlog.get_logger("skiplock.api")
@@ -119,7 +120,30 @@ async def authorize(request: Request, scope: str) -> Principal:
         )
     if not principal.can(scope):
         raise HTTPProblem(403, f"this API key lacks the {scope!r} scope", code="forbidden")
+    request.state.principal = principal
     return principal
+
+
+def tenant_scope(request: Request, principal: Principal) -> str | None:
+    """The tenant a request acts on; None means every tenant.
+
+    A ``read``/``write`` key (or a share link) acts on its own tenant only:
+    ``?tenant=`` naming another is 403. An ``admin`` key acts on the tenant
+    ``?tenant=`` names, or on every tenant without it.
+    """
+    asked = request.query_params.get("tenant")
+    if principal.is_admin:
+        if asked is not None and (not 1 <= len(asked) <= 256 or "\x00" in asked):
+            raise HTTPProblem(
+                422,
+                "tenant must be 1 to 256 characters without NUL",
+                code="invalid-parameter",
+                parameter="tenant",
+            )
+        return asked
+    if asked is not None and asked != principal.tenant:
+        raise HTTPProblem(403, "only an admin key may name another tenant", code="forbidden")
+    return principal.tenant
 
 
 def job_id_param(request: Request) -> uuid.UUID:
@@ -148,7 +172,11 @@ def document(request: Request, job: Job) -> dict[str, Any]:
     token = request.path_params.get("token")
     # A document served through a share token links to the routes its holder can use.
     links = job_links(job.id, base) if token is None else share_links(token, base)
-    return job_document(job, now=datetime.now(UTC), links=links)
+    doc = job_document(job, now=datetime.now(UTC), links=links)
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal) and principal.is_admin:
+        doc["tenant"] = job.tenant  # an admin key sees every tenant's jobs: say whose
+    return doc
 
 
 def float_param(request: Request, name: str, maximum: float) -> float | None:

@@ -17,6 +17,7 @@ from skiplock.api.common import (
     model_response,
     not_found,
     state_of,
+    tenant_scope,
 )
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import CreateJobBody, JobDocument, render
@@ -81,7 +82,7 @@ async def create_job(request: Request) -> Response:
             priority=body.priority,
             delay=body.delay_seconds,
             max_attempts=exposed.max_attempts,
-            tenant=principal.tenant,
+            tenant=tenant_scope(request, principal) or principal.tenant,
             idempotency_key=key,
             meta=body.meta,
         )
@@ -131,7 +132,7 @@ async def list_jobs(request: Request) -> Response:
         raise HTTPProblem(422, str(exc), code="invalid-parameter") from None
     meta = {k[5:]: v for k, v in q.items() if k.startswith("meta.") and len(k) > 5} or None
     page = await client.list(
-        tenant=principal.tenant,
+        tenant=tenant_scope(request, principal),
         states=states,
         task=q.get("task"),
         queue=q.get("queue"),
@@ -180,7 +181,7 @@ async def cancel_job(request: Request) -> Response:
     client, _, _ = state_of(request).ready()
     job_id = job_id_param(request)
     try:
-        job = await client.cancel(job_id, tenant=principal.tenant)
+        job = await client.cancel(job_id, tenant=tenant_scope(request, principal))
     except JobNotFound:
         raise not_found(job_id) from None
     return model_response(
@@ -194,7 +195,7 @@ async def retry_job(request: Request) -> Response:
     client, _, _ = state_of(request).ready()
     job_id = job_id_param(request)
     try:
-        job = await client.retry(job_id, tenant=principal.tenant)
+        job = await client.retry(job_id, tenant=tenant_scope(request, principal))
     except JobNotFound:
         raise not_found(job_id) from None
     except JobStateConflict as exc:

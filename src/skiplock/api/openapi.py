@@ -77,6 +77,14 @@ _JOB_ID = {
     "schema": {"type": "string"},
     "description": "The job's id (a UUID).",
 }
+_TENANT = {
+    "name": "tenant",
+    "in": "query",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "description": "Admin keys only: act on this tenant's jobs (without it: every tenant's;"
+    " a job made by an admin key belongs to its own tenant). Other keys may name only their"
+    " own tenant (403 otherwise).",
+}
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -361,6 +369,11 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
         if path.startswith("/v1/"):
             for operation in item.values():
                 operation["responses"]["503"] = _unavailable()
+                if "security" in operation:  # the routes an API key calls
+                    operation.setdefault("parameters", []).append(_TENANT)
+                    operation["responses"].setdefault(
+                        "422", _problem("Invalid parameter (for an admin key: tenant).")
+                    )
     return {
         "openapi": "3.1.0",
         "info": {

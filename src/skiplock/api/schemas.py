@@ -103,6 +103,9 @@ class JobDocument(_Out):
     started_at: Timestamp
     finished_at: Timestamp
     links: JobLinks
+    tenant: str | None = Field(
+        default=None, description="The job's tenant: only in answers to an admin key."
+    )
 
 
 class JobList(_Out):

@@ -16,6 +16,7 @@ from skiplock.api.common import (
     json_response,
     model_response,
     state_of,
+    tenant_scope,
 )
 from skiplock.api.openapi import openapi_document
 from skiplock.api.problems import problem_response
@@ -34,10 +35,11 @@ async def stats(request: Request) -> Response:
     principal = await authorize(request, "read")
     client, _, _ = state_of(request).ready()
     store, pool = client.store, client.pool
-    counts = await store.job_counts(pool, principal.tenant)
+    tenant = tenant_scope(request, principal)
+    counts = await store.job_counts(pool, tenant)
     windows: dict[str, Any] = {}
     for name, seconds in WINDOWS.items():
-        rows = await store.job_window_stats(pool, principal.tenant, seconds)
+        rows = await store.job_window_stats(pool, tenant, seconds)
         tasks = []
         for r in rows:
             finished = r.succeeded + r.failed + r.cancelled

@@ -19,6 +19,7 @@ from skiplock.api.common import (
     model_response,
     not_found,
     state_of,
+    tenant_scope,
 )
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import ShareLink
@@ -37,7 +38,8 @@ async def share_job(request: Request) -> Response:
     client, _, _ = state.ready()
     secret = state.settings.share_secret
     job_id = job_id_param(request)
-    if await client.get(job_id, tenant=principal.tenant) is None:
+    job = await client.get(job_id, tenant=tenant_scope(request, principal))
+    if job is None:
         raise not_found(job_id)
     if not secret:
         raise HTTPProblem(
@@ -50,7 +52,7 @@ async def share_job(request: Request) -> Response:
     expires = math.ceil(
         time.time() + (ttl if ttl is not None else state.settings.share_ttl_seconds)
     )
-    token = sign_share_token(job_id, principal.tenant, expires, secret)
+    token = sign_share_token(job_id, job.tenant, expires, secret)
     links = share_links(token, base_url(request))
     return model_response(
         ShareLink,

@@ -24,6 +24,7 @@ from skiplock.api.common import (
     model_response,
     not_found,
     state_of,
+    tenant_scope,
 )
 from skiplock.api.hub import JobGone
 from skiplock.api.metrics import ApiMetrics
@@ -43,8 +44,9 @@ async def read_job(request: Request, principal: Principal, job_id: uuid.UUID) ->
     client, hub, _ = state.ready()
     wait = float_param(request, "wait", state.settings.max_wait_seconds)
     if_none_match = request.headers.get("if-none-match")
-    with hub.subscribe(job_id, principal.tenant) as sub:
-        job = await client.get(job_id, tenant=principal.tenant)
+    tenant = await _job_tenant(request, principal, job_id)
+    with hub.subscribe(job_id, tenant) as sub:
+        job = await client.get(job_id, tenant=tenant)
         if job is None:
             raise not_found(job_id)
         tag = etag(job)
@@ -83,15 +85,16 @@ async def stream_job(request: Request, principal: Principal, job_id: uuid.UUID) 
     client, hub, _ = state.ready()
     keepalive = state.settings.sse_keepalive_seconds
     # Fail with a plain 404 before the stream starts.
-    if await client.get(job_id, tenant=principal.tenant) is None:
+    tenant = await _job_tenant(request, principal, job_id)
+    if await client.get(job_id, tenant=tenant) is None:
         raise not_found(job_id)
     metrics = state.metrics
 
     async def events() -> AsyncIterator[dict[str, str]]:
         metrics.sse_subscribers.inc()
         try:
-            with hub.subscribe(job_id, principal.tenant) as sub:
-                job = await client.get(job_id, tenant=principal.tenant)
+            with hub.subscribe(job_id, tenant) as sub:
+                job = await client.get(job_id, tenant=tenant)
                 if job is None:
                     return
                 yield _event(request, job)
@@ -184,3 +187,15 @@ def _event(request: Request, job: Job) -> dict[str, str]:
 def _gone_data(job_id: uuid.UUID) -> str:
     """The data of the ``gone`` event: the id of the job that no longer exists."""
     return orjson.dumps({"id": str(job_id)}).decode()
+
+
+async def _job_tenant(request: Request, principal: Principal, job_id: uuid.UUID) -> str:
+    """The tenant to watch ``job_id`` as: the caller's, or for an admin key the job's own."""
+    tenant = tenant_scope(request, principal)
+    if tenant is not None:
+        return tenant
+    client, _, _ = state_of(request).ready()
+    job = await client.get(job_id, tenant=None)  # an admin key: any tenant's job
+    if job is None:
+        raise not_found(job_id)
+    return job.tenant
