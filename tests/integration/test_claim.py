@@ -309,10 +309,14 @@ async def test_rescue_requeues_expired_job(client: Client) -> None:
         None,
         None,
     )
-    assert now.error is None  # queued again: it has not failed
-    (last,) = now.errors
-    assert (last.type, last.attempt, last.worker) == ("LeaseExpired", 1, "w-dead")
-    assert "w-dead" in last.message
+    assert now.error is None  # queued again: no error, the attempt is in the history
+    assert now.last_error is not None
+    assert (now.last_error.type, now.last_error.attempt, now.last_error.worker) == (
+        "LeaseExpired",
+        1,
+        "w-dead",
+    )
+    assert "w-dead" in now.last_error.message
     (again,) = await _claim(client)
     assert (again.id, again.attempt) == (job.id, 2)
 

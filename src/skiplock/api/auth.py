@@ -41,6 +41,11 @@ class Principal:
     share_job: uuid.UUID | None = None  # share tokens see this one job only
     expires_at: float | None = None  # unix time: a share token's or an API key's expiry
 
+    @property
+    def is_admin(self) -> bool:
+        """An API key with the ``admin`` scope: it may act on every tenant's jobs."""
+        return self.share_job is None and "admin" in self.scopes
+
     def can(self, scope: str) -> bool:
         """Whether the caller holds ``scope`` (admin implies write implies read)."""
         if "admin" in self.scopes:

@@ -2,8 +2,9 @@
 
 Workers' writes fire NOTIFY on ``<schema>.job`` with ``[[id, state,
 progress], …]``. The hub keeps one dedicated connection listening, collects
-the ids that somebody watches, re-reads those rows in one query (so a burst of
-progress notifications for a job costs one read), and hands the fresh
+the ids that somebody watches, re-reads those rows in one query, each for
+its watchers' tenant only (a burst of progress notifications for a job costs
+one read; the hub never reads another tenant's row), and hands the fresh
 :class:`~skiplock.queue.Job` to every subscriber of that job through a bounded
 buffer. A subscriber whose buffer is full is too slow: it is dropped (its
 stream ends, the client reconnects and gets the current state first), so it
@@ -11,6 +12,14 @@ never blocks the others or grows memory.
 
 When the LISTEN connection drops, the hub reconnects with backoff, re-LISTENs
 and re-reads every watched job, so no subscriber misses a terminal state.
+
+Notifications are hints; polling is the floor. Every ``poll_seconds`` the hub
+re-reads all watched jobs in the same batched query, so streams and long-polls
+keep moving when notifications never arrive (PgBouncer in transaction mode, a
+listener that connects but hears nothing, ``listen=False``). A watched job
+that is no longer there (deleted by retention) ends its subscriptions with
+:class:`JobGone`. A subscriber gets a snapshot only when the job changed since
+the last one it got.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -31,11 +41,22 @@ from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
 from skiplock.queue.models import Job
 from skiplock.queue.store import Store
 
-__all__ = ["EventHub", "HubStats", "Subscription"]
+__all__ = ["EventHub", "HubStats", "JobGone", "Subscription"]
 
 log = structlog.get_logger("skiplock.api.hub")
 
 _DB_DOWN = TRANSIENT_DB_ERRORS
+
+
+class JobGone(LookupError):
+    """The watched job no longer exists (deleted while watched)."""
+
+
+class _Gone:
+    """The queue item that ends a subscription whose job is gone."""
+
+
+_GONE = _Gone()
 
 
 class Subscription:
@@ -45,18 +66,36 @@ class Subscription:
         self.job_id = job_id
         self.tenant = tenant
         self.dropped = False
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=buffer)
+        self.gone = False
+        self._last: datetime | None = None  # updated_at of the last snapshot offered
+        self._queue: asyncio.Queue[Job | _Gone | None] = asyncio.Queue(maxsize=buffer)
 
     def _offer(self, job: Job) -> bool:
-        """Queue a snapshot; False (and the subscriber is dropped) when the buffer is full."""
-        if self.dropped:
-            return False
+        """Queue a snapshot; False (and the subscriber is dropped) when the buffer is full.
+
+        A snapshot no newer than the last one offered is skipped (a poll re-reads
+        unchanged jobs).
+        """
+        if self.dropped or self.gone:
+            return True
+        if self._last is not None and job.updated_at <= self._last:
+            return True
+        self._last = job.updated_at
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self._drop()
             return False
         return True
+
+    def _end_gone(self) -> None:
+        """End the subscription: its job no longer exists."""
+        if self.dropped or self.gone:
+            return
+        self.gone = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(_GONE)
 
     def _drop(self) -> None:
         self.dropped = True
@@ -67,12 +106,16 @@ class Subscription:
     async def next(self, within: float) -> Job | None:
         """The next snapshot, or None after ``within`` seconds without one.
 
-        Raises :class:`EOFError` when the subscriber was dropped for being slow.
+        Raises :class:`EOFError` when the subscriber was dropped for being slow,
+        and :class:`JobGone` when the job was deleted.
         """
         with anyio.move_on_after(within):
             item = await self._queue.get()
             if item is None:
                 raise EOFError("subscriber dropped: it did not keep up")
+            if isinstance(item, _Gone):
+                self._queue.put_nowait(_GONE)  # every later call says so too
+                raise JobGone(str(self.job_id))
             return item
         return None
 
@@ -85,16 +128,36 @@ class HubStats:
     reconnects: int = 0
     notifications: int = 0
     reads: int = 0
+    polls: int = 0
+    gone: int = 0
     dropped: int = 0
     subscribers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class EventHub:
-    """Fans ``<schema>.job`` notifications out to per-job subscribers."""
+    """Fans ``<schema>.job`` notifications out to per-job subscribers.
 
-    def __init__(self, dsn: str, store: Store, pool: asyncpg.Pool[Any], *, buffer: int = 64):
+    ``poll_seconds``: how often every watched job is re-read whatever the
+    notifications say. ``listen=False`` runs without a LISTEN connection (poll
+    only), for a database reached only through a transaction-mode pooler.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        store: Store,
+        pool: asyncpg.Pool[Any],
+        *,
+        buffer: int = 64,
+        poll_seconds: float = 2.0,
+        listen: bool = True,
+    ):
+        if not poll_seconds > 0:
+            raise ValueError("poll_seconds must be more than 0")
         self._dsn = dsn
+        self._poll_seconds = poll_seconds
+        self._listen = listen
         self._store = store
         self._pool = pool
         self._buffer = buffer
@@ -105,13 +168,19 @@ class EventHub:
         self.stats = HubStats()
 
     @property
+    def listening(self) -> bool:
+        """Whether the hub uses a LISTEN connection at all (else it only polls)."""
+        return self._listen
+
+    @property
     def connected(self) -> bool:
         """Whether the LISTEN connection is up."""
         return self.stats.connected
 
     async def wait_connected(self) -> None:
-        """Return once the LISTEN connection is up."""
-        await self._connected.wait()
+        """Return once the LISTEN connection is up (at once when the hub does not listen)."""
+        if self._listen:
+            await self._connected.wait()
 
     @contextmanager
     def subscribe(self, job_id: uuid.UUID, tenant: str) -> Iterator[Subscription]:
@@ -130,10 +199,21 @@ class EventHub:
                     del self._subs[job_id]
 
     async def run(self) -> None:
-        """Listen and fan out until cancelled."""
+        """Listen (unless disabled), poll and fan out until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._fanout_loop)
-            await self._listen_loop()
+            tg.start_soon(self._poll_loop)
+            if self._listen:
+                await self._listen_loop()
+
+    async def _poll_loop(self) -> None:
+        """The floor: re-read every watched job every ``poll_seconds``."""
+        while True:
+            await anyio.sleep(self._poll_seconds)
+            if self._subs:
+                self.stats.polls += 1
+                self._dirty.update(self._subs)
+                self._dirty_event.set()
 
     # -- listening --------------------------------------------------------
 
@@ -187,7 +267,9 @@ class EventHub:
             if not ids:
                 continue
             try:
-                jobs = await self._store.get_jobs(self._pool, ids, None)
+                # Each job is read for its watchers' tenants only, in SQL.
+                watched = {(i, sub.tenant) for i in ids for sub in self._subs.get(i, ())}
+                jobs = await self._store.get_watched_jobs(self._pool, watched)
             except _DB_DOWN as exc:
                 log.warning("hub_read_failed", error=repr(exc), jobs=len(ids))
                 self._dirty.update(ids)
@@ -195,9 +277,16 @@ class EventHub:
                 self._dirty_event.set()
                 continue
             self.stats.reads += 1
-            for job in jobs:
-                for sub in list(self._subs.get(job.id, ())):
+            found = {(job.id, job.tenant): job for job in jobs}
+            for job_id in ids:
+                for sub in list(self._subs.get(job_id, ())):
+                    job = found.get((job_id, sub.tenant))
+                    if job is None:
+                        if not sub.gone and not sub.dropped:
+                            self.stats.gone += 1
+                            log.info("watched_job_gone", job_id=str(job_id))
+                        sub._end_gone()
                     # A subscriber already dropped is not dropped (or counted) again.
-                    if sub.tenant == job.tenant and not sub.dropped and not sub._offer(job):
+                    elif not sub.dropped and not sub._offer(job):
                         self.stats.dropped += 1
-                        log.info("subscriber_dropped", job_id=str(job.id), reason="slow")
+                        log.info("subscriber_dropped", job_id=str(job_id), reason="slow")

@@ -1,31 +1,75 @@
-"""The OpenAPI 3.1 document of the status API, built from the settings.
+"""The OpenAPI 3.1 document of the status API, generated from the typed models.
 
-The create-job body lists every task exposed over HTTP with its own argument
-schema, so clients (and schemathesis) know exactly what is accepted.
+Every request and response shape comes from :mod:`skiplock.api.schemas` (the
+models the routes validate and answer with); this module only says which
+route answers which model with which status. The create-job body lists every
+task exposed over HTTP with its own argument schema, so clients (and
+schemathesis) know exactly what is accepted.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from skiplock.api.schemas import (
+    MODELS,
+    CreateJobBody,
+    Health,
+    JobDocument,
+    JobList,
+    Problem,
+    Readiness,
+    ShareLink,
+    Stats,
+)
 from skiplock.api.settings import ApiSettings
 
 __all__ = ["openapi_document"]
 
-_TS = {"type": ["string", "null"], "format": "date-time"}
-_REF_PROBLEM = {"$ref": "#/components/schemas/Problem"}
-_PROBLEM_JSON = {"application/problem+json": {"schema": _REF_PROBLEM}}
+_REF = "#/components/schemas/{model}"
+_STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": _PROBLEM_JSON}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref(Problem)}},
+    }
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _unavailable() -> dict[str, Any]:
+    """The 503 every /v1 route answers while the database is down (or the app starts)."""
+    return {
+        **_problem(
+            "The database is unavailable (`database-unavailable`) or the service is starting"
+            " (`unavailable`): nothing was done; retry after `Retry-After` seconds."
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    }
 
 
-_JOB = {"$ref": "#/components/schemas/Job"}
+_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
+_AUTH_ERRORS = {
+    "401": _problem("Missing, unknown, revoked or expired API key."),
+    "403": _problem("The key lacks the scope."),
+}
 _JOB_ID = {
     "name": "job_id",
     "in": "path",
@@ -33,91 +77,29 @@ _JOB_ID = {
     "schema": {"type": "string"},
     "description": "The job's id (a UUID).",
 }
-_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
-_AUTH_ERRORS = {
-    "401": _problem("Missing, unknown, revoked or expired API key."),
-    "403": _problem("The key lacks the scope."),
+_TENANT = {
+    "name": "tenant",
+    "in": "query",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "description": "Admin keys only: act on this tenant's jobs (without it: every tenant's;"
+    " a job made by an admin key belongs to its own tenant). Other keys may name only their"
+    " own tenant (403 otherwise).",
 }
+_TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _job_schema() -> dict[str, Any]:
-    error = {
-        "type": ["object", "null"],
-        "properties": {
-            "type": {"type": "string"},
-            "message": {"type": "string"},
-            "attempt": {"type": "integer"},
-            "at": {"type": "string"},
-        },
-        "required": ["type", "message", "attempt", "at"],
-    }
-    return {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "task": {"type": "string"},
-            "queue": {"type": "string"},
-            "state": {
-                "type": "string",
-                "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
-            },
-            "scheduled": {"type": "boolean", "description": "Queued with run_at in the future."},
-            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-            "message": {"type": ["string", "null"]},
-            "eta": _TS,
-            "attempt": {"type": "integer", "minimum": 0},
-            "max_attempts": {"type": "integer", "minimum": 1},
-            "priority": {"type": "integer"},
-            "cancel_requested": {"type": "boolean"},
-            "result": {"description": "The handler's JSON result, when succeeded."},
-            "error": error,
-            "meta": {"type": "object"},
-            "run_at": _TS,
-            "created_at": _TS,
-            "updated_at": _TS,
-            "started_at": _TS,
-            "finished_at": _TS,
-            "links": {
-                "type": "object",
-                "properties": {
-                    "self": {"type": "string"},
-                    "events": {"type": "string"},
-                    "cancel": {"type": "string"},
-                },
-                "required": ["self", "events", "cancel"],
-            },
-        },
-        "required": [
-            "id",
-            "task",
-            "queue",
-            "state",
-            "scheduled",
-            "progress",
-            "message",
-            "eta",
-            "attempt",
-            "max_attempts",
-            "priority",
-            "cancel_requested",
-            "result",
-            "error",
-            "meta",
-            "run_at",
-            "created_at",
-            "updated_at",
-            "started_at",
-            "finished_at",
-            "links",
-        ],
-    }
+def _schemas() -> dict[str, Any]:
+    """The JSON Schemas of every response model, keyed by model name."""
+    _, top = models_json_schema([(model, "serialization") for model in MODELS], ref_template=_REF)
+    schemas: dict[str, Any] = top.get("$defs", {})
+    return schemas
 
 
 def _create_body(settings: ApiSettings) -> dict[str, Any]:
+    """The create-job body: one variant per exposed task, with its args schema."""
+    generated = CreateJobBody.model_json_schema()
     common = {
-        "priority": {"type": "integer", "minimum": -32768, "maximum": 32767, "default": 0},
-        "delay_seconds": {"type": ["number", "null"], "minimum": 0, "maximum": 366 * 24 * 3600},
-        "meta": {"type": "object", "description": "JSON labels kept with the job."},
+        name: prop for name, prop in generated["properties"].items() if name not in {"task", "args"}
     }
     variants = [
         {
@@ -140,49 +122,12 @@ def _create_body(settings: ApiSettings) -> dict[str, Any]:
     return {"oneOf": variants}
 
 
-def openapi_document(settings: ApiSettings) -> dict[str, Any]:
-    """The OpenAPI document for an app built with ``settings``."""
-    job_list = {
-        "type": "object",
-        "properties": {
-            "jobs": {"type": "array", "items": _JOB},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-        "required": ["jobs", "next_cursor"],
-    }
-    window = {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                "task": {"type": "string"},
-                "succeeded": {"type": "integer"},
-                "failed": {"type": "integer"},
-                "cancelled": {"type": "integer"},
-                "throughput_per_minute": {"type": "number"},
-                "failure_rate": {"type": ["number", "null"]},
-                "wait_seconds": {"type": "object"},
-                "run_seconds": {"type": "object"},
-            },
-        },
-    }
-    sse = {
-        "description": (
-            "A stream of `job` events (the job document; a result over"
-            f" {settings.sse_max_result_bytes} bytes of JSON is left out: `result` is null"
-            " and `result_omitted` true, read the job for it), then `expired` if the"
-            " credential stops being valid first."
-        ),
-        "content": {"text/event-stream": {}},
-    }
-    list_params = [
+def _list_params() -> list[dict[str, Any]]:
+    return [
         {
             "name": "state",
             "in": "query",
-            "schema": {
-                "type": "string",
-                "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
-            },
+            "schema": {"type": "string", "enum": _STATES},
             "description": "Repeat to allow several states.",
         },
         {"name": "task", "in": "query", "schema": {"type": "string"}},
@@ -211,6 +156,224 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
             "`meta.model=x1`; several labels must all match.",
         },
     ]
+
+
+def _paths(settings: ApiSettings) -> dict[str, Any]:
+    wait = {
+        "name": "wait",
+        "in": "query",
+        "schema": {"type": "number", "minimum": 0, "maximum": settings.max_wait_seconds},
+    }
+    sse = {
+        "description": (
+            "A stream of `job` events (the job document; a result over"
+            f" {settings.sse_max_result_bytes} bytes of JSON is left out: `result` is null"
+            " and `result_omitted` true, read the job for it). The stream ends after the"
+            " terminal state; with `expired` if the credential stops being valid first;"
+            ' with `gone` (data: `{"id": …}`) if the job is deleted while watched.'
+        ),
+        "content": {"text/event-stream": {}},
+    }
+    return {
+        "/v1/jobs": {
+            "post": {
+                "summary": "Create a job",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": _REF.format(model="CreateJob")}}
+                    },
+                },
+                "responses": {
+                    "201": _json(JobDocument, "Created."),
+                    "200": _json(JobDocument, "The job this Idempotency-Key already created."),
+                    **_AUTH_ERRORS,
+                    "408": _problem("The body did not arrive in time."),
+                    "409": _problem("Idempotency-Key reused with a different body."),
+                    "413": _problem("Body too large."),
+                    "415": _problem("Body is not application/json."),
+                    "422": _problem("Invalid body, unknown task or invalid arguments."),
+                },
+            },
+            "get": {
+                "summary": "List the tenant's jobs, newest first",
+                "description": (
+                    f"A result over {settings.list_max_result_bytes} bytes of JSON is left"
+                    " out (`result` null, `result_omitted` true: read the job for it). A page"
+                    f" ends before {settings.list_max_response_bytes} bytes even if fewer than"
+                    " `limit` jobs: follow `next_cursor`."
+                ),
+                "security": _SECURED,
+                "parameters": _list_params(),
+                "responses": {
+                    "200": _json(JobList, "A page of jobs."),
+                    **_AUTH_ERRORS,
+                    "422": _problem("Invalid filter."),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "summary": "Read a job (long-poll with ?wait=)",
+                "security": _SECURED,
+                "parameters": [
+                    _JOB_ID,
+                    wait,
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(JobDocument, "The job."),
+                    "304": {"description": "Unchanged since the given ETag."},
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such job (or it was deleted while waited for)."),
+                    "422": _problem("Invalid wait."),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/events": {
+            "get": {
+                "summary": "Stream the job's changes (Server-Sent Events)",
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {"200": sse, **_AUTH_ERRORS, "404": _problem("No such job.")},
+            }
+        },
+        "/v1/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "Cancel a job",
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {
+                    "200": _json(JobDocument, "Cancelled (or already finished)."),
+                    "202": _json(JobDocument, "Running: cancellation requested."),
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such job."),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/retry": {
+            "post": {
+                "summary": "Retry a failed or cancelled job",
+                "security": _SECURED,
+                "parameters": [_JOB_ID],
+                "responses": {
+                    "200": _json(JobDocument, "Queued again."),
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such job."),
+                    "409": _problem("The job is not failed or cancelled."),
+                },
+            }
+        },
+        "/v1/jobs/{job_id}/share": {
+            "post": {
+                "summary": "Make a signed, expiring, read-only link to the job",
+                "security": _SECURED,
+                "parameters": [
+                    _JOB_ID,
+                    {
+                        "name": "ttl",
+                        "in": "query",
+                        "schema": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "maximum": settings.share_ttl_seconds,
+                        },
+                    },
+                ],
+                "responses": {
+                    "201": _json(ShareLink, "The share link."),
+                    **_AUTH_ERRORS,
+                    "404": _problem("No such job."),
+                    "409": _problem("Sharing is disabled."),
+                    "422": _problem("Invalid ttl."),
+                },
+            }
+        },
+        "/v1/shared/{token}": {
+            "get": {
+                "summary": "Read a shared job (no API key)",
+                "parameters": [_TOKEN, wait],
+                "responses": {
+                    "200": _json(JobDocument, "The job."),
+                    "304": {"description": "Unchanged."},
+                    "401": _problem("Invalid or expired link."),
+                    "404": _problem("The job no longer exists."),
+                    "422": _problem("Invalid wait."),
+                },
+            }
+        },
+        "/v1/shared/{token}/events": {
+            "get": {
+                "summary": "Stream a shared job's changes; ends when the link expires",
+                "parameters": [_TOKEN],
+                "responses": {
+                    "200": sse,
+                    "401": _problem("Invalid or expired link."),
+                    "404": _problem("The job no longer exists."),
+                },
+            }
+        },
+        "/v1/stats": {
+            "get": {
+                "summary": "Counts, throughput, failure rate and wait/run times",
+                "security": _SECURED,
+                "responses": {
+                    "200": _json(Stats, "Statistics of the tenant's jobs."),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "Alive.")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: database reachable and schema current",
+                "responses": {
+                    "200": _json(Readiness, "Ready."),
+                    "503": _problem("Not ready."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {}}}},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def openapi_document(settings: ApiSettings) -> dict[str, Any]:
+    """The OpenAPI document for an app built with ``settings``."""
+    paths = _paths(settings)
+    for path, item in paths.items():
+        if path.startswith("/v1/"):
+            for operation in item.values():
+                operation["responses"]["503"] = _unavailable()
+                if "security" in operation:  # the routes an API key calls
+                    operation.setdefault("parameters", []).append(_TENANT)
+                    operation["responses"].setdefault(
+                        "422", _problem("Invalid parameter (for an admin key: tenant).")
+                    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -222,260 +385,7 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Job": _job_schema(),
-                "CreateJob": _create_body(settings),
-                "Problem": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "code": {"type": "string"},
-                    },
-                    "required": ["type", "title", "status", "detail", "code"],
-                },
-            },
+            "schemas": {**_schemas(), "CreateJob": _create_body(settings)},
         },
-        "paths": {
-            "/v1/jobs": {
-                "post": {
-                    "summary": "Create a job",
-                    "security": _SECURED,
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
-                        },
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": "#/components/schemas/CreateJob"}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _json(_JOB, "Created."),
-                        "200": _json(_JOB, "The job this Idempotency-Key already created."),
-                        **_AUTH_ERRORS,
-                        "408": _problem("The body did not arrive in time."),
-                        "409": _problem("Idempotency-Key reused with a different body."),
-                        "413": _problem("Body too large."),
-                        "415": _problem("Body is not application/json."),
-                        "422": _problem("Invalid body, unknown task or invalid arguments."),
-                    },
-                },
-                "get": {
-                    "summary": "List the tenant's jobs, newest first",
-                    "security": _SECURED,
-                    "parameters": list_params,
-                    "responses": {
-                        "200": _json(job_list, "A page of jobs."),
-                        **_AUTH_ERRORS,
-                        "422": _problem("Invalid filter."),
-                    },
-                },
-            },
-            "/v1/jobs/{job_id}": {
-                "get": {
-                    "summary": "Read a job (long-poll with ?wait=)",
-                    "security": _SECURED,
-                    "parameters": [
-                        _JOB_ID,
-                        {
-                            "name": "wait",
-                            "in": "query",
-                            "schema": {
-                                "type": "number",
-                                "minimum": 0,
-                                "maximum": settings.max_wait_seconds,
-                            },
-                        },
-                        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-                    ],
-                    "responses": {
-                        "200": _json(_JOB, "The job."),
-                        "304": {"description": "Unchanged since the given ETag."},
-                        **_AUTH_ERRORS,
-                        "404": _problem("No such job."),
-                        "422": _problem("Invalid wait."),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}/events": {
-                "get": {
-                    "summary": "Stream the job's changes (Server-Sent Events)",
-                    "security": _SECURED,
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": sse, **_AUTH_ERRORS, "404": _problem("No such job.")},
-                }
-            },
-            "/v1/jobs/{job_id}/cancel": {
-                "post": {
-                    "summary": "Cancel a job",
-                    "security": _SECURED,
-                    "parameters": [_JOB_ID],
-                    "responses": {
-                        "200": _json(_JOB, "Cancelled (or already finished)."),
-                        "202": _json(_JOB, "Running: cancellation requested."),
-                        **_AUTH_ERRORS,
-                        "404": _problem("No such job."),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}/retry": {
-                "post": {
-                    "summary": "Retry a failed or cancelled job",
-                    "security": _SECURED,
-                    "parameters": [_JOB_ID],
-                    "responses": {
-                        "200": _json(_JOB, "Queued again."),
-                        **_AUTH_ERRORS,
-                        "404": _problem("No such job."),
-                        "409": _problem("The job is not failed or cancelled."),
-                    },
-                }
-            },
-            "/v1/jobs/{job_id}/share": {
-                "post": {
-                    "summary": "Make a signed, expiring, read-only link to the job",
-                    "security": _SECURED,
-                    "parameters": [
-                        _JOB_ID,
-                        {
-                            "name": "ttl",
-                            "in": "query",
-                            "schema": {
-                                "type": "number",
-                                "exclusiveMinimum": 0,
-                                "maximum": settings.share_ttl_seconds,
-                            },
-                        },
-                    ],
-                    "responses": {
-                        "201": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "token": {"type": "string"},
-                                    "url": {"type": "string"},
-                                    "events": {"type": "string"},
-                                    "expires_at": {"type": "string"},
-                                },
-                                "required": ["token", "url", "events", "expires_at"],
-                            },
-                            "The share link.",
-                        ),
-                        **_AUTH_ERRORS,
-                        "404": _problem("No such job."),
-                        "409": _problem("Sharing is disabled."),
-                        "422": _problem("Invalid ttl."),
-                    },
-                }
-            },
-            "/v1/shared/{token}": {
-                "get": {
-                    "summary": "Read a shared job (no API key)",
-                    "parameters": [
-                        {
-                            "name": "token",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "wait",
-                            "in": "query",
-                            "schema": {
-                                "type": "number",
-                                "minimum": 0,
-                                "maximum": settings.max_wait_seconds,
-                            },
-                        },
-                    ],
-                    "responses": {
-                        "200": _json(_JOB, "The job."),
-                        "304": {"description": "Unchanged."},
-                        "401": _problem("Invalid or expired link."),
-                        "404": _problem("The job no longer exists."),
-                        "422": _problem("Invalid wait."),
-                    },
-                }
-            },
-            "/v1/shared/{token}/events": {
-                "get": {
-                    "summary": "Stream a shared job's changes; ends when the link expires",
-                    "parameters": [
-                        {
-                            "name": "token",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": sse,
-                        "401": _problem("Invalid or expired link."),
-                        "404": _problem("The job no longer exists."),
-                    },
-                }
-            },
-            "/v1/stats": {
-                "get": {
-                    "summary": "Counts, throughput, failure rate and wait/run times",
-                    "security": _SECURED,
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "counts": {"type": "array"},
-                                    "windows": {
-                                        "type": "object",
-                                        "properties": {"5m": window, "1h": window, "24h": window},
-                                    },
-                                },
-                                "required": ["counts", "windows"],
-                            },
-                            "Statistics of the tenant's jobs.",
-                        ),
-                        **_AUTH_ERRORS,
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness",
-                    "responses": {"200": _json({"type": "object"}, "Alive.")},
-                }
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness: database reachable and schema current",
-                    "responses": {
-                        "200": _json({"type": "object"}, "Ready."),
-                        "503": _problem("Not ready."),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {"description": "Metrics.", "content": {"text/plain": {}}}
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
-                }
-            },
-        },
+        "paths": paths,
     }

@@ -27,6 +27,12 @@ class ApiSettings(BaseSettings):
     ``exposed_tasks`` is the allowlist of tasks ``POST /v1/jobs`` may create,
     as JSON in ``SKIPLOCK_EXPOSED_TASKS``: ``{"render": {"args_schema": {…}}}``.
     ``share_secret`` signs read-only share links; without it they are disabled.
+    A listing leaves out results over ``list_max_result_bytes`` of JSON (read
+    the job for them) and ends a page early past ``list_max_response_bytes``.
+    ``hub_poll_seconds``: how often streams and long-polls re-read their jobs
+    whatever notifications say (the floor when they never arrive);
+    ``hub_listen=False`` (``SKIPLOCK_HUB_LISTEN=false``) runs the event hub
+    without a LISTEN connection, on polling alone.
     """
 
     model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
@@ -43,6 +49,10 @@ class ApiSettings(BaseSettings):
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
     sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
     sse_max_result_bytes: int = Field(default=64 * 1024, ge=0)
+    hub_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+    hub_listen: bool = True
+    list_max_result_bytes: int = Field(default=16 * 1024, ge=0)
+    list_max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     subscriber_buffer: int = Field(default=64, ge=1, le=100_000)
     max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
     pool_max_size: int = Field(default=10, ge=1, le=1000)

@@ -22,6 +22,7 @@ from skiplock.queue import (
     SchemaMismatch,
     check_schema,
 )
+from skiplock.queue.document import job_document
 from skiplock.worker.retention import parse_duration
 
 __all__ = [
@@ -218,42 +219,9 @@ def ts(value: datetime | None) -> str | None:
 
 
 def job_json(job: Job) -> dict[str, Any]:
-    """A job as a JSON-ready dict, error history included (the CLI is for operators)."""
-    return {
-        "id": str(job.id),
-        "task": job.task,
-        "queue": job.queue,
-        "tenant": job.tenant,
-        "state": job.state.value,
-        "args": job.args,
-        "meta": job.meta,
-        "priority": job.priority,
-        "attempt": job.attempt,
-        "max_attempts": job.max_attempts,
-        "idempotency_key": job.idempotency_key,
-        "progress": job.progress,
-        "message": job.progress_message,
-        "eta": ts(job.eta),
-        "result": job.result,
-        "cancel_requested": job.cancel_requested,
-        "worker_id": job.worker_id,
-        "errors": [
-            {
-                "type": e.type,
-                "message": e.message,
-                "attempt": e.attempt,
-                "worker": e.worker,
-                "at": e.at,
-                "traceback": e.traceback,
-            }
-            for e in job.errors
-        ],
-        "run_at": ts(job.run_at),
-        "created_at": ts(job.created_at),
-        "updated_at": ts(job.updated_at),
-        "started_at": ts(job.started_at),
-        "finished_at": ts(job.finished_at),
-    }
+    """A job as a JSON-ready dict: the operator form of the one job document
+    (:func:`skiplock.queue.document.job_document`), error history with tracebacks."""
+    return job_document(job, now=datetime.now(UTC), operator=True)
 
 
 def echo_json(value: Any) -> None:

@@ -305,13 +305,18 @@ class Client:
         meta: Mapping[str, Any] | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        max_result_bytes: int | None = None,
         connection: Executor | None = None,
     ) -> Page:
         """Jobs newest first. ``meta`` keeps jobs whose meta contains those labels.
 
         Pass the returned ``next_cursor`` back as ``cursor`` for the next page.
+        ``max_result_bytes``: a result longer than this as JSON text is not even
+        fetched (``result`` is None and ``result_omitted`` True); read the job.
         """
         scope = tenant_filter(tenant)
+        if max_result_bytes is not None and max_result_bytes < 0:
+            raise ValueError("max_result_bytes must be 0 or more")
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         state_values = None if states is None else [JobState(s).value for s in states]
@@ -328,6 +333,7 @@ class Client:
                 meta_json=meta_json,
                 cursor=None if cursor is None else decode_cursor(cursor),
                 limit=limit + 1,
+                max_result_bytes=max_result_bytes,
             )
         more = len(jobs) > limit
         jobs = jobs[:limit]

@@ -136,16 +136,22 @@ class Job:
     """:attr:`JobSpec.fingerprint` of the request that made the job (None: made before
     schema 0006); the same idempotency key with another fingerprint is a conflict."""
 
+    result_omitted: bool = False
+    """True when a listing left the result out for its size (``result`` is None then)."""
+
     @property
     def error(self) -> JobError | None:
-        """Why the job failed: the last entry of ``errors`` when the job is ``failed``, else None.
+        """The error the job failed with: set only when the job failed.
 
-        A job that succeeded, was cancelled or waits for another attempt after a
-        failed one has no error; its earlier failures stay in ``errors``.
+        A job that failed an attempt and then was retried, succeeded or was
+        cancelled has no error; its failed attempts stay in :attr:`errors`.
         """
-        if self.state is not JobState.FAILED or not self.errors:
-            return None
-        return self.errors[-1]
+        return self.errors[-1] if self.errors and self.state is JobState.FAILED else None
+
+    @property
+    def last_error(self) -> JobError | None:
+        """The most recent failed attempt, whatever the state (the end of :attr:`errors`)."""
+        return self.errors[-1] if self.errors else None
 
     @property
     def is_terminal(self) -> bool:

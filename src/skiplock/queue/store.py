@@ -200,6 +200,7 @@ def _job(row: asyncpg.Record) -> Job:
         expires_at=row["expires_at"],
         timeout_seconds=row["timeout_seconds"],
         request_fingerprint=row["request_fingerprint"],
+        result_omitted=bool(row.get("result_omitted", False)),
     )
 
 
@@ -337,6 +338,16 @@ class Store:
         rows = await ex.fetch(self._q("get_jobs"), list(job_ids), tenant)
         return [_job(r) for r in rows]
 
+    async def get_watched_jobs(
+        self, ex: Executor, watched: Iterable[tuple[uuid.UUID, str]]
+    ) -> list[Job]:
+        """The jobs of the (id, tenant) pairs in ``watched``, each only for its tenant."""
+        pairs = sorted(set(watched))
+        rows = await ex.fetch(
+            self._q("get_watched_jobs"), [i for i, _ in pairs], [t for _, t in pairs]
+        )
+        return [_job(r) for r in rows]
+
     async def list_jobs(
         self,
         ex: Executor,
@@ -350,6 +361,7 @@ class Store:
         meta_json: str | None,
         cursor: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        max_result_bytes: int | None = None,
     ) -> list[Job]:
         rows = await ex.fetch(
             self._q("list_jobs"),
@@ -363,6 +375,7 @@ class Store:
             None if cursor is None else cursor[0],
             None if cursor is None else cursor[1],
             limit,
+            max_result_bytes,
         )
         return [_job(r) for r in rows]
 

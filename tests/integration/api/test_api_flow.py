@@ -209,7 +209,8 @@ async def test_retry_of_a_failed_job_runs_it_again(
     response = await api.http.post(f"/v1/jobs/{job_id}/retry", headers=bearer(keys.a_write))
     assert response.status_code == 200
     assert response.json()["state"] == "queued"
-    assert response.json()["error"] is None  # queued again: no longer failed
+    assert response.json()["error"] is None  # queued again; the failure stays in the history
+    assert response.json()["errors"][-1]["message"] == "bad frame"
     await control.wait_started(job_id)
     control.finish(job_id, "second time lucky")
     done = await wait_for_state(client, job_id, JobState.SUCCEEDED)
@@ -293,3 +294,24 @@ async def test_list_filters_by_state(
     ids = [j["id"] for j in response.json()["jobs"]]
     assert ids == [kept["id"]]
     assert other["id"] not in ids
+
+
+async def test_a_job_that_succeeds_after_a_failure_shows_no_error(
+    api: LiveApi, keys: Keys, control: RenderControl, worker: Worker, client: Client
+) -> None:
+    """`error` is only the error of a failed job; the failed attempt stays in `errors`."""
+    job_id = await _running_job(api, keys, control, client)
+    control.fail(job_id, "bad frame")
+    await wait_for_state(client, job_id, JobState.FAILED)
+    control.started.discard(job_id)
+    retried = await api.http.post(f"/v1/jobs/{job_id}/retry", headers=bearer(keys.a_write))
+    assert retried.json()["error"] is None
+    await control.wait_started(job_id)
+    control.finish(job_id, "second time lucky")
+    await wait_for_state(client, job_id, JobState.SUCCEEDED)
+    doc = (await api.http.get(f"/v1/jobs/{job_id}", headers=bearer(keys.a_write))).json()
+    assert (doc["state"], doc["error"]) == ("succeeded", None)
+    assert [(e["type"], e["message"], e["attempt"]) for e in doc["errors"]] == [
+        ("Fail", "bad frame", 1)
+    ]
+    assert "traceback" not in doc["errors"][0]

@@ -152,3 +152,19 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
 def _has_inputs(definition: dict[str, Any]) -> bool:
     return bool(definition.get("parameters") or definition.get("requestBody"))
+
+
+def test_every_v1_route_documents_503_database_unavailable_with_retry_after() -> None:
+    """Each /v1 operation lists the 503 problem answer and its Retry-After header."""
+    doc = openapi_document(api_settings("postgresql://unused"))
+    for path, item in doc["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in item.items():
+            answer = operation["responses"].get("503")
+            assert answer is not None, f"{method.upper()} {path} documents no 503"
+            assert answer["content"] == {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }
+            assert answer["headers"]["Retry-After"]["required"] is True
+            assert answer["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}

@@ -97,3 +97,23 @@ async def test_shared_link_follows_the_job_to_its_end(
         assert cancelled.status_code == 200
         rest = await stream.rest()
     assert [(e.event, e.json()["state"]) for e in rest] == [("job", "cancelled")]
+
+
+async def test_shared_document_links_point_at_the_share_routes(
+    shared_api: LiveApi, tenant_keys: Keys
+) -> None:
+    """A job read through a share token links to the share routes, which work without a key."""
+    job_id = await create_job(shared_api, tenant_keys.a_write)
+    shared = await shared_api.http.post(
+        f"/v1/jobs/{job_id}/share", headers=bearer(tenant_keys.a_write)
+    )
+    link = shared.json()
+    doc = (await shared_api.http.get(link["url"])).json()
+    assert doc["links"] == {"self": link["url"], "events": link["events"]}
+    async with sse(shared_api.http, link["events"]) as stream:
+        event = await stream.next()
+    assert event is not None
+    assert event.json()["links"] == doc["links"]
+    followed = await shared_api.http.get(doc["links"]["self"])
+    assert followed.status_code == 200
+    assert followed.json()["id"] == job_id

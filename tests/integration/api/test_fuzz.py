@@ -434,6 +434,12 @@ async def test_schemathesis_call_sequences_find_no_server_error_or_lost_resource
 ) -> None:
     """Chained calls (create → read, cancel, retry, share) break no promise of the document."""
     document = (await fuzz_api.http.get("/openapi.json")).json()
+    # ?tenant= is for admin keys; with this tenant key it mostly answers 403 and would starve
+    # the sequences of successful calls (test_api_openapi.py fuzzes it per operation).
+    for item in document["paths"].values():
+        for operation in item.values():
+            parameters = operation.get("parameters", [])
+            operation["parameters"] = [p for p in parameters if p["name"] != "tenant"]
     # Event streams of queued jobs never end on their own: their sequences are left out
     # (test_api_openapi.py fuzzes them on finished jobs).
     schema = schemathesis.openapi.from_dict(document).exclude(path_regex=r"/events$")

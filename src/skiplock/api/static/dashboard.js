@@ -109,10 +109,12 @@ function paint(doc) {
     Math.round(pct) + "%" + (doc.message ? " " + doc.message : "");
   // The last failed attempt: the reason a failed job failed, or why a live one is retrying.
   // A job that succeeded or was cancelled afterwards shows none.
+  // (`error` is set only on a failed job; `errors` is the whole history.)
   const error = row.querySelector(".error");
-  const shown = doc.error && (doc.state === "failed" || !TERMINAL.has(doc.state));
+  const last = doc.error || (doc.errors && doc.errors[doc.errors.length - 1]);
+  const shown = last && (doc.state === "failed" || !TERMINAL.has(doc.state));
   error.textContent = shown
-    ? (doc.state === "failed" ? "" : "retrying after ") + doc.error.type + ": " + doc.error.message
+    ? (doc.state === "failed" ? "" : "retrying after ") + last.type + ": " + last.message
     : "";
   error.className = "error" + (shown && doc.state !== "failed" ? " retrying" : "");
   row.querySelector(".cancel").hidden = TERMINAL.has(doc.state);

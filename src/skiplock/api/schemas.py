@@ -1,0 +1,222 @@
+"""The typed shapes of the status API: request bodies and response documents.
+
+The routes validate requests with these models and shape their JSON answers
+through them (:func:`render`), and :mod:`skiplock.api.openapi` generates the
+OpenAPI document's schemas from them, so the document cannot drift from what
+the routes send.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "MODELS",
+    "CreateJobBody",
+    "ErrorInfo",
+    "Health",
+    "JobCount",
+    "JobDocument",
+    "JobLinks",
+    "JobList",
+    "Problem",
+    "Readiness",
+    "ShareLink",
+    "Stats",
+    "TaskWindow",
+    "Windows",
+    "render",
+]
+
+Timestamp = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Out(BaseModel):
+    """A response document: fields by alias, nothing unknown."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class CreateJobBody(BaseModel):
+    """The body of ``POST /v1/jobs`` (the task's ``args`` are checked against its schema)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=256)
+    args: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-32768, le=32767)
+    delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
+    meta: dict[str, Any] = Field(default_factory=dict, description="JSON labels kept with the job.")
+
+
+class ErrorInfo(_Out):
+    """A failed attempt: what was raised, in which attempt, when."""
+
+    type: str
+    message: str
+    attempt: int
+    at: str
+
+
+class JobLinks(_Out):
+    """Routes the caller can use for this job (no ``cancel`` through a share link)."""
+
+    self_: str = Field(alias="self")
+    events: str
+    cancel: str | None = None
+
+
+class JobDocument(_Out):
+    """A job as the API shows it. Tracebacks, arguments and lease details stay inside."""
+
+    id: str = Field(json_schema_extra={"format": "uuid"})
+    task: str
+    queue: str
+    state: State
+    scheduled: bool = Field(description="Queued with run_at in the future.")
+    progress: float | None = Field(ge=0, le=100)
+    message: str | None
+    eta: Timestamp
+    attempt: int = Field(ge=0)
+    max_attempts: int = Field(ge=1)
+    priority: int
+    cancel_requested: bool
+    stalled: bool = Field(
+        default=False,
+        description="Running, but its lease was not renewed on time: its worker crashed, froze "
+        "or was cut off, and progress and eta are stale until the job is rescued.",
+    )
+    result: Any = Field(description="The handler's JSON result, when succeeded.")
+    result_omitted: bool = Field(
+        default=False,
+        description="The result is too big for this answer (result is null): read the job.",
+    )
+    error: ErrorInfo | None = Field(
+        description="The error the job failed with: set only when state is failed."
+    )
+    errors: list[ErrorInfo] = Field(
+        description="Every failed attempt, oldest first, whatever the state (a job may "
+        "succeed after failed attempts)."
+    )
+    meta: dict[str, Any]
+    run_at: Timestamp
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp
+    finished_at: Timestamp
+    expires_at: Timestamp = Field(
+        default=None, description="A job not started by then never starts (ends cancelled)."
+    )
+    timeout_seconds: float | None = Field(
+        default=None, description="Seconds one attempt may run (null: the task's own timeout)."
+    )
+    links: JobLinks
+    tenant: str | None = Field(
+        default=None, description="The job's tenant: only in answers to an admin key."
+    )
+
+
+class JobList(_Out):
+    """One page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    jobs: list[JobDocument]
+    next_cursor: str | None
+
+
+class ShareLink(_Out):
+    """A signed read-only link to one job, valid until ``expires_at``."""
+
+    token: str
+    url: str
+    events: str
+    expires_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class Percentiles(_Out):
+    """Median and 95th percentile, in seconds (null without data)."""
+
+    p50: float | None
+    p95: float | None
+
+
+class TaskWindow(_Out):
+    """One task's figures over a time window."""
+
+    task: str
+    succeeded: int
+    failed: int
+    cancelled: int
+    throughput_per_minute: float
+    failure_rate: float | None
+    wait_seconds: Percentiles
+    run_seconds: Percentiles
+
+
+class Windows(_Out):
+    """Per-task figures of the last 5 minutes, hour and day."""
+
+    m5: list[TaskWindow] = Field(alias="5m")
+    h1: list[TaskWindow] = Field(alias="1h")
+    h24: list[TaskWindow] = Field(alias="24h")
+
+
+class JobCount(_Out):
+    """How many jobs of a queue and task are in a state."""
+
+    queue: str
+    task: str
+    state: State
+    count: int
+
+
+class Stats(_Out):
+    """Counts, throughput, failure rate and wait/run times of the tenant's jobs."""
+
+    counts: list[JobCount]
+    windows: Windows
+
+
+class Health(_Out):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Readiness(_Out):
+    """The service is ready; ``checks`` says how each dependency is."""
+
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; ``code`` is stable and machine-readable."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+# Every model named in the OpenAPI document's components.
+MODELS: tuple[type[BaseModel], ...] = (
+    JobDocument,
+    JobList,
+    ShareLink,
+    Stats,
+    Health,
+    Readiness,
+    Problem,
+)
+
+
+def render(model: type[BaseModel], data: Any) -> bytes:
+    """``data`` validated by ``model`` and serialized as JSON (only the fields it carries)."""
+    instance = model.model_validate(data)
+    return instance.__pydantic_serializer__.to_json(instance, by_alias=True, exclude_unset=True)
