@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from datetime import timedelta
 
 import anyio
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.models import Job
 from skiplock.queue.store import Unreadable
 from skiplock.worker.completer import Completer
 from skiplock.worker.executor import Executor
@@ -67,6 +69,7 @@ class Claimer:
         loop = asyncio.get_running_loop()
         backoff = 0.1
         by_poll = False  # this claim was woken by the poll timer, not a notification
+        previous: float | None = None  # when the last claim that succeeded was sent
         while not self._stopping:
             free = table.free
             if free <= 0:
@@ -96,7 +99,12 @@ class Claimer:
                 backoff = min(backoff * 2, s.poll * 5)
                 by_poll = False
                 continue
-            shared.metrics.claimed(len(jobs), time.perf_counter() - claim_started, by_poll=by_poll)
+            answered = time.perf_counter()
+            missed = 0
+            if by_poll and jobs and previous is not None:
+                missed = _due_before(jobs, answered - previous)
+            previous = claim_started
+            shared.metrics.claimed(len(jobs), answered - claim_started, missed=missed)
             shared.health.db_ok()
             by_poll = False
             backoff = 0.1
@@ -127,3 +135,20 @@ class Claimer:
                 f"the job's stored JSON cannot be decoded: {row.error}",
             )
         )
+
+
+def _due_before(jobs: list[Job], since_previous: float) -> int:
+    """How many of ``jobs`` were already due when the previous claim ran.
+
+    Such a job was committed after that claim (else it had taken it) and
+    announced by no notification that reached us: a missed notification. A job
+    whose ``run_at`` came later (a delay, a retry's backoff) was not due then,
+    and no notification is sent when a delay runs out. The previous claim's
+    database time is bounded from below without another round trip: this
+    claim's ``now()`` (every claimed row's ``started_at``) minus the local time
+    from sending the previous claim to receiving this one's answer.
+    """
+    started_at = jobs[0].started_at
+    assert started_at is not None
+    bound = started_at - timedelta(seconds=since_previous)
+    return sum(1 for job in jobs if job.run_at <= bound)
