@@ -4,10 +4,12 @@ counted honestly, unknown tasks released without burning attempts, lost claim re
 from __future__ import annotations
 
 import asyncpg
+import orjson
 
 from skiplock import Client, JobContext, JobState, Retry, TaskRegistry, Worker
-from tests.helpers import wait_for_state, wait_until
-from tests.worker_helpers import fast_settings, running
+from skiplock.worker.outcomes import MAX_UNKNOWN_TASK_RELEASES
+from tests.helpers import wait_for, wait_for_state, wait_until
+from tests.worker_helpers import execute, fast_settings, running
 
 
 def _sample(worker: Worker, name: str) -> float:
@@ -78,3 +80,81 @@ async def test_a_due_job_whose_notification_was_lost_counts_as_missed(
             await conn.close()
         await wait_for_state(client, job.id, JobState.SUCCEEDED)
         assert _missed(worker) == 1
+
+
+# -- unknown tasks ---------------------------------------------------------------
+
+
+def _tasks(*names: str) -> TaskRegistry:
+    tasks = TaskRegistry()
+    for name in names:
+
+        async def handler(ctx: JobContext) -> str:
+            return f"done by {ctx.job.worker_id}"
+
+        tasks.task(name=name)(handler)
+    return tasks
+
+
+async def test_unknown_task_is_released_without_an_attempt_then_runs_where_known(
+    db_dsn: str, client: Client
+) -> None:
+    """An old worker (rolling deploy) gives a new task's job back, attempt not counted and
+    not claimable at once, saying so in its history; a worker that knows the task runs it."""
+    job = await client.enqueue("new_task", max_attempts=1)
+    old = Worker(_tasks("old_task"), db_dsn, fast_settings(worker_id="old"))
+    async with running(old):
+
+        async def released() -> bool:
+            j = await client.get(job.id)
+            return j is not None and len(j.errors) == 1
+
+        await wait_for(released, bool, timeout=5, what="the old worker to release the job")
+    back = await client.get(job.id)
+    assert back is not None
+    assert back.state is JobState.QUEUED
+    assert back.attempt == 0
+    assert back.run_at > back.updated_at  # held back: the old worker does not spin on it
+    (entry,) = back.errors
+    assert entry.type == "UnknownTask"
+    assert entry.counted is False
+    assert entry.worker == "old"
+    assert "new_task" in entry.message
+
+    new = Worker(_tasks("new_task"), db_dsn, fast_settings(worker_id="new"))
+    async with running(new):
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED)
+    assert done.attempt == 1
+    assert done.result == "done by new"
+
+
+async def test_unknown_task_fails_once_its_releases_are_used_up(
+    db_dsn: str, client: Client
+) -> None:
+    """The releases are bounded: a task no worker has learned after them fails, UnknownTask."""
+    job = await client.enqueue("typo_task", max_attempts=3)
+    entry = {
+        "type": "UnknownTask",
+        "message": "m",
+        "traceback": None,
+        "attempt": 1,
+        "worker": "w",
+        "at": "2026-01-01T00:00:00+00:00",
+        "counted": False,
+    }
+    await execute(
+        db_dsn,
+        "UPDATE skiplock.jobs SET errors = (SELECT jsonb_agg($2::jsonb) FROM"
+        " generate_series(1, $3)) WHERE id = $1",
+        job.id,
+        orjson.dumps(entry).decode(),
+        MAX_UNKNOWN_TASK_RELEASES,
+    )
+    async with running(Worker(_tasks("other"), db_dsn, fast_settings())):
+        done = await wait_for_state(client, job.id, JobState.FAILED)
+    assert done.attempt == 1
+    assert len(done.errors) == MAX_UNKNOWN_TASK_RELEASES + 1
+    last = done.errors[-1]
+    assert last.type == "UnknownTask"
+    assert last.counted is True
+    assert f"released {MAX_UNKNOWN_TASK_RELEASES} times" in last.message

@@ -21,7 +21,13 @@ _SMALLINT = (-32768, 32767)
 
 @dataclass(frozen=True, slots=True)
 class JobError:
-    """One failed attempt, as kept in a job's error history."""
+    """One failed attempt, as kept in a job's error history.
+
+    ``counted`` is False for an attempt given back without counting (an
+    ``UnknownTask`` release by a worker that lacks the task, a ``ClaimLost``
+    claim whose reply never arrived): ``attempt`` then names the attempt it
+    would have been.
+    """
 
     type: str
     message: str
@@ -29,6 +35,7 @@ class JobError:
     attempt: int
     worker: str | None
     at: str
+    counted: bool = True
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobError:
@@ -40,6 +47,7 @@ class JobError:
             attempt=int(data.get("attempt", 0)),
             worker=data.get("worker"),
             at=str(data.get("at", "")),
+            counted=data.get("counted") is not False,
         )
 
 
