@@ -3,10 +3,14 @@ counted honestly, unknown tasks released without burning attempts, lost claim re
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import orjson
+import pytest
 
-from skiplock import Client, JobContext, JobState, Retry, TaskRegistry, Worker
+from skiplock import Client, Job, JobContext, JobState, Retry, TaskRegistry, Worker
+from skiplock.queue import TERMINAL_STATES
 from skiplock.worker.outcomes import MAX_UNKNOWN_TASK_RELEASES
 from tests.helpers import wait_for, wait_for_state, wait_until
 from tests.worker_helpers import execute, fast_settings, running
@@ -158,3 +162,47 @@ async def test_unknown_task_fails_once_its_releases_are_used_up(
     assert last.type == "UnknownTask"
     assert last.counted is True
     assert f"released {MAX_UNKNOWN_TASK_RELEASES} times" in last.message
+
+
+# -- lost claim replies ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lost_reply",
+    [
+        TimeoutError,  # the worker's fail_after(db_timeout) fired after the server committed
+        asyncpg.ConnectionDoesNotExistError,  # the connection died with the reply in flight
+    ],
+)
+async def test_a_claim_whose_reply_was_lost_is_given_back_and_runs_on_its_only_attempt(
+    db_dsn: str,
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    lost_reply: type[Exception],
+) -> None:
+    """A claim that committed but whose reply never reached the worker leaves the job
+    running under it with a token it never saw; the next claim gives it back without
+    counting, so a max_attempts=1 job still runs (and succeeds) as attempt 1."""
+    job = await client.enqueue("ok", max_attempts=1)
+    worker = Worker(_tasks("ok"), db_dsn, fast_settings(worker_id="w1"))
+    claim = worker.store.claim_jobs
+    lost: list[Job] = []
+
+    async def claim_losing_the_first_reply(*args: Any, **kwargs: Any) -> list[Job]:
+        jobs = await claim(*args, **kwargs)  # committed
+        if jobs and not lost:
+            lost.extend(jobs)
+            raise lost_reply("the claim's reply was lost")
+        return jobs
+
+    monkeypatch.setattr(worker.store, "claim_jobs", claim_losing_the_first_reply)
+    async with running(worker):
+        done = await wait_for_state(client, job.id, TERMINAL_STATES, timeout=8)
+    assert [j.id for j in lost] == [job.id]
+    assert done.state is JobState.SUCCEEDED
+    assert done.attempt == 1
+    (entry,) = done.errors
+    assert entry.type == "ClaimLost"
+    assert entry.counted is False
+    assert entry.worker == "w1"
+    assert entry.attempt == 1

@@ -431,6 +431,14 @@ class Store:
         )
         return {r["id"] for r in rows}
 
+    async def release_orphans(
+        self, ex: Executor, worker_id: str, held: Sequence[uuid.UUID]
+    ) -> list[tuple[uuid.UUID, JobState]]:
+        """Give back (uncounted) the jobs running under ``worker_id`` with a token not in
+        ``held``: claims whose reply it never received. Returns (id, new state)."""
+        rows = await ex.fetch(self._q("release_orphans"), worker_id, list(held))
+        return [(r["id"], JobState(r["state"])) for r in rows]
+
     async def rescue_expired(self, ex: Executor, limit: int) -> list[Rescued]:
         rows = await ex.fetch(self._q("rescue_expired"), limit)
         return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
