@@ -11,6 +11,7 @@ import pytest
 
 from skiplock import Client, Job, JobContext, JobState, Retry, TaskRegistry, Worker
 from skiplock.queue import TERMINAL_STATES
+from skiplock.worker import WorkerIdInUse
 from skiplock.worker.outcomes import MAX_UNKNOWN_TASK_RELEASES
 from tests.helpers import wait_for, wait_for_state, wait_until
 from tests.worker_helpers import execute, fast_settings, running
@@ -206,3 +207,63 @@ async def test_a_claim_whose_reply_was_lost_is_given_back_and_runs_on_its_only_a
     assert entry.counted is False
     assert entry.worker == "w1"
     assert entry.attempt == 1
+
+
+# -- presence (migration 0007) ------------------------------------------------------
+
+_PRESENCE = "SELECT id, lock_key, alive FROM skiplock.worker_presence ORDER BY id"
+
+
+async def _presence(db_dsn: str) -> list[tuple[str, int, bool]]:
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        return [(r["id"], r["lock_key"], r["alive"]) for r in await conn.fetch(_PRESENCE)]
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_registers_while_running_and_unregisters_on_a_graceful_stop(
+    db_dsn: str,
+) -> None:
+    """Running, the worker is registered and alive; a graceful stop deletes its row."""
+    async with running(Worker(_tasks("ok"), db_dsn, fast_settings(worker_id="w1"))):
+        ((worker_id, _, alive),) = await _presence(db_dsn)
+        assert (worker_id, alive) == ("w1", True)
+    assert await _presence(db_dsn) == []
+
+
+async def test_a_second_live_worker_with_the_same_id_is_refused(db_dsn: str) -> None:
+    """Worker ids must be unique among live workers: a duplicate does not start."""
+    async with running(Worker(_tasks("ok"), db_dsn, fast_settings(worker_id="twin"))):
+        twin = Worker(_tasks("ok"), db_dsn, fast_settings(worker_id="twin"))
+        with pytest.raises(WorkerIdInUse, match="'twin' is registered by a live process"):
+            await twin.run()
+        ((worker_id, _, alive),) = await _presence(db_dsn)
+        assert (worker_id, alive) == ("twin", True)
+
+
+async def test_a_worker_that_loses_its_presence_connection_registers_again(
+    db_dsn: str, client: Client
+) -> None:
+    """The presence connection terminated: the worker registers anew under a fresh lock
+    key and keeps working."""
+    async with running(Worker(_tasks("ok"), db_dsn, fast_settings(worker_id="w1"))):
+        ((_, first_key, _),) = await _presence(db_dsn)
+        await execute(
+            db_dsn,
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+            " WHERE l.locktype = 'advisory' AND l.objid = $1::oid AND l.objsubid = 2",
+            first_key,
+        )
+
+        async def registered_again() -> list[tuple[str, int, bool]]:
+            return await _presence(db_dsn)
+
+        await wait_for(
+            registered_again,
+            lambda rows: len(rows) == 1 and rows[0][1] != first_key and rows[0][2],
+            what="the worker to register again under a new key",
+        )
+        job = await client.enqueue("ok")
+        done = await wait_for_state(client, job.id, JobState.SUCCEEDED)
+        assert done.worker_id == "w1"

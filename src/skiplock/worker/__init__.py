@@ -2,6 +2,7 @@
 
 from skiplock.worker.context import JobContext
 from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.presence import WorkerIdInUse
 from skiplock.worker.registry import Task, TaskRegistry
 from skiplock.worker.retry import RetryPolicy
 from skiplock.worker.runner import Worker, WorkerSettings
@@ -15,5 +16,6 @@ __all__ = [
     "Task",
     "TaskRegistry",
     "Worker",
+    "WorkerIdInUse",
     "WorkerSettings",
 ]

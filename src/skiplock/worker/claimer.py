@@ -62,12 +62,25 @@ class Claimer:
         self._unleased: deque[uuid.UUID] = deque(maxlen=1000)
         self.wake = asyncio.Event()
         """Set to claim now rather than at the next poll."""
+        self._allowed = asyncio.Event()
+        self._allowed.set()
 
     def stop(self) -> None:
         """Claim no more; :meth:`run` returns."""
         self._stopping = True
         self.wake.set()
+        self._allowed.set()
         self._table.slot_free.set()
+
+    def pause(self) -> None:
+        """Claim nothing until :meth:`resume` (the worker's presence is lost: rescuers
+        would take whatever it claimed)."""
+        self._allowed.clear()
+
+    def resume(self) -> None:
+        """Claim again, at once."""
+        self._allowed.set()
+        self.wake.set()
 
     def on_queue_notification(self, payload: str) -> None:
         """A NOTIFY on ``<schema>.queue``: claim now when one of our queues is named."""
@@ -85,6 +98,9 @@ class Claimer:
         by_poll = False  # this claim was woken by the poll timer, not a notification
         previous: float | None = None  # when the last claim that succeeded was sent
         while not self._stopping:
+            if not self._allowed.is_set():
+                await self._allowed.wait()
+                continue
             if self._orphans_possible and not await self._release_orphans():
                 await self._sleep_or_wake(backoff)
                 backoff = min(backoff * 2, s.poll * 5)

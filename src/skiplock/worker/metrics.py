@@ -94,6 +94,7 @@ DB_OPERATIONS: Final = (
     "heartbeat",
     "rescue",
     "listen",
+    "presence",
     "retention",
 )
 """``operation`` label values of ``skiplock_worker_db_errors_total``."""
