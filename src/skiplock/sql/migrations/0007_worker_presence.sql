@@ -38,22 +38,34 @@ COMMENT ON COLUMN skiplock.workers.lock_key IS
 COMMENT ON COLUMN skiplock.workers.started_at IS
     'When this registration was made (the worker''s start, or its last reconnect).';
 
--- Every registered worker and whether its presence lock is held now. The
--- rescuers' dead-worker check reads it; so can an operator.
+-- Every registered worker, whether its presence lock is held now (alive), and
+-- whether it is taken for dead: not alive, unless its registration is older
+-- than the server's last start and that start is less than 30 s ago. A
+-- restart ends every session at once: the workers live on, reconnect and
+-- register anew within seconds (backoff at most 5 s), keeping their jobs;
+-- one that does not come back within 30 s is dead. The rescuers read `dead`.
 CREATE VIEW skiplock.worker_presence AS
-SELECT w.id, w.host, w.pid, w.started_at, w.lock_key,
-       EXISTS (
-           SELECT FROM pg_locks l
-           WHERE l.locktype = 'advisory'
-             AND l.database = (SELECT d.oid FROM pg_database d
-                               WHERE d.datname = current_database())
-             AND l.classid = hashtext('skiplock.workers')::oid
-             AND l.objid = w.lock_key::oid
-             AND l.objsubid = 2
-             AND l.granted
-       ) AS alive
-FROM skiplock.workers w;
+SELECT p.id, p.host, p.pid, p.started_at, p.lock_key, p.alive,
+       NOT p.alive AND NOT (p.started_at < pg_postmaster_start_time()
+                            AND now() < pg_postmaster_start_time() + interval '30 seconds')
+           AS dead
+FROM (
+    SELECT w.id, w.host, w.pid, w.started_at, w.lock_key,
+           EXISTS (
+               SELECT FROM pg_locks l
+               WHERE l.locktype = 'advisory'
+                 AND l.database = (SELECT d.oid FROM pg_database d
+                                   WHERE d.datname = current_database())
+                 AND l.classid = hashtext('skiplock.workers')::oid
+                 AND l.objid = w.lock_key::oid
+                 AND l.objsubid = 2
+                 AND l.granted
+           ) AS alive
+    FROM skiplock.workers w
+) p;
 
 COMMENT ON VIEW skiplock.worker_presence IS
-    'Registered workers and whether each is alive (holds its presence lock). A dead one''s '
-    'running jobs are re-queued by the next rescuer, within about a second.';
+    'Registered workers, whether each is alive (holds its presence lock) and whether it is '
+    'taken for dead (not alive, and not within 30 s of a server restart it registered '
+    'before). A dead one''s running jobs are re-queued by the next rescuer, within about a '
+    'second.';

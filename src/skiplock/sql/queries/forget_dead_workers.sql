@@ -6,7 +6,7 @@ USING skiplock.worker_presence p
 WHERE w.id = ANY($1::text[])
   AND p.id = w.id
   AND p.lock_key = w.lock_key
-  AND NOT p.alive
+  AND p.dead
   AND NOT EXISTS (
       SELECT FROM skiplock.jobs j WHERE j.state = 'running' AND j.worker_id = w.id
   )

@@ -8,7 +8,7 @@
 -- Parameters: $1 worker ids text[], $2 lease tokens to keep uuid[], $3 limit.
 -- Result: (id, state, attempt, worker_id) of rescued rows.
 WITH dead AS (
-    SELECT p.id FROM skiplock.worker_presence p WHERE p.id = ANY($1::text[]) AND NOT p.alive
+    SELECT p.id FROM skiplock.worker_presence p WHERE p.id = ANY($1::text[]) AND p.dead
 ), orphaned AS (
     SELECT o.id
     FROM skiplock.jobs o
