@@ -161,6 +161,14 @@ async def test_postgres_restarts_lose_nothing_and_complete_nothing_twice(
     )
     # every worker rode both restarts out in its own process
     assert set(names) <= f.processes.keys()
+    # ...and none was taken for dead: a restart ends every presence lock, but live
+    # workers register again within the grace (migration 0007)
+    died = await db.fetchval(
+        "SELECT count(*) FROM skiplock.jobs j, jsonb_array_elements(j.errors) e"
+        " WHERE j.id = ANY($1::uuid[]) AND e ->> 'type' = 'WorkerDied'",
+        ids,
+    )
+    assert died == 0
     assert load.bad == [], load.bad[:5]
     assert load.unanswered == [], load.unanswered[:5]
 
