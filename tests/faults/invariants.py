@@ -260,7 +260,9 @@ async def _load(
 
 def _interrupted(end: _Event) -> bool:
     """Whether an attempt ended without its own outcome: rescued, or released at shutdown."""
-    return end.error_type == "LeaseExpired" or (end.state == "queued" and end.error_type is None)
+    return end.error_type in ("LeaseExpired", "WorkerDied") or (
+        end.state == "queued" and end.error_type is None
+    )
 
 
 async def check_invariants(

@@ -12,7 +12,14 @@ from skiplock import Client
 from skiplock.cli import cli
 
 DAY = 86_400.0
-VIEWS = ("queue_overview", "throughput_per_minute", "task_stats", "jobs_per_tenant", "stuck_jobs")
+VIEWS = (
+    "queue_overview",
+    "throughput_per_minute",
+    "task_stats",
+    "jobs_per_tenant",
+    "stuck_jobs",
+    "worker_presence",  # migration 0007
+)
 
 
 async def _finished(

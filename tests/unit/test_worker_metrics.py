@@ -64,11 +64,11 @@ def test_instances_do_not_share_a_registry() -> None:
 
 
 def test_claimed_counts_jobs_latency_and_missed_notifications() -> None:
-    """Claims add jobs and latency; only poll-woken claims that found jobs count as missed."""
+    """Claims add jobs and latency; the missed notifications the claimer found add up."""
     m = WorkerMetrics("w")
-    m.claimed(3, 0.002, by_poll=False)
-    m.claimed(0, 0.001, by_poll=True)
-    m.claimed(2, 0.004, by_poll=True)
+    m.claimed(3, 0.002)
+    m.claimed(0, 0.001)
+    m.claimed(2, 0.004, missed=1)
     assert value(m, "skiplock_worker_claimed_jobs_total") == 5.0
     assert value(m, "skiplock_worker_claim_duration_seconds_count") == 3.0
     assert value(m, "skiplock_worker_claim_duration_seconds_sum") == pytest.approx(0.007)

@@ -72,7 +72,13 @@ def tenant_filter(tenant: TenantScope) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class JobError:
-    """One failed attempt, as kept in a job's error history."""
+    """One failed attempt, as kept in a job's error history.
+
+    ``counted`` is False for an attempt given back without counting (an
+    ``UnknownTask`` release by a worker that lacks the task, a ``ClaimLost``
+    claim whose reply never arrived): ``attempt`` then names the attempt it
+    would have been.
+    """
 
     type: str
     message: str
@@ -80,6 +86,7 @@ class JobError:
     attempt: int
     worker: str | None
     at: str
+    counted: bool = True
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobError:
@@ -91,6 +98,7 @@ class JobError:
             attempt=int(data.get("attempt", 0)),
             worker=data.get("worker"),
             at=str(data.get("at", "")),
+            counted=data.get("counted") is not False,
         )
 
 

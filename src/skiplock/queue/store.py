@@ -469,6 +469,52 @@ class Store:
         rows = await ex.fetch(self._q("expired_jobs"), limit, list(skip))
         return [r["id"] for r in rows]
 
+    async def release_orphans(
+        self, ex: Executor, worker_id: str, held: Sequence[uuid.UUID]
+    ) -> list[tuple[uuid.UUID, JobState]]:
+        """Give back (uncounted) the jobs running under ``worker_id`` with a token not in
+        ``held``: claims whose reply it never received. Returns (id, new state)."""
+        rows = await ex.fetch(self._q("release_orphans"), worker_id, list(held))
+        return [(r["id"], JobState(r["state"])) for r in rows]
+
+    # -- worker presence (migration 0007) ---------------------------------
+
+    async def worker_id_in_use(self, ex: Executor, worker_id: str) -> bool | None:
+        """Whether a live process holds ``worker_id`` (None: not registered). Locks the
+        registration row until the end of the caller's transaction."""
+        row = await ex.fetchrow(self._q("worker_id_in_use"), worker_id)
+        return None if row is None else bool(row["in_use"])
+
+    async def register_worker(
+        self, ex: Executor, worker_id: str, host: str, pid: int
+    ) -> tuple[int, bool]:
+        """Register ``worker_id`` under a fresh lock key and take its session-level
+        presence lock on ``ex`` (a dedicated connection). Returns (lock key, locked)."""
+        row = await ex.fetchrow(self._q("register_worker"), worker_id, host, pid)
+        assert row is not None
+        return row["lock_key"], row["locked"]
+
+    async def unregister_worker(self, ex: Executor, worker_id: str, lock_key: int) -> None:
+        """Delete this registration of ``worker_id`` (a graceful exit)."""
+        await ex.execute(self._q("unregister_worker"), worker_id, lock_key)
+
+    async def dead_workers(self, ex: Executor) -> list[str]:
+        """Ids of registered workers whose presence lock is not held."""
+        return [r["id"] for r in await ex.fetch(self._q("dead_workers"))]
+
+    async def rescue_dead_workers(
+        self, ex: Executor, worker_ids: Sequence[str], keep: Sequence[uuid.UUID], limit: int
+    ) -> list[Rescued]:
+        """Re-queue (or fail, or cancel) up to ``limit`` running jobs of the dead workers
+        among ``worker_ids``, except those whose lease token is in ``keep``."""
+        rows = await ex.fetch(self._q("rescue_dead_workers"), list(worker_ids), list(keep), limit)
+        return [Rescued(r["id"], JobState(r["state"]), r["attempt"], r["worker_id"]) for r in rows]
+
+    async def forget_dead_workers(self, ex: Executor, worker_ids: Sequence[str]) -> list[str]:
+        """Delete the registrations of dead workers among ``worker_ids`` that no running
+        job names any more; returns the ids deleted."""
+        return [r["id"] for r in await ex.fetch(self._q("forget_dead_workers"), list(worker_ids))]
+
     # -- operations -------------------------------------------------------
 
     async def expire_jobs(self, ex: Executor, limit: int) -> int:

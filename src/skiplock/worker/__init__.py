@@ -6,6 +6,7 @@ require("worker")  # names the extra to install, before the imports that need it
 
 from skiplock.worker.context import JobContext
 from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.presence import WorkerIdInUse
 from skiplock.worker.registry import Task, TaskRegistry
 from skiplock.worker.retry import RetryPolicy
 from skiplock.worker.runner import Worker, WorkerSettings
@@ -19,5 +20,6 @@ __all__ = [
     "Task",
     "TaskRegistry",
     "Worker",
+    "WorkerIdInUse",
     "WorkerSettings",
 ]

@@ -4,6 +4,14 @@ It waits for a free slot, claims a batch sized to the free slots (capped by
 ``max_claim_batch``) in one ``FOR UPDATE SKIP LOCKED`` statement and hands
 each job to the executor. When it got fewer jobs than it asked for, it waits
 for a NOTIFY on ``<schema>.queue`` or a jittered poll timer.
+
+A claim that failed may have committed all the same (its reply timed out or
+its connection died after the server's commit): its rows would stay
+``running`` under this worker with tokens it never saw. Before the next claim
+``release_orphans`` (sql/queries/release_orphans.sql) gives them back,
+attempt not counted. It runs between claims, never beside one, so a claim in
+flight is never taken for orphaned; this relies on worker ids being unique
+among live workers.
 """
 
 from __future__ import annotations
@@ -11,10 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
+from collections import deque
+from datetime import timedelta
 
 import anyio
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.models import Job
 from skiplock.queue.store import Unreadable
 from skiplock.worker.completer import Completer
 from skiplock.worker.executor import Executor
@@ -44,14 +56,31 @@ class Claimer:
         self._queues = list(shared.settings.queues)
         self._queue_set = frozenset(self._queues)
         self._stopping = False
+        self._orphans_possible = False  # a claim failed: it may have committed
+        # Tokens of claimed rows that could not be decoded: their failure is being
+        # written by the completer without a lease in the table.
+        self._unleased: deque[uuid.UUID] = deque(maxlen=1000)
         self.wake = asyncio.Event()
         """Set to claim now rather than at the next poll."""
+        self._allowed = asyncio.Event()
+        self._allowed.set()
 
     def stop(self) -> None:
         """Claim no more; :meth:`run` returns."""
         self._stopping = True
         self.wake.set()
+        self._allowed.set()
         self._table.slot_free.set()
+
+    def pause(self) -> None:
+        """Claim nothing until :meth:`resume` (the worker's presence is lost: rescuers
+        would take whatever it claimed)."""
+        self._allowed.clear()
+
+    def resume(self) -> None:
+        """Claim again, at once."""
+        self._allowed.set()
+        self.wake.set()
 
     def on_queue_notification(self, payload: str) -> None:
         """A NOTIFY on ``<schema>.queue``: claim now when one of our queues is named."""
@@ -67,7 +96,15 @@ class Claimer:
         loop = asyncio.get_running_loop()
         backoff = 0.1
         by_poll = False  # this claim was woken by the poll timer, not a notification
+        previous: float | None = None  # when the last claim that succeeded was sent
         while not self._stopping:
+            if not self._allowed.is_set():
+                await self._allowed.wait()
+                continue
+            if self._orphans_possible and not await self._release_orphans():
+                await self._sleep_or_wake(backoff)
+                backoff = min(backoff * 2, s.poll * 5)
+                continue
             free = table.free
             if free <= 0:
                 table.slot_free.clear()
@@ -89,6 +126,7 @@ class Claimer:
                         on_unreadable=self._fail_unreadable,
                     )
             except TRANSIENT_DB_ERRORS as exc:
+                self._orphans_possible = True
                 shared.metrics.db_error("claim")
                 shared.health.db_failed(exc)
                 shared.log.warning("claim_failed", error=repr(exc), retry_in=round(backoff, 2))
@@ -96,7 +134,12 @@ class Claimer:
                 backoff = min(backoff * 2, s.poll * 5)
                 by_poll = False
                 continue
-            shared.metrics.claimed(len(jobs), time.perf_counter() - claim_started, by_poll=by_poll)
+            answered = time.perf_counter()
+            missed = 0
+            if by_poll and jobs and previous is not None:
+                missed = _due_before(jobs, answered - previous)
+            previous = claim_started
+            shared.metrics.claimed(len(jobs), answered - claim_started, missed=missed)
             shared.health.db_ok()
             by_poll = False
             backoff = 0.1
@@ -108,6 +151,29 @@ class Claimer:
             if len(jobs) < limit:
                 by_poll = not await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
 
+    async def _release_orphans(self) -> bool:
+        """Give back the rows a lost claim reply left under this worker; whether done."""
+        shared = self._shared
+        held = [lease.token for lease in self._table.leases.values()]
+        held.extend(self._unleased)
+        try:
+            with anyio.fail_after(shared.settings.db_timeout):
+                released = await shared.store.release_orphans(shared.pool, shared.worker_id, held)
+        except TRANSIENT_DB_ERRORS as exc:
+            shared.metrics.db_error("claim")
+            shared.health.db_failed(exc)
+            shared.log.warning("release_orphans_failed", error=repr(exc))
+            return False
+        self._orphans_possible = False
+        for job_id, state in released:
+            shared.log.warning(
+                "claim_lost_job_released",
+                job_id=str(job_id),
+                state=state.value,
+                reason="claimed by a claim whose reply never arrived; attempt not counted",
+            )
+        return True
+
     async def _sleep_or_wake(self, seconds: float) -> bool:
         """Wait for a wake-up or ``seconds``; whether woken (False: the timer ran out)."""
         with anyio.move_on_after(seconds):
@@ -118,6 +184,7 @@ class Claimer:
     def _fail_unreadable(self, row: Unreadable) -> None:
         """A claimed row that cannot be decoded fails at once (no handler can take it)."""
         self._shared.log.error("job_unreadable", job_id=str(row.job_id), error=row.error)
+        self._unleased.append(row.lease_token)
         self._completer.submit_unleased(
             self._outcomes.failed_outright(
                 row.job_id,
@@ -127,3 +194,20 @@ class Claimer:
                 f"the job's stored JSON cannot be decoded: {row.error}",
             )
         )
+
+
+def _due_before(jobs: list[Job], since_previous: float) -> int:
+    """How many of ``jobs`` were already due when the previous claim ran.
+
+    Such a job was committed after that claim (else it had taken it) and
+    announced by no notification that reached us: a missed notification. A job
+    whose ``run_at`` came later (a delay, a retry's backoff) was not due then,
+    and no notification is sent when a delay runs out. The previous claim's
+    database time is bounded from below without another round trip: this
+    claim's ``now()`` (every claimed row's ``started_at``) minus the local time
+    from sending the previous claim to receiving this one's answer.
+    """
+    started_at = jobs[0].started_at
+    assert started_at is not None
+    bound = started_at - timedelta(seconds=since_previous)
+    return sum(1 for job in jobs if job.run_at <= bound)

@@ -4,8 +4,9 @@
 group and cancel scope per job cost more than the rest of a no-op job's
 Python path). The task:
 
-1. builds the :class:`JobContext` and looks up the handler (an unknown task is
-   a retryable failure);
+1. builds the :class:`JobContext` and looks up the handler (a job of an
+   unknown task is released without counting an attempt, a bounded number of
+   times: :meth:`Outcomes.unknown_task`);
 2. calls it (:meth:`Executor._call_handler`) — ``async def`` on the loop,
    ``def`` in a thread bounded by a capacity limiter — with the task's
    timeout as a timer; a cancel request, lost lease or shutdown cancels the
@@ -115,13 +116,11 @@ class Executor:
         job = lease.job
         task = self._registry.get(job.task)
         if task is None:
-            message = (
-                f"no handler for task {job.task!r} is registered on worker {self._shared.worker_id}"
+            completion = self._outcomes.unknown_task(lease)
+            ctx.log.error(
+                "job_task_unknown", outcome=completion.outcome, retry_in=completion.delay_seconds
             )
-            ctx.log.error("job_task_unknown")
-            return self._outcomes.failure(
-                lease, None, "UnknownTask", message, retryable=True, task=None
-            )
+            return completion
         if self._shared.debug:  # per-job lines are debug: at thousands of jobs/s they would cost
             ctx.log.debug("job_started")
         started = time.monotonic()

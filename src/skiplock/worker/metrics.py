@@ -15,7 +15,7 @@ Every name starts with ``skiplock_worker_``:
 | ``claim_duration_seconds`` | histogram | | latency of the claim statement |
 | ``claimed_jobs_total`` | counter | | jobs claimed |
 | ``lease_losses_total`` | counter | write | fenced writes that found the lease gone |
-| ``notifications_missed_total`` | counter | | poll-timer claims that found jobs |
+| ``notifications_missed_total`` | counter | | polled jobs due before the previous claim |
 | ``listener_reconnects_total`` | counter | | LISTEN connection back after a loss |
 | ``completion_batch_size`` | histogram | | outcomes per ``complete_jobs`` statement |
 | ``db_errors_total`` | counter | operation | database errors, by loop |
@@ -94,6 +94,7 @@ DB_OPERATIONS: Final = (
     "heartbeat",
     "rescue",
     "listen",
+    "presence",
     "retention",
 )
 """``operation`` label values of ``skiplock_worker_db_errors_total``."""
@@ -195,7 +196,8 @@ class WorkerMetrics:
         )
         self.notifications_missed = Counter(
             "skiplock_worker_notifications_missed_total",
-            "Claims woken by the poll timer that found jobs no notification announced.",
+            "Jobs a claim woken by the poll timer found that were due before the previous claim "
+            "(no notification announced them).",
             registry=r,
         )
         self.listener_reconnects = Counter(
@@ -239,17 +241,18 @@ class WorkerMetrics:
 
     # -- the hot path -------------------------------------------------------
 
-    def claimed(self, count: int, seconds: float, *, by_poll: bool) -> None:
+    def claimed(self, count: int, seconds: float, *, missed: int = 0) -> None:
         """One claim statement took ``seconds`` and returned ``count`` jobs.
 
-        ``by_poll``: the claim was woken by the poll timer rather than a
-        notification; one that still found jobs counts as a missed notification.
+        ``missed``: how many of them a claim woken by the poll timer found
+        although they were due before the previous claim (a notification that
+        never arrived); delayed and retried jobs that fell due since are not.
         """
         self.claim_duration.observe(seconds)
         if count:
             self.claimed_jobs.inc(count)
-            if by_poll:
-                self.notifications_missed.inc()
+            if missed:
+                self.notifications_missed.inc(missed)
 
     def started(self, task: str) -> None:
         """A handler of ``task`` starts."""

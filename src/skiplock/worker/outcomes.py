@@ -20,11 +20,24 @@ from skiplock.worker.context import clean_text
 from skiplock.worker.leases import Lease
 from skiplock.worker.registry import Task
 
-__all__ = ["Outcomes", "error_json", "exc_message", "utf8_size"]
+__all__ = [
+    "MAX_UNKNOWN_TASK_RELEASES",
+    "UNKNOWN_TASK_FIRST_DELAY",
+    "UNKNOWN_TASK_MAX_DELAY",
+    "Outcomes",
+    "error_json",
+    "exc_message",
+    "utf8_size",
+]
 
 MAX_TRACEBACK_CHARS = 16_000
 MAX_ERROR_MESSAGE_CHARS = 4_000
-UNKNOWN_TASK_RETRY_DELAY = 5.0  # seconds before a job of an unknown task is offered again
+# A job of a task this worker lacks (a rolling deploy: an old worker meets a new
+# task) is released without counting an attempt, held back 5, 10, 20 … 300 s,
+# at most 20 times (about 75 minutes); then it fails with UnknownTask.
+UNKNOWN_TASK_FIRST_DELAY = 5.0
+UNKNOWN_TASK_MAX_DELAY = 300.0
+MAX_UNKNOWN_TASK_RELEASES = 20
 
 
 def utf8_size(text: str) -> int:
@@ -41,23 +54,33 @@ def exc_message(exc: BaseException) -> str:
 
 
 def error_json(
-    exc: BaseException | None, *, kind: str, message: str, attempt: int, worker: str
+    exc: BaseException | None,
+    *,
+    kind: str,
+    message: str,
+    attempt: int,
+    worker: str,
+    counted: bool = True,
 ) -> str:
-    """One entry of a job's ``errors`` history, as JSON text PostgreSQL accepts."""
+    """One entry of a job's ``errors`` history, as JSON text PostgreSQL accepts.
+
+    ``counted=False`` marks an attempt given back without counting (the entry
+    then carries ``"counted": false``; counted entries omit the key).
+    """
     tb = None
     if exc is not None:
         tb = clean_text("".join(traceback.format_exception(exc)))[-MAX_TRACEBACK_CHARS:]
-    return dumps(
-        {
-            "type": clean_text(kind),
-            "message": clean_text(message)[:MAX_ERROR_MESSAGE_CHARS],
-            "traceback": tb,
-            "attempt": attempt,
-            "worker": worker,
-            "at": datetime.now(UTC).isoformat(),
-        },
-        what="error",
-    )
+    entry: dict[str, object] = {
+        "type": clean_text(kind),
+        "message": clean_text(message)[:MAX_ERROR_MESSAGE_CHARS],
+        "traceback": tb,
+        "attempt": attempt,
+        "worker": worker,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    if not counted:
+        entry["counted"] = False
+    return dumps(entry, what="error")
 
 
 class Outcomes:
@@ -108,11 +131,36 @@ class Outcomes:
         )
         if retryable and job.attempt < job.max_attempts:
             if delay is None:
-                delay = (
-                    task.retry.delay(job.attempt) if task is not None else UNKNOWN_TASK_RETRY_DELAY
-                )
+                delay = task.retry.delay(job.attempt) if task is not None else 0.0
             return self.completion(lease, "retry", error_json=error, delay=delay)
         return self.completion(lease, "failed", error_json=error)
+
+    def unknown_task(self, lease: Lease) -> Completion:
+        """No handler for the job's task here: release it uncounted, held back, or fail.
+
+        During a rolling deploy an old worker meets a new task: the job goes
+        back to ``queued`` with its attempt given back and ``run_at`` moved
+        5, 10, 20 … 300 s ahead (so this worker does not spin on it), with an
+        ``UnknownTask`` entry (``counted: false``) in its history. After
+        :data:`MAX_UNKNOWN_TASK_RELEASES` such releases the task is taken to
+        be unknown for good and the job fails with ``UnknownTask``.
+        """
+        job = lease.job
+        released = sum(1 for e in job.errors if e.type == "UnknownTask" and not e.counted)
+        message = f"no handler for task {job.task!r} is registered on worker {self.worker_id}"
+        if released >= MAX_UNKNOWN_TASK_RELEASES:
+            message += f"; released {released} times without finding a worker that knows the task"
+            return self.failure(lease, None, "UnknownTask", message, retryable=False, task=None)
+        error = error_json(
+            None,
+            kind="UnknownTask",
+            message=message,
+            attempt=job.attempt,
+            worker=self.worker_id,
+            counted=False,
+        )
+        delay = min(UNKNOWN_TASK_FIRST_DELAY * 2**released, UNKNOWN_TASK_MAX_DELAY)
+        return self.completion(lease, "release", error_json=error, delay=delay)
 
     def failed_outright(
         self, job_id: uuid.UUID, token: uuid.UUID, attempt: int, kind: str, message: str

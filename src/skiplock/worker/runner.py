@@ -12,8 +12,13 @@ One :class:`Worker` runs, in an anyio task group (each unit in its module):
 - **progress flusher** (``progress.py``, ``update_progress.sql``);
 - **heartbeat** (``heartbeat.py``, ``heartbeat_jobs.sql``) — extends every held
   lease, learns of cancel requests and lost leases;
-- **rescuer** (``rescuer.py``, ``rescue_expired.sql``) — re-queues (or fails)
-  jobs whose lease expired anywhere;
+- **rescuer** (``rescuer.py``, ``dead_workers.sql``, ``rescue_dead_workers.sql``,
+  ``rescue_expired.sql``) — re-queues (or fails) the jobs of workers whose
+  presence lock is gone, about every second, and jobs whose lease expired
+  anywhere;
+- **presence** (``presence.py``, ``register_worker.sql``) — registers the
+  worker and holds its advisory lock on a dedicated connection, so that its
+  death is seen by every rescuer at once;
 - **listener** — a dedicated LISTEN connection, reconnected with backoff.
 
 They share explicit objects, not this class's fields: :class:`Shared`
@@ -46,6 +51,7 @@ from skiplock.worker.heartbeat import Heartbeat
 from skiplock.worker.leases import LeaseTable
 from skiplock.worker.metrics import WorkerMetrics
 from skiplock.worker.outcomes import Outcomes
+from skiplock.worker.presence import Presence, WorkerIdInUse
 from skiplock.worker.probes import ProbeFile, ProbeServer, WorkerHealth
 from skiplock.worker.progress import ProgressFlusher
 from skiplock.worker.registry import TaskRegistry
@@ -54,7 +60,7 @@ from skiplock.worker.retention import retention_loop
 from skiplock.worker.settings import WorkerSettings, default_worker_id
 from skiplock.worker.shared import Shared
 
-__all__ = ["Worker", "WorkerSettings"]
+__all__ = ["Worker", "WorkerIdInUse", "WorkerSettings"]
 
 log = structlog.get_logger("skiplock.worker")
 
@@ -69,8 +75,13 @@ class Worker:
 
     :meth:`stop` drains gracefully: no new claims, in-flight handlers get
     ``shutdown_grace`` seconds, then are cancelled and their jobs released to
-    ``queued`` at once. :meth:`kill` stops at once; leases then expire and any
-    worker's rescuer re-queues the jobs.
+    ``queued`` at once. :meth:`kill` stops at once: its presence connection
+    closes, and any other worker's rescuer re-queues its jobs within about a
+    second (when it was not registered, once their leases expire).
+
+    While running, the worker is registered in ``<schema>.workers`` and holds
+    its presence lock (``presence.py``); its id must be unique among live
+    workers, else :meth:`run` raises :class:`WorkerIdInUse`.
     """
 
     def __init__(
@@ -106,7 +117,11 @@ class Worker:
         self._heartbeat = Heartbeat(shared, table, gate)
         self._rescuer = Rescuer(shared)
         executor = Executor(shared, registry, table, completer, progress, outcomes)
-        self._claimer = Claimer(shared, table, executor, completer, outcomes)
+        self._claimer = claimer = Claimer(shared, table, executor, completer, outcomes)
+        # The presence lock needs a real server session: it goes where LISTEN goes.
+        self._presence = Presence(
+            shared, table, dsn, on_registered=self._presence_registered, on_lost=claimer.pause
+        )
         self._stopping = False
         self._outer: anyio.CancelScope | None = None
         self._started = asyncio.Event()
@@ -132,7 +147,7 @@ class Worker:
         self._claimer.stop()
 
     def kill(self) -> None:
-        """Stop at once, without writing outcomes: leases expire and get rescued."""
+        """Stop at once, without writing outcomes: other workers' rescuers take the jobs."""
         self._stopping = True
         self._log.warning("worker_killed", in_flight=self._table.running)
         for task in self._table.tasks:
@@ -174,6 +189,7 @@ class Worker:
             await check_schema(pool, schema=s.schema)
             self.health.schema_checked()
             self.health.db_ok()
+            await self._presence.register()
             self._log.info(
                 "worker_started",
                 queues=list(s.queues),
@@ -187,6 +203,8 @@ class Worker:
                     loops.start_soon(self._listen)
                     loops.start_soon(self._heartbeat.run)
                     loops.start_soon(self._rescuer.run)
+                    loops.start_soon(self._rescuer.watch_workers)
+                    loops.start_soon(self._presence.run)
                     loops.start_soon(self._completer.run)
                     loops.start_soon(self._progress.run)
                     self._started.set()
@@ -194,8 +212,10 @@ class Worker:
                     await self._drain()
                     with anyio.move_on_after(s.lease):
                         await self._completer.wait_drained()
+                    await self._presence.unregister()
                     loops.cancel_scope.cancel()
         finally:
+            self._presence.close()  # killed or crashed: the rescuers see the lock go
             await self._reap_handlers()
             shared.attach(None)
             await pool.close()
@@ -264,6 +284,12 @@ class Worker:
             _, alive = await asyncio.wait(list(tasks), timeout=_ABANDON_AFTER)
         if alive:
             self._log.error("handlers_ignore_cancellation", count=len(alive))
+
+    def _presence_registered(self) -> None:
+        # (Re)registered: claim again; and a heartbeat now finds any lease that a
+        # rescuer took while the presence lock was gone.
+        self._claimer.resume()
+        self._heartbeat.now.set()
 
     # -- listener ---------------------------------------------------------
 

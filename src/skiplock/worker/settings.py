@@ -36,6 +36,12 @@ class WorkerSettings:
     seconds while live, for exec probes. ``retention``: delete old finished
     jobs from this worker by that policy (None: never).
 
+    ``worker_id`` names the worker in the jobs it runs; it must be unique among
+    live workers (the default, ``host:pid:random``, is). A worker gives back
+    the rows running under its id with tokens it does not hold (claims whose
+    reply it lost): two live workers sharing an id would release each other's
+    jobs.
+
     ``async_commit``: the worker's own writes (claims, completions, heartbeats,
     progress) commit without waiting for the WAL flush
     (``synchronous_commit=off`` on its sessions; enqueues stay durable). A
