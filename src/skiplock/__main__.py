@@ -277,6 +277,8 @@ def worker_cmd(
             "progress_interval": settings.progress_interval_seconds,
             "schema": settings.schema_name,
             "worker_id": worker_id,
+            "statement_cache_size": settings.statement_cache_size,
+            "listen_url": settings.listen_url,
         }
         policy = (
             RetentionPolicy(
@@ -306,8 +308,9 @@ def worker_cmd(
     except OSError as exc:
         _fail(f"cannot reach the database: {exc}")
     except BaseExceptionGroup as group:
-        # From the worker's task group: a probe port in use, a probe file it cannot write.
-        matched, rest = group.split(OSError)
+        # From the worker's task group: a probe port in use, a probe file it cannot write,
+        # settings the server refuses (async_commit through PgBouncer).
+        matched, rest = group.split((OSError, ValueError))
         if matched is None or rest is not None:
             raise
         leaf: BaseException = matched
@@ -364,7 +367,9 @@ def _with_store(settings: Settings, work: Any) -> Any:
 
         from skiplock.queue import Store
 
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await asyncpg.connect(
+            settings.require_database_url(), statement_cache_size=settings.statement_cache_size
+        )
         try:
             await check_schema(conn, schema=settings.schema_name)
             return await work(Store(settings.schema_name), conn)
@@ -530,7 +535,12 @@ def _with_client(settings: Settings, work: Callable[[Client], Awaitable[_T]]) ->
 
         dsn = settings.require_database_url()
         try:
-            client = await Client.connect(dsn, schema=settings.schema_name, max_size=2)
+            client = await Client.connect(
+                dsn,
+                schema=settings.schema_name,
+                max_size=2,
+                statement_cache_size=settings.statement_cache_size,
+            )
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise OSError(str(exc)) from exc
         try:

@@ -63,7 +63,7 @@ from skiplock.queue import (
     check_schema,
 )
 from skiplock.queue.client import decode_cursor
-from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_dsn
 from skiplock.queue.store import open_pool
 
 __all__ = ["create_app"]
@@ -642,7 +642,7 @@ async def readyz(request: Request) -> Response:
         return problem_response(503, str(exc), code="schema-mismatch")
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return problem_response(503, f"database unreachable: {exc!r}", code="database-down")
-    checks["listener"] = "ok" if hub.connected else "reconnecting"
+    checks["listener"] = "off" if not hub.listens else "ok" if hub.connected else "reconnecting"
     return _json({"status": "ready", "checks": checks})
 
 
@@ -729,11 +729,21 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dsn = settings.require_database_url()
-        pool = await open_pool(dsn, min_size=1, max_size=settings.pool_max_size)
+        pool = await open_pool(
+            dsn,
+            min_size=1,
+            max_size=settings.pool_max_size,
+            statement_cache_size=settings.statement_cache_size,
+        )
         try:
             await check_schema(pool, schema=settings.schema_name)
             client = Client(pool, schema=settings.schema_name)
-            hub = EventHub(dsn, client.store, pool, buffer=settings.subscriber_buffer)
+            hub = EventHub(
+                listen_dsn(dsn, settings.listen_url),  # None: the hub does not LISTEN
+                client.store,
+                pool,
+                buffer=settings.subscriber_buffer,
+            )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)
                 state.pool, state.client, state.hub = pool, client, hub

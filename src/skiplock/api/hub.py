@@ -11,6 +11,10 @@ never blocks the others or grows memory.
 
 When the LISTEN connection drops, the hub reconnects with backoff, re-LISTENs
 and re-reads every watched job, so no subscriber misses a terminal state.
+
+The LISTEN connection goes to its own DSN (``listen_url``: a direct one when
+the pool goes through PgBouncer in transaction mode); without one the hub does
+not listen at all, and subscribers see only what the hub re-reads.
 """
 
 from __future__ import annotations
@@ -93,7 +97,8 @@ class HubStats:
 class EventHub:
     """Fans ``<schema>.job`` notifications out to per-job subscribers."""
 
-    def __init__(self, dsn: str, store: Store, pool: asyncpg.Pool[Any], *, buffer: int = 64):
+    def __init__(self, dsn: str | None, store: Store, pool: asyncpg.Pool[Any], *, buffer: int = 64):
+        """``dsn``: where to LISTEN (None: nowhere); ``pool``: where to read jobs."""
         self._dsn = dsn
         self._store = store
         self._pool = pool
@@ -105,13 +110,19 @@ class EventHub:
         self.stats = HubStats()
 
     @property
+    def listens(self) -> bool:
+        """Whether the hub LISTENs at all (False: it was given no DSN to listen on)."""
+        return self._dsn is not None
+
+    @property
     def connected(self) -> bool:
-        """Whether the LISTEN connection is up."""
+        """Whether the LISTEN connection is up (always False when the hub does not listen)."""
         return self.stats.connected
 
     async def wait_connected(self) -> None:
-        """Return once the LISTEN connection is up."""
-        await self._connected.wait()
+        """Return once the LISTEN connection is up; at once when the hub does not listen."""
+        if self._dsn is not None:
+            await self._connected.wait()
 
     @contextmanager
     def subscribe(self, job_id: uuid.UUID, tenant: str) -> Iterator[Subscription]:
@@ -133,7 +144,8 @@ class EventHub:
         """Listen and fan out until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._fanout_loop)
-            await self._listen_loop()
+            if self._dsn is not None:
+                await self._listen_loop(self._dsn)
 
     # -- listening --------------------------------------------------------
 
@@ -154,7 +166,7 @@ class EventHub:
         if self._dirty:
             self._dirty_event.set()
 
-    async def _listen_loop(self) -> None:
+    async def _listen_loop(self, dsn: str) -> None:
         def connected() -> None:
             self.stats.connected = True
             self._connected.set()
@@ -169,7 +181,7 @@ class EventHub:
                 self._connected = asyncio.Event()
 
         await listen_forever(
-            self._dsn,
+            dsn,
             {f"{self._store.schema}.job": self._on_notify},
             on_connected=connected,
             on_disconnected=disconnected,

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock import sql
+from skiplock.queue.listener import check_listen_url
+from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE
 
 __all__ = ["ApiSettings", "ExposedTask"]
 
@@ -27,6 +29,9 @@ class ApiSettings(BaseSettings):
     ``exposed_tasks`` is the allowlist of tasks ``POST /v1/jobs`` may create,
     as JSON in ``SKIPLOCK_EXPOSED_TASKS``: ``{"render": {"args_schema": {…}}}``.
     ``share_secret`` signs read-only share links; without it they are disabled.
+    ``statement_cache_size`` (0 behind PgBouncer in transaction mode) and
+    ``listen_url`` (a direct URL for the event hub's LISTEN; ``"none"``: the
+    hub does not listen; unset: the main URL) as for workers.
     """
 
     model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
@@ -47,11 +52,18 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
     public_url: str = ""
+    statement_cache_size: int = Field(default=DEFAULT_STATEMENT_CACHE_SIZE, ge=0)
+    listen_url: str | None = None
 
     @field_validator("schema_name")
     @classmethod
     def _schema(cls, value: str) -> str:
         return sql.validate_schema(value)
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        return check_listen_url(value)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

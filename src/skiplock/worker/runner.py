@@ -44,10 +44,16 @@ import asyncpg
 import structlog
 
 from skiplock.queue.jsoncodec import dumps
-from skiplock.queue.listener import TRANSIENT_DB_ERRORS, listen_forever
+from skiplock.queue.listener import (
+    TRANSIENT_DB_ERRORS,
+    check_listen_url,
+    listen_dsn,
+    listen_forever,
+)
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.models import Job
 from skiplock.queue.store import (
+    DEFAULT_STATEMENT_CACHE_SIZE,
     Completion,
     Outcome,
     ProgressWrite,
@@ -121,6 +127,13 @@ class WorkerSettings:
     with one more attempt counted, and a job on its last attempt then ends
     ``failed`` (``LeaseExpired``) although its handler succeeded. Off by
     default.
+
+    Behind PgBouncer in transaction mode (see docs/operations.md):
+    ``statement_cache_size=0`` (asyncpg's named prepared statements do not
+    survive the pooler), and ``listen_url`` a direct URL for the LISTEN
+    connection, or ``"none"`` to poll only (claims every ``poll`` seconds,
+    cancel requests learnt at the next heartbeat). ``listen_url`` None: LISTEN
+    on the main URL.
     """
 
     queues: Sequence[str] = ("default",)
@@ -144,6 +157,8 @@ class WorkerSettings:
     metrics: bool = True
     retention: RetentionPolicy | None = None
     async_commit: bool = False
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+    listen_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -160,6 +175,9 @@ class WorkerSettings:
             raise ValueError("probe_port must be between 0 and 65535")
         if self.probe_file_interval <= 0:
             raise ValueError("probe_file_interval must be positive")
+        if self.statement_cache_size < 0:
+            raise ValueError("statement_cache_size must be 0 (no cache) or more")
+        check_listen_url(self.listen_url)
 
     @property
     def heartbeat_interval(self) -> float:
@@ -298,6 +316,7 @@ class Worker:
         self.probe_port: int | None = None
         """The probe server's port once running (useful with ``probe_port=0``)."""
         self._listener_connects = 0
+        self._listen_dsn = listen_dsn(dsn, self.settings.listen_url)  # None: poll only
 
     # -- lifecycle --------------------------------------------------------
 
@@ -352,12 +371,22 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._tracing = tracing_active()
         s = self.settings
-        pool = await open_pool(
-            self.dsn,
-            min_size=2,
-            max_size=6,
-            settings={"synchronous_commit": "off"} if s.async_commit else None,
-        )
+        try:
+            pool = await open_pool(
+                self.dsn,
+                min_size=2,
+                max_size=6,
+                settings={"synchronous_commit": "off"} if s.async_commit else None,
+                statement_cache_size=s.statement_cache_size,
+            )
+        except asyncpg.ProtocolViolationError as exc:
+            if s.async_commit and "synchronous_commit" in str(exc):  # PgBouncer refuses it
+                raise ValueError(
+                    f"async_commit asks for synchronous_commit=off at connect, refused: {exc}. "
+                    "Behind PgBouncer, turn async_commit off and give the workers' role the "
+                    "setting instead: ALTER ROLE <worker role> SET synchronous_commit = off"
+                ) from exc
+            raise
         self._pool = pool
         try:
             await check_schema(pool, schema=s.schema)
@@ -368,12 +397,14 @@ class Worker:
                 queues=self._queues,
                 concurrency=s.concurrency,
                 tasks=sorted(t.name for t in self.registry),
+                notifications="listen" if self._listen_dsn is not None else "off: poll only",
             )
             with anyio.CancelScope() as outer:
                 self._outer = outer
                 async with anyio.create_task_group() as loops:
                     await self._start_ops(loops, pool)
-                    loops.start_soon(self._listen_loop)
+                    if self._listen_dsn is not None:
+                        loops.start_soon(self._listen_loop, self._listen_dsn)
                     loops.start_soon(self._heartbeat_loop)
                     loops.start_soon(self._rescue_loop)
                     loops.start_soon(self._completer_loop)
@@ -498,6 +529,8 @@ class Worker:
                 backoff = min(backoff * 2, s.poll * 5)
                 by_poll = False
                 continue
+            # Poll only (no LISTEN): a claim found by the timer missed no notification.
+            by_poll = by_poll and self._listen_dsn is not None
             self.metrics.claimed(len(jobs), time.perf_counter() - claim_started, by_poll=by_poll)
             self.health.db_ok()
             by_poll = False
@@ -1051,7 +1084,7 @@ class Worker:
 
     # -- listener ---------------------------------------------------------
 
-    async def _listen_loop(self) -> None:
+    async def _listen_loop(self, dsn: str) -> None:
         def caught_up() -> None:  # claim and heartbeat now: notifications may have been missed
             if self._listener_connects:
                 self.metrics.listener_reconnected()
@@ -1065,7 +1098,7 @@ class Worker:
 
         schema = self.settings.schema
         await listen_forever(
-            self.dsn,
+            dsn,
             {
                 f"{schema}.queue": self._on_queue_notification,
                 f"{schema}.cancel": self._on_cancel_notification,
