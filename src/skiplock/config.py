@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock import sql
+from skiplock.queue.listener import check_listen_url
+from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE
 
 __all__ = ["Settings"]
 
@@ -31,11 +33,20 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=0.1, ge=0)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="info")
+    statement_cache_size: int = Field(default=DEFAULT_STATEMENT_CACHE_SIZE, ge=0)
+    listen_url: str | None = Field(
+        default=None, description="direct DSN for LISTEN; 'none': poll only; unset: the main URL"
+    )
 
     @field_validator("schema_name")
     @classmethod
     def _schema(cls, value: str) -> str:
         return sql.validate_schema(value)
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        return check_listen_url(value)
 
     @field_validator("queues", mode="before")
     @classmethod

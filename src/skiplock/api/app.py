@@ -39,6 +39,7 @@ from skiplock.api.settings import ApiSettings
 from skiplock.api.sharing import share_job, shared_events, shared_job
 from skiplock.api.streams import job_events
 from skiplock.queue import Client, check_schema
+from skiplock.queue.listener import listen_dsn
 from skiplock.queue.store import open_pool
 
 log = structlog.get_logger("skiplock.api")
@@ -52,17 +53,21 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         dsn = settings.require_database_url()
-        pool = await open_pool(dsn, min_size=1, max_size=settings.pool_max_size)
+        pool = await open_pool(
+            dsn,
+            min_size=1,
+            max_size=settings.pool_max_size,
+            statement_cache_size=settings.statement_cache_size,
+        )
         try:
             await check_schema(pool, schema=settings.schema_name)
             client = Client(pool, schema=settings.schema_name)
             hub = EventHub(
-                dsn,
+                listen_dsn(dsn, settings.listen_url),  # None: the hub does not LISTEN
                 client.store,
                 pool,
                 buffer=settings.subscriber_buffer,
                 poll_seconds=settings.hub_poll_seconds,
-                listen=settings.hub_listen,
             )
             async with anyio.create_task_group() as tg:
                 tg.start_soon(hub.run)

@@ -16,10 +16,14 @@ and re-reads every watched job, so no subscriber misses a terminal state.
 Notifications are hints; polling is the floor. Every ``poll_seconds`` the hub
 re-reads all watched jobs in the same batched query, so streams and long-polls
 keep moving when notifications never arrive (PgBouncer in transaction mode, a
-listener that connects but hears nothing, ``listen=False``). A watched job
+listener that connects but hears nothing, no LISTEN URL). A watched job
 that is no longer there (deleted by retention) ends its subscriptions with
 :class:`JobGone`. A subscriber gets a snapshot only when the job changed since
 the last one it got.
+
+The LISTEN connection goes to its own DSN (``listen_url``: a direct one when
+the pool goes through PgBouncer in transaction mode); without one the hub does
+not listen at all, and subscribers see only what the hub re-reads.
 """
 
 from __future__ import annotations
@@ -138,26 +142,25 @@ class HubStats:
 class EventHub:
     """Fans ``<schema>.job`` notifications out to per-job subscribers.
 
+    ``dsn``: where to LISTEN (None: nowhere, poll only, for a database reached
+    only through a transaction-mode pooler); ``pool``: where to read jobs.
     ``poll_seconds``: how often every watched job is re-read whatever the
-    notifications say. ``listen=False`` runs without a LISTEN connection (poll
-    only), for a database reached only through a transaction-mode pooler.
+    notifications say.
     """
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | None,
         store: Store,
         pool: asyncpg.Pool[Any],
         *,
         buffer: int = 64,
         poll_seconds: float = 2.0,
-        listen: bool = True,
     ):
         if not poll_seconds > 0:
             raise ValueError("poll_seconds must be more than 0")
         self._dsn = dsn
         self._poll_seconds = poll_seconds
-        self._listen = listen
         self._store = store
         self._pool = pool
         self._buffer = buffer
@@ -168,18 +171,18 @@ class EventHub:
         self.stats = HubStats()
 
     @property
-    def listening(self) -> bool:
-        """Whether the hub uses a LISTEN connection at all (else it only polls)."""
-        return self._listen
+    def listens(self) -> bool:
+        """Whether the hub LISTENs at all (False: it was given no DSN to listen on)."""
+        return self._dsn is not None
 
     @property
     def connected(self) -> bool:
-        """Whether the LISTEN connection is up."""
+        """Whether the LISTEN connection is up (always False when the hub does not listen)."""
         return self.stats.connected
 
     async def wait_connected(self) -> None:
-        """Return once the LISTEN connection is up (at once when the hub does not listen)."""
-        if self._listen:
+        """Return once the LISTEN connection is up; at once when the hub does not listen."""
+        if self._dsn is not None:
             await self._connected.wait()
 
     @contextmanager
@@ -203,8 +206,8 @@ class EventHub:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._fanout_loop)
             tg.start_soon(self._poll_loop)
-            if self._listen:
-                await self._listen_loop()
+            if self._dsn is not None:
+                await self._listen_loop(self._dsn)
 
     async def _poll_loop(self) -> None:
         """The floor: re-read every watched job every ``poll_seconds``."""
@@ -234,7 +237,7 @@ class EventHub:
         if self._dirty:
             self._dirty_event.set()
 
-    async def _listen_loop(self) -> None:
+    async def _listen_loop(self, dsn: str) -> None:
         def connected() -> None:
             self.stats.connected = True
             self._connected.set()
@@ -249,7 +252,7 @@ class EventHub:
                 self._connected = asyncio.Event()
 
         await listen_forever(
-            self._dsn,
+            dsn,
             {f"{self._store.schema}.job": self._on_notify},
             on_connected=connected,
             on_disconnected=disconnected,

@@ -90,10 +90,7 @@ async def readyz(request: Request) -> Response:
         return problem_response(503, str(exc), code="schema-mismatch")
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return problem_response(503, f"database unreachable: {exc!r}", code="database-down")
-    if not hub.listening:
-        checks["listener"] = "disabled"
-    else:
-        checks["listener"] = "ok" if hub.connected else "reconnecting"
+    checks["listener"] = "off" if not hub.listens else "ok" if hub.connected else "reconnecting"
     return model_response(Readiness, {"status": "ready", "checks": checks})
 
 

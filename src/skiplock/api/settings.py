@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from skiplock import sql
+from skiplock.queue.listener import check_listen_url
+from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE
 
 __all__ = ["ApiSettings", "ExposedTask"]
 
@@ -31,8 +33,9 @@ class ApiSettings(BaseSettings):
     the job for them) and ends a page early past ``list_max_response_bytes``.
     ``hub_poll_seconds``: how often streams and long-polls re-read their jobs
     whatever notifications say (the floor when they never arrive);
-    ``hub_listen=False`` (``SKIPLOCK_HUB_LISTEN=false``) runs the event hub
-    without a LISTEN connection, on polling alone.
+    ``statement_cache_size`` (0 behind PgBouncer in transaction mode) and
+    ``listen_url`` (a direct URL for the event hub's LISTEN; ``"none"``: the
+    hub does not listen; unset: the main URL) as for workers.
     """
 
     model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
@@ -50,18 +53,24 @@ class ApiSettings(BaseSettings):
     sse_send_timeout_seconds: float = Field(default=30.0, gt=0)
     sse_max_result_bytes: int = Field(default=64 * 1024, ge=0)
     hub_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
-    hub_listen: bool = True
     list_max_result_bytes: int = Field(default=16 * 1024, ge=0)
     list_max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     subscriber_buffer: int = Field(default=64, ge=1, le=100_000)
     max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
     public_url: str = ""
+    statement_cache_size: int = Field(default=DEFAULT_STATEMENT_CACHE_SIZE, ge=0)
+    listen_url: str | None = None
 
     @field_validator("schema_name")
     @classmethod
     def _schema(cls, value: str) -> str:
         return sql.validate_schema(value)
+
+    @field_validator("listen_url")
+    @classmethod
+    def _listen_url(cls, value: str | None) -> str | None:
+        return check_listen_url(value)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

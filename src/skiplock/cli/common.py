@@ -183,7 +183,9 @@ def with_store(settings: Settings, work: Any) -> Any:
 
         from skiplock.queue import Store
 
-        conn = await asyncpg.connect(settings.require_database_url())
+        conn = await asyncpg.connect(
+            settings.require_database_url(), statement_cache_size=settings.statement_cache_size
+        )
         try:
             await check_schema(conn, schema=settings.schema_name)
             return await work(Store(settings.schema_name), conn)
@@ -201,7 +203,12 @@ def with_client(settings: Settings, work: Callable[[Client], Awaitable[_T]]) -> 
 
         dsn = settings.require_database_url()
         try:
-            client = await Client.connect(dsn, schema=settings.schema_name, max_size=2)
+            client = await Client.connect(
+                dsn,
+                schema=settings.schema_name,
+                max_size=2,
+                statement_cache_size=settings.statement_cache_size,
+            )
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise OSError(str(exc)) from exc
         try:

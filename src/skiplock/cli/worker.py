@@ -168,6 +168,8 @@ def worker_cmd(
             "progress_interval": settings.progress_interval_seconds,
             "schema": settings.schema_name,
             "worker_id": worker_id,
+            "statement_cache_size": settings.statement_cache_size,
+            "listen_url": settings.listen_url,
         }
         policy = (
             RetentionPolicy(
@@ -197,8 +199,9 @@ def worker_cmd(
     except (OSError, DatabaseUnavailable) as exc:
         fail(f"cannot reach the database: {exc}")
     except BaseExceptionGroup as group:
-        # From the worker's task group: a probe port in use, a probe file it cannot write.
-        matched, rest = group.split(OSError)
+        # From the worker's task group: a probe port in use, a probe file it cannot write,
+        # settings the server refuses (async_commit through PgBouncer).
+        matched, rest = group.split((OSError, ValueError))
         if matched is None or rest is not None:
             raise
         leaf: BaseException = matched

@@ -27,7 +27,7 @@ from skiplock.queue.errors import (
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
-from skiplock.queue.store import Executor, Store, open_pool
+from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE, Executor, Store, open_pool
 
 __all__ = ["ENQUEUE_ATTEMPTS", "Client", "decode_cursor", "encode_cursor"]
 
@@ -94,7 +94,13 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, schema: str = "skiplock", min_size: int = 1, max_size: int = 10
+        cls,
+        dsn: str,
+        *,
+        schema: str = "skiplock",
+        min_size: int = 1,
+        max_size: int = 10,
+        statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
     ) -> Self:
         """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`.
 
@@ -102,8 +108,15 @@ class Client:
         session state, and asyncpg's reset is a round trip per query): if you run
         your own statements on ``client.pool``, don't leave ``SET``, ``LISTEN`` or
         advisory locks behind. An open transaction is still rolled back.
+
+        ``statement_cache_size=0`` when ``dsn`` goes through PgBouncer (or
+        another pooler) in transaction mode: asyncpg's named prepared
+        statements do not survive the pooler handing the next transaction to
+        another server connection.
         """
-        pool = await open_pool(dsn, min_size=min_size, max_size=max_size)
+        pool = await open_pool(
+            dsn, min_size=min_size, max_size=max_size, statement_cache_size=statement_cache_size
+        )
         return cls(pool, schema=schema, owns_pool=True)
 
     async def close(self) -> None:

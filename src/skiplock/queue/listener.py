@@ -4,6 +4,11 @@
 ``on_connected`` (the caller catches up on anything missed while it was not
 listening), pings the connection so a silently dead one is noticed, and on
 any loss reconnects with exponential backoff — forever, until cancelled.
+
+:func:`listen_dsn` decides where a process listens: LISTEN needs a session of
+its own, which a pooler in transaction mode (PgBouncer) does not keep, so the
+listening connection may go to a direct URL (``listen_url``), or nowhere at
+all (``listen_url="none"``: poll only).
 """
 
 from __future__ import annotations
@@ -20,9 +25,43 @@ import structlog
 # Defined once in queue.errors; still importable from here.
 from skiplock.queue.errors import TRANSIENT_DB_ERRORS
 
-__all__ = ["TRANSIENT_DB_ERRORS", "listen_forever"]
+__all__ = ["POLL_ONLY", "TRANSIENT_DB_ERRORS", "check_listen_url", "listen_dsn", "listen_forever"]
+
 
 Handler = Callable[[str], None]
+
+POLL_ONLY = "none"
+"""The ``listen_url`` that turns LISTEN off: workers poll, the API re-reads."""
+
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_listen_url(listen_url: str | None) -> str | None:
+    """``listen_url`` normalised (stripped; None when empty), or ValueError saying what fits.
+
+    Accepted: None or empty (LISTEN on the main URL), ``"none"`` (poll only,
+    any case), or a ``postgresql://`` / ``postgres://`` URL.
+    """
+    if listen_url is None or not listen_url.strip():
+        return None
+    value = listen_url.strip()
+    if value.lower() == POLL_ONLY:
+        return POLL_ONLY
+    if not value.startswith(_URL_SCHEMES):
+        raise ValueError(
+            "listen_url must be a postgresql:// URL (a direct connection for LISTEN), "
+            f"{POLL_ONLY!r} (no LISTEN: poll only) or empty (LISTEN on the main URL); "
+            f"got {value[:40]!r}"
+        )
+    return value
+
+
+def listen_dsn(dsn: str, listen_url: str | None) -> str | None:
+    """Where to LISTEN: ``listen_url``; ``dsn`` when it is unset; None when it is ``"none"``."""
+    checked = check_listen_url(listen_url)
+    if checked is None:
+        return dsn
+    return None if checked == POLL_ONLY else checked
 
 
 def _set(event: asyncio.Event, *_: object) -> None:

@@ -17,44 +17,48 @@ log = structlog.get_logger("skiplock.migrate")
 async def migrate(dsn: str, *, schema: str = "skiplock") -> list[int]:
     """Apply every pending migration to ``schema``; return the versions applied.
 
-    Safe to run from many processes at once: migrators queue on an advisory
-    lock, and each migration runs in its own transaction with its ledger row.
-    An applied migration whose file has changed since is refused.
+    Safe to run from many processes at once, and through PgBouncer in
+    transaction mode: each step is one transaction that first takes a
+    transaction-level advisory lock (no session state), then reads the ledger
+    and applies the next migration with its ledger row only if nobody else
+    has. An applied migration whose file has changed since is refused.
     """
     store = Store(schema)
-    conn = await asyncpg.connect(dsn)
+    # No prepared-statement cache: a handful of statements, and a pooler in
+    # transaction mode would lose named ones between transactions.
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
-        await store.lock_migrations(conn)
-        try:
-            return await _apply_pending(conn, store)
-        finally:
-            await store.unlock_migrations(conn)
+        async with conn.transaction():
+            await store.lock_migrations(conn)
+            await store.create_schema(conn)
+            await store.create_migrations_table(conn)
+            _refuse_changed_or_unknown(await _applied(conn, store), store.schema)
+        done: list[int] = []
+        for migration in sql.migrations():
+            async with conn.transaction():
+                await store.lock_migrations(conn)
+                if migration.version in await _applied(conn, store):
+                    continue  # applied by another migrator meanwhile
+                await conn.execute(migration.sql(store.schema))
+                await store.record_migration(
+                    conn, migration.version, migration.name, migration.checksum
+                )
+            log.info(
+                "migration_applied",
+                schema=store.schema,
+                version=migration.version,
+                name=migration.name,
+            )
+            done.append(migration.version)
+        return done
     finally:
         await conn.close()
 
 
-async def _apply_pending(conn: asyncpg.Connection[asyncpg.Record], store: Store) -> list[int]:
-    await store.create_schema(conn)
-    await store.create_migrations_table(conn)
-    applied = {m.version: m for m in await store.applied_migrations(conn)}
-    _refuse_changed_or_unknown(applied, store.schema)
-    done: list[int] = []
-    for migration in sql.migrations():
-        if migration.version in applied:
-            continue
-        async with conn.transaction():
-            await conn.execute(migration.sql(store.schema))
-            await store.record_migration(
-                conn, migration.version, migration.name, migration.checksum
-            )
-        log.info(
-            "migration_applied",
-            schema=store.schema,
-            version=migration.version,
-            name=migration.name,
-        )
-        done.append(migration.version)
-    return done
+async def _applied(
+    conn: asyncpg.Connection[asyncpg.Record], store: Store
+) -> dict[int, AppliedMigration]:
+    return {m.version: m for m in await store.applied_migrations(conn)}
 
 
 def _refuse_changed_or_unknown(applied: dict[int, AppliedMigration], schema: str) -> None:

@@ -24,6 +24,7 @@ from skiplock.queue.models import Job, JobError, JobSpec
 from skiplock.queue.states import JobState
 
 __all__ = [
+    "DEFAULT_STATEMENT_CACHE_SIZE",
     "PURGE_CANCELLED_AFTER",
     "PURGE_FAILED_AFTER",
     "PURGE_SUCCEEDED_AFTER",
@@ -242,8 +243,17 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """Pool reset that sends nothing (asyncpg still rolls back an open transaction)."""
 
 
+DEFAULT_STATEMENT_CACHE_SIZE = 100
+"""asyncpg's prepared-statement cache per connection (its default); 0 for PgBouncer."""
+
+
 async def open_pool(
-    dsn: str, *, min_size: int, max_size: int, settings: dict[str, str] | None = None
+    dsn: str,
+    *,
+    min_size: int,
+    max_size: int,
+    settings: dict[str, str] | None = None,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
 ) -> asyncpg.Pool[Any]:
     """An asyncpg pool for skiplock's own use; ``settings``: server settings per session.
 
@@ -251,13 +261,22 @@ async def open_pool(
     and unlocking advisory locks) is a round trip per query run on the pool;
     skiplock's pooled sessions change none of those (LISTEN has its own
     connection, migrations theirs), so it is skipped.
+
+    ``statement_cache_size``: how many named prepared statements asyncpg keeps
+    per connection. A pooler in transaction mode (PgBouncer) hands each
+    transaction to any server connection, where a statement prepared on
+    another does not exist: set 0 there, and asyncpg uses unnamed statements,
+    parsed and run within one exchange.
     """
+    if statement_cache_size < 0:
+        raise ValueError("statement_cache_size must be 0 (no cache) or more")
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         reset=_keep_session,
         server_settings=settings,
+        statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool
@@ -281,10 +300,8 @@ class Store:
         await ex.execute(self._q("create_migrations_table"))
 
     async def lock_migrations(self, ex: Executor) -> None:
+        """Wait for other migrators of this schema; held until the transaction ends."""
         await ex.execute(self._q("lock_migrations"), self.schema)
-
-    async def unlock_migrations(self, ex: Executor) -> None:
-        await ex.execute(self._q("unlock_migrations"), self.schema)
 
     async def migrations_table_exists(self, ex: Executor) -> bool:
         return bool(await ex.fetchval(self._q("migrations_table_exists"), self.schema))

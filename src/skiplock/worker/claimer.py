@@ -57,6 +57,9 @@ class Claimer:
         self._queue_set = frozenset(self._queues)
         self._stopping = False
         self._orphans_possible = False  # a claim failed: it may have committed
+        # Whether notifications wake this worker: polling only, a claim found by the
+        # timer missed no notification.
+        self.listening = True
         # Tokens of claimed rows that could not be decoded: their failure is being
         # written by the completer without a lease in the table.
         self._unleased: deque[uuid.UUID] = deque(maxlen=1000)
@@ -136,7 +139,7 @@ class Claimer:
                 continue
             answered = time.perf_counter()
             missed = 0
-            if by_poll and jobs and previous is not None:
+            if by_poll and self.listening and jobs and previous is not None:
                 missed = _due_before(jobs, answered - previous)
             previous = claim_started
             shared.metrics.claimed(len(jobs), answered - claim_started, missed=missed)

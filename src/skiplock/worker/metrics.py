@@ -31,7 +31,8 @@ Every name starts with ``skiplock_worker_``:
   ``rescue``, ``listen``, ``retention``.
 
 A missed notification is a claim woken by the poll timer rather than a NOTIFY
-that still found jobs: work no notification announced.
+that still found jobs: work no notification announced. A worker that does not
+listen (``listen_url="none"``) counts none.
 
 Task names come from the database, so their number is capped
 (:data:`MAX_TASK_LABELS`): tasks seen after the cap are counted under

@@ -39,7 +39,7 @@ import anyio
 import asyncpg
 import structlog
 
-from skiplock.queue.listener import listen_forever
+from skiplock.queue.listener import listen_dsn, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.store import Store, open_pool
 from skiplock.tracing import tracing_active
@@ -118,9 +118,16 @@ class Worker:
         self._rescuer = Rescuer(shared)
         executor = Executor(shared, registry, table, completer, progress, outcomes)
         self._claimer = claimer = Claimer(shared, table, executor, completer, outcomes)
-        # The presence lock needs a real server session: it goes where LISTEN goes.
+        # The presence lock needs a real server session: it goes where LISTEN goes
+        # (nowhere when polling only: then the lease alone covers a crash).
+        self._listen_dsn = listen_dsn(dsn, s.listen_url)
+        claimer.listening = self._listen_dsn is not None
         self._presence = Presence(
-            shared, table, dsn, on_registered=self._presence_registered, on_lost=claimer.pause
+            shared,
+            table,
+            self._listen_dsn,
+            on_registered=self._presence_registered,
+            on_lost=claimer.pause,
         )
         self._stopping = False
         self._outer: anyio.CancelScope | None = None
@@ -178,12 +185,22 @@ class Worker:
         shared.loop = asyncio.get_running_loop()
         shared.tracing = tracing_active()
         s = self.settings
-        pool = await open_pool(
-            self.dsn,
-            min_size=2,
-            max_size=6,
-            settings={"synchronous_commit": "off"} if s.async_commit else None,
-        )
+        try:
+            pool = await open_pool(
+                self.dsn,
+                min_size=2,
+                max_size=6,
+                settings={"synchronous_commit": "off"} if s.async_commit else None,
+                statement_cache_size=s.statement_cache_size,
+            )
+        except asyncpg.ProtocolViolationError as exc:
+            if s.async_commit and "synchronous_commit" in str(exc):  # PgBouncer refuses it
+                raise ValueError(
+                    f"async_commit asks for synchronous_commit=off at connect, refused: {exc}. "
+                    "Behind PgBouncer, turn async_commit off and give the workers' role the "
+                    "setting instead: ALTER ROLE <worker role> SET synchronous_commit = off"
+                ) from exc
+            raise
         shared.attach(pool)
         try:
             await check_schema(pool, schema=s.schema)
@@ -195,12 +212,14 @@ class Worker:
                 queues=list(s.queues),
                 concurrency=s.concurrency,
                 tasks=sorted(t.name for t in self.registry),
+                notifications="listen" if self._listen_dsn is not None else "off: poll only",
             )
             with anyio.CancelScope() as outer:
                 self._outer = outer
                 async with anyio.create_task_group() as loops:
                     await self._start_ops(loops, pool)
-                    loops.start_soon(self._listen)
+                    if self._listen_dsn is not None:
+                        loops.start_soon(self._listen, self._listen_dsn)
                     loops.start_soon(self._heartbeat.run)
                     loops.start_soon(self._rescuer.run)
                     loops.start_soon(self._rescuer.watch_workers)
@@ -293,7 +312,7 @@ class Worker:
 
     # -- listener ---------------------------------------------------------
 
-    async def _listen(self) -> None:
+    async def _listen(self, dsn: str) -> None:
         def caught_up() -> None:  # claim and heartbeat now: notifications may have been missed
             if self._listener_connects:
                 self.metrics.listener_reconnected()
@@ -307,7 +326,7 @@ class Worker:
 
         schema = self.settings.schema
         await listen_forever(
-            self.dsn,
+            dsn,
             {
                 f"{schema}.queue": self._claimer.on_queue_notification,
                 f"{schema}.cancel": self._heartbeat.on_cancel_notification,

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from skiplock.queue.listener import check_listen_url
+from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE
 from skiplock.worker.retention import RetentionPolicy
 
 __all__ = ["WorkerSettings", "default_worker_id"]
@@ -41,6 +43,14 @@ class WorkerSettings:
     the rows running under its id with tokens it does not hold (claims whose
     reply it lost): two live workers sharing an id would release each other's
     jobs.
+
+    Behind PgBouncer in transaction mode (see docs/operations.md):
+    ``statement_cache_size=0`` (asyncpg's named prepared statements do not
+    survive the pooler), and ``listen_url`` a direct URL for the LISTEN and
+    presence connections, or ``"none"`` to poll only (claims every ``poll``
+    seconds, cancel requests learnt at the next heartbeat, no presence lock:
+    a crashed worker's jobs wait for their lease). ``listen_url`` None: the
+    main URL.
 
     ``async_commit``: the worker's own writes (claims, completions, heartbeats,
     progress) commit without waiting for the WAL flush
@@ -77,6 +87,8 @@ class WorkerSettings:
     metrics: bool = True
     retention: RetentionPolicy | None = None
     async_commit: bool = False
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+    listen_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -95,6 +107,9 @@ class WorkerSettings:
             raise ValueError("max_claim_batch and max_complete_batch must be at least 1")
         if self.max_complete_bytes < 1 or self.max_result_bytes < 1:
             raise ValueError("max_complete_bytes and max_result_bytes must be at least 1")
+        if self.statement_cache_size < 0:
+            raise ValueError("statement_cache_size must be 0 (no cache) or more")
+        check_listen_url(self.listen_url)
         if self.probe_file_interval <= 0:
             raise ValueError("probe_file_interval must be positive")
 

@@ -3,7 +3,7 @@
 Notifications are blocked the way a PgBouncer in transaction mode or a dead
 listener blocks them: the workers' updates announce nothing (the ``jobs_updated``
 trigger is disabled in the test's own database), or the hub does not LISTEN at
-all (``hub_listen=False``). The hub's periodic batched re-read of the watched
+all (``listen_url="none"``). The hub's periodic batched re-read of the watched
 jobs must still carry every change, and a job deleted while watched must end
 its stream (``event: gone``) and its long-poll (404).
 """
@@ -127,14 +127,14 @@ async def test_stream_works_with_the_hub_not_listening(
     worker: Worker,
     client: Client,
 ) -> None:
-    """hub_listen=False: no LISTEN connection, and streams still follow a job to the end."""
-    api = await start_api_with(hub_listen=False, hub_poll_seconds=POLL)
+    """listen_url="none": no LISTEN connection, and streams still follow a job to the end."""
+    api = await start_api_with(listen_url="none", hub_poll_seconds=POLL)
     docs = await _follow_to_the_end(api, keys, control, client)
     assert docs[-1]["state"] == "succeeded"
     assert api.hub.stats.notifications == 0
     assert not api.hub.connected
     ready = await api.http.get("/readyz")
-    assert ready.json()["checks"]["listener"] == "disabled"
+    assert ready.json()["checks"]["listener"] == "off"
 
 
 async def test_a_deleted_job_ends_its_stream_with_gone(
