@@ -17,8 +17,8 @@ SELECT j.id, j.queue, j.task, j.args, j.state, j.priority, j.run_at, j.attempt,
        j.errors, j.tenant, j.idempotency_key, j.meta, j.cancel_requested,
        j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at,
        j.timeout_seconds, j.request_fingerprint,
-       o.result_omitted,
-       (j.state = 'running' AND j.lease_expires_at < now()) AS stalled
+       (j.state = 'running' AND j.lease_expires_at < now()) AS stalled,
+       o.result_omitted
 FROM skiplock.jobs j
 CROSS JOIN LATERAL (
   SELECT CASE
