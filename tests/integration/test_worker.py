@@ -311,6 +311,32 @@ async def test_task_timeout_ends_attempts_then_fails(db_dsn: str, client: Client
     assert all("timeout of 0.3 s" in e.message for e in failed.errors)
 
 
+async def test_a_jobs_own_timeout_overrides_the_tasks(db_dsn: str, client: Client) -> None:
+    """``JobSpec.timeout`` bounds the attempt instead of the task's timeout, both ways."""
+    tasks = TaskRegistry()
+
+    @tasks.task()  # no task timeout: only the job's can stop it
+    async def hang(ctx: JobContext) -> None:
+        await anyio.Event().wait()
+
+    @tasks.task(timeout=0.3)
+    async def work(ctx: JobContext) -> str:
+        await anyio.sleep(1.0)  # the work itself: longer than the task's 0.3 s
+        return "done"
+
+    bounded = await client.enqueue("hang", max_attempts=1, timeout=0.3)
+    longer = await client.enqueue("work", max_attempts=1, timeout=30)
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        failed = await wait_for_state(client, bounded.id, JobState.FAILED)
+        done = await wait_for_state(client, longer.id, JobState.SUCCEEDED)
+    assert failed.error is not None
+    assert (failed.error.type, failed.error.message) == (
+        "TimeoutError",
+        "attempt 1 exceeded the job timeout of 0.3 s",
+    )
+    assert done.result == "done"
+
+
 # -- cancellation -----------------------------------------------------------
 
 

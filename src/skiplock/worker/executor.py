@@ -138,8 +138,9 @@ class Executor:
         result: Any = None
         error: BaseException | None = None
         timer = None
-        if task.timeout is not None:
-            timer = asyncio.get_running_loop().call_later(task.timeout, self._table.time_out, lease)
+        timeout = _timeout(lease, task)
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(timeout, self._table.time_out, lease)
         lease.executing = True
         stopped: asyncio.CancelledError | None = None
         try:
@@ -194,7 +195,10 @@ class Executor:
             ctx.log.info("job_cancelled", seconds=elapsed)
             return outcomes.completion(lease, "cancelled")
         if lease.timed_out:
-            message = f"attempt {job.attempt} exceeded the task timeout of {task.timeout} s"
+            whose = "job" if job.timeout_seconds is not None else "task"
+            message = (
+                f"attempt {job.attempt} exceeded the {whose} timeout of {_timeout(lease, task)} s"
+            )
             ctx.log.warning("job_timed_out", seconds=elapsed)
             return outcomes.failure(lease, None, "TimeoutError", message, retryable=True, task=task)
         if isinstance(error, Fail):
@@ -216,3 +220,10 @@ class Executor:
         if self._shared.debug and completion.outcome == "succeeded":
             ctx.log.debug("job_succeeded", seconds=elapsed)
         return completion
+
+
+def _timeout(lease: Lease, task: Task) -> float | None:
+    """Seconds one attempt may run: the job's own ``timeout`` (set at enqueue), else the
+    task's."""
+    own = lease.job.timeout_seconds
+    return own if own is not None else task.timeout
