@@ -91,6 +91,42 @@ async def test_enqueue_then_show_round_trip(db_dsn: str, client: Client) -> None
     assert "send_email" in text.stdout
 
 
+async def test_enqueue_with_expiry_and_timeout(db_dsn: str, client: Client, tmp_path: Path) -> None:
+    """`enqueue --expires --timeout` (and the same keys in --file) set the job's expiry and
+    its own attempt timeout; an expiry in the past is refused and writes nothing."""
+    made = _json(
+        await _run(db_dsn, "enqueue", "report", "--expires", "2h", "--timeout", "90", "--json")
+    )
+    job = await client.get(made["id"])
+    assert job is not None
+    assert job.timeout_seconds == 90
+    assert job.expires_at is not None
+    assert (
+        timedelta(hours=1, minutes=59)
+        < job.expires_at - job.created_at
+        < timedelta(hours=2, minutes=1)
+    )
+    assert made["timeout_seconds"] == 90
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"task": "a", "expires_at": "2999-01-01T00:00:00+00:00", "timeout": 5}\n')
+    done = _json(await _run(db_dsn, "enqueue", "--file", str(path), "--json"))
+    (listed,) = done["ids"]
+    from_file = await client.get(listed)
+    assert from_file is not None
+    assert (from_file.expires_at, from_file.timeout_seconds) == (
+        datetime(2999, 1, 1, tzinfo=UTC),
+        5,
+    )
+
+    before = await _count(client)
+    past = await _run(db_dsn, "enqueue", "report", "--expires", "2001-01-01T00:00:00Z")
+    assert past.exit_code == 2, past.output
+    zero = await _run(db_dsn, "enqueue", "report", "--timeout", "0")
+    assert zero.exit_code == 2, zero.output
+    assert await _count(client) == before
+
+
 async def test_enqueue_file_in_bulk(db_dsn: str, client: Client, tmp_path: Path) -> None:
     """`enqueue --file` enqueues every line of a JSONL file, across chunks."""
     lines = [orjson.dumps({"task": "resize", "args": {"i": i}}).decode() for i in range(1203)]

@@ -93,6 +93,8 @@ async def create_job(request: Request) -> Response:
             tenant=_creating_tenant(request, principal),
             idempotency_key=key,
             meta=body.meta,
+            expires_at=body.expires_at,
+            timeout=body.timeout_seconds,
         )
         (job,) = await client.enqueue_many([spec])
     except IdempotencyConflict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
     "MODELS",
@@ -50,6 +50,17 @@ class CreateJobBody(BaseModel):
     priority: int = Field(default=0, ge=-32768, le=32767)
     delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
     meta: dict[str, Any] = Field(default_factory=dict, description="JSON labels kept with the job.")
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="RFC 3339 time with an offset: a job not started by then never starts "
+        "(it ends cancelled, an Expired entry in its errors).",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 24 * 3600,
+        description="Seconds one attempt may run, instead of the task's own timeout.",
+    )
 
 
 class ErrorInfo(_Out):

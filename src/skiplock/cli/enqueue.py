@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ import orjson
 from skiplock.cli.common import (
     ENQUEUE_CHUNK,
     EXIT_USAGE,
+    EXPIRY,
     echo_json,
     fail,
     job_json,
@@ -51,6 +53,8 @@ _SPEC_KEYS = frozenset(
         "tenant",
         "idempotency_key",
         "meta",
+        "expires_at",
+        "timeout",
     }
 )
 
@@ -68,9 +72,13 @@ def _spec_from_line(line: str) -> JobSpec:
         raise ValueError(f"unknown keys: {', '.join(unknown)}")
     if "task" not in data:
         raise ValueError("missing 'task'")
-    for key in ("args", "meta"):
+    for key in ("args", "meta", "expires_at", "timeout"):
         if data.get(key) is None:
             data.pop(key, None)
+    if "expires_at" in data:
+        if not isinstance(data["expires_at"], str):
+            raise ValueError("expires_at must be an ISO-8601 time with an offset")
+        data["expires_at"] = datetime.fromisoformat(data["expires_at"])
     return JobSpec(**data)
 
 
@@ -105,6 +113,19 @@ def _chunks(specs: list[JobSpec], size: int) -> Iterator[list[JobSpec]]:
 @click.option("--idempotency-key", default=None)
 @click.option("--meta", "meta_json", default=None, help="Labels, a JSON object.")
 @click.option(
+    "--expires",
+    type=EXPIRY,
+    default=None,
+    help="A job not started by then never starts (ends cancelled): a duration from now"
+    " (30m, 12h, 1d) or an ISO-8601 time (UTC without an offset).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds one attempt may run, instead of the task's own timeout.",
+)
+@click.option(
     "--file",
     "file_path",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -124,6 +145,8 @@ def enqueue_cmd(
     tenant: str,
     idempotency_key: str | None,
     meta_json: str | None,
+    expires: datetime | None,
+    timeout: float | None,
     file_path: str | None,
     as_json: bool,
 ) -> None:
@@ -132,6 +155,12 @@ def enqueue_cmd(
     if (task is None) == (file_path is None):
         fail("give a TASK or --file, not both", EXIT_USAGE)
     if file_path is not None:
+        if expires is not None or timeout is not None:
+            fail(
+                "--expires and --timeout are for one TASK; give expires_at and timeout"
+                " per line in --file",
+                EXIT_USAGE,
+            )
         specs = _read_specs(file_path)
         _enqueue_file(settings, specs, as_json)
         return
@@ -147,6 +176,8 @@ def enqueue_cmd(
             tenant=tenant,
             idempotency_key=idempotency_key,
             meta=_parse_object(meta_json, "--meta"),
+            expires_at=expires,
+            timeout=timeout,
         )
     except InvalidJob as exc:
         fail(str(exc), EXIT_USAGE)

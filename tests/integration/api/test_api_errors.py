@@ -360,6 +360,21 @@ async def test_body_that_is_not_json_is_415(
         (b'{"task": "render", "delay_seconds": -1}', "invalid-body", "delay_seconds"),
         (b'{"args": {"video_id": "v"}}', "invalid-body", "task"),
         (
+            b'{"task": "render", "args": {"video_id": "v"}, "expires_at": "2999-01-01T00:00:00"}',
+            "invalid-body",
+            "expires_at",
+        ),
+        (
+            b'{"task": "render", "args": {"video_id": "v"}, "expires_at": "2001-01-01T00:00:00Z"}',
+            "invalid-body",
+            None,
+        ),
+        (
+            b'{"task": "render", "args": {"video_id": "v"}, "timeout_seconds": 0}',
+            "invalid-body",
+            "timeout_seconds",
+        ),
+        (
             b'{"task": "render", "args": {"video_id": "v"}, "meta": {"a": "\\u0000"}}',
             "invalid-body",
             None,
@@ -377,6 +392,9 @@ async def test_body_that_is_not_json_is_415(
         "priority-out-of-range",
         "negative-delay",
         "task-missing",
+        "expiry-without-offset",
+        "expiry-in-the-past",
+        "timeout-zero",
         "nul-in-meta",
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -315,3 +316,14 @@ async def test_a_job_that_succeeds_after_a_failure_shows_no_error(
         ("Fail", "bad frame", 1)
     ]
     assert "traceback" not in doc["errors"][0]
+
+
+async def test_create_with_expiry_and_timeout(api: LiveApi, keys: Keys, client: Client) -> None:
+    """POST /v1/jobs takes the job's expiry and its own attempt timeout, and shows them."""
+    expires = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    doc = await _create(api, keys, expires_at=expires.isoformat(), timeout_seconds=90)
+    assert datetime.fromisoformat(doc["expires_at"]) == expires
+    assert doc["timeout_seconds"] == 90
+    job = await client.get(doc["id"], tenant=ALL_TENANTS)
+    assert job is not None
+    assert (job.expires_at, job.timeout_seconds) == (expires, 90)
