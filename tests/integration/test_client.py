@@ -890,3 +890,20 @@ async def test_a_killed_application_connection_is_not_retried(
     assert caught.value.retry_safe is False
     assert "transaction" in str(caught.value)
     assert await _count(client) == 0
+
+
+async def test_retry_at_the_attempt_ceiling_is_refused(client: Client) -> None:
+    """A job that used all 1000 attempts a job may have cannot get another: retry refuses
+    it, saying why, and leaves it failed (it used to go back queued with none left and be
+    claimed as attempt 1001 of 1000)."""
+    job = await client.enqueue("t", max_attempts=1000)
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET state = 'failed', attempt = 1000, started_at = now(),"
+        " finished_at = now() WHERE id = $1",
+        job.id,
+    )
+    with pytest.raises(JobStateConflict, match="used all 1000 attempts"):
+        await client.retry(job.id)
+    after = await client.get(job.id)
+    assert after is not None
+    assert (after.state, after.attempt, after.max_attempts) == (JobState.FAILED, 1000, 1000)

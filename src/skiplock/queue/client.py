@@ -387,7 +387,7 @@ class Client:
         """Put a failed or cancelled job back in the queue, due now.
 
         Raises :class:`JobNotFound`, or :class:`JobStateConflict` when the job is
-        queued, running or succeeded.
+        queued, running or succeeded, or has used all 1000 attempts a job may have.
         """
         scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
@@ -400,7 +400,10 @@ class Client:
                     return job
                 current = await self.store.get_job(ex, parsed, scope)
             if current is not None:
-                raise JobStateConflict(current.id, current.state.value, "retry")
+                why = ""
+                if current.state in (JobState.FAILED, JobState.CANCELLED):
+                    why = f" and has used all {current.attempt} attempts a job may have"
+                raise JobStateConflict(current.id, current.state.value, "retry", why)
         raise JobNotFound(job_id)
 
 

@@ -38,8 +38,8 @@ class JobNotFound(SkiplockError, LookupError):
 class JobStateConflict(SkiplockError):
     """The job exists but is not in a state that allows the operation."""
 
-    def __init__(self, job_id: UUID, state: str, operation: str) -> None:
-        super().__init__(f"cannot {operation} job {job_id}: it is {state}")
+    def __init__(self, job_id: UUID, state: str, operation: str, why: str = "") -> None:
+        super().__init__(f"cannot {operation} job {job_id}: it is {state}{why}")
         self.job_id = job_id
         self.state = state
         self.operation = operation

@@ -1,5 +1,6 @@
 -- retry_job: a failed or cancelled job goes back to queued, due now, with at
--- least one attempt left.
+-- least one attempt left. A job that used all 1000 attempts a job may have
+-- (jobs_attempts_check) cannot be given another: it is not retried.
 -- Parameters: $1 id uuid, $2 tenant or NULL.
 -- Result: the updated row, or none when the job is missing or not retryable.
 UPDATE skiplock.jobs j SET
@@ -13,4 +14,5 @@ UPDATE skiplock.jobs j SET
 WHERE j.id = $1::uuid
   AND ($2::text IS NULL OR j.tenant = $2::text)
   AND j.state IN ('failed', 'cancelled')
+  AND j.attempt < 1000
 RETURNING j.*
