@@ -25,7 +25,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
+
+from skiplock.testing import free_port, port_accepts
 
 __all__ = ["PgBouncer", "bouncer_binary"]
 
@@ -48,20 +49,6 @@ def bouncer_binary() -> str | None:
         return found
     debian = Path("/usr/sbin/pgbouncer")
     return str(debian) if debian.is_file() and os.access(debian, os.X_OK) else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class _PortInUse(RuntimeError):
@@ -160,7 +147,7 @@ class PgBouncer:
 
     def _launch(self) -> None:
         assert self._dir is not None
-        self.port = _free_port()
+        self.port = free_port()
         ini = self._dir / "pgbouncer.ini"
         users = self._dir / "userlist.txt"
         users.write_text(f'"{self._target.username}" ""\n')
@@ -185,7 +172,7 @@ class PgBouncer:
                 **kwargs,
             )
         deadline = time.monotonic() + self.startup_timeout
-        while not _accepts(self.port):
+        while not port_accepts(self.port):
             code = self._proc.poll()
             if code is not None:
                 tail = self.log_tail()

@@ -22,6 +22,8 @@ from skiplock.testing.pgserver import (
     ThrowawayPostgres,
     cleanup_stale_servers,
     find_postgres_binaries,
+    free_port,
+    port_accepts,
 )
 from skiplock.testing.templates import (
     admin_execute,
@@ -45,5 +47,7 @@ __all__ = [
     "database_url",
     "drop_database",
     "find_postgres_binaries",
+    "free_port",
+    "port_accepts",
     "quote_ident",
 ]

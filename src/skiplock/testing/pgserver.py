@@ -71,6 +71,8 @@ __all__ = [
     "ThrowawayPostgres",
     "cleanup_stale_servers",
     "find_postgres_binaries",
+    "free_port",
+    "port_accepts",
 ]
 
 log = structlog.get_logger(__name__)
@@ -485,13 +487,15 @@ def _cached_wheel_copy(binaries: PostgresBinaries) -> PostgresBinaries:
 # --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _accepts(port: int) -> bool:
+def port_accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -627,7 +631,7 @@ class ThrowawayPostgres:
             try:
                 self._initdb()
                 for attempt in range(5):
-                    self._port = _free_port()
+                    self._port = free_port()
                     try:
                         self._launch()
                         self._wait_ready()
@@ -790,7 +794,7 @@ class ThrowawayPostgres:
                 len(lines) >= 8
                 and lines[0].strip() == str(proc.pid)
                 and lines[7].strip() == _READY
-                and _accepts(self.port)
+                and port_accepts(self.port)
             ):
                 return
             if time.monotonic() > deadline:

@@ -36,7 +36,7 @@ import asyncpg
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
 from skiplock.worker.leases import LeaseTable
-from skiplock.worker.rescuer import RESCUE_BATCH
+from skiplock.worker.rescuer import RESCUE_BATCH, log_rescued
 from skiplock.worker.shared import Shared
 
 __all__ = ["Presence", "WorkerIdInUse"]
@@ -190,14 +190,7 @@ class Presence:
                 keep = [lease.token for lease in self._table.leases.values()]
                 while True:
                     rescued = await store.rescue_dead_workers(conn, [worker_id], keep, RESCUE_BATCH)
-                    for r in rescued:
-                        shared.log.warning(
-                            "dead_worker_job_rescued",
-                            job_id=str(r.job_id),
-                            state=r.state.value,
-                            attempt=r.attempt,
-                            previous_worker=r.worker_id,
-                        )
+                    log_rescued(shared, "dead_worker_job_rescued", rescued)
                     if len(rescued) < RESCUE_BATCH:
                         break
             key, locked = await store.register_worker(

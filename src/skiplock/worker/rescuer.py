@@ -28,14 +28,23 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 
 import anyio
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.queue.store import Rescued
 from skiplock.worker.gate import refused
 from skiplock.worker.shared import Shared
 
-__all__ = ["DEAD_WORKER_CHECK", "MAX_REFUSED", "REFUSED_RETRY_SECONDS", "RESCUE_BATCH", "Rescuer"]
+__all__ = [
+    "DEAD_WORKER_CHECK",
+    "MAX_REFUSED",
+    "REFUSED_RETRY_SECONDS",
+    "RESCUE_BATCH",
+    "Rescuer",
+    "log_rescued",
+]
 
 RESCUE_BATCH = 500
 REFUSED_RETRY_SECONDS = 60.0  # a refused row is tried again after this (an operator may fix it)
@@ -89,14 +98,7 @@ class Rescuer:
                 rescued = await shared.store.rescue_dead_workers(
                     shared.pool, dead, [], RESCUE_BATCH
                 )
-            for r in rescued:
-                shared.log.warning(
-                    "dead_worker_job_rescued",
-                    job_id=str(r.job_id),
-                    state=r.state.value,
-                    attempt=r.attempt,
-                    previous_worker=r.worker_id,
-                )
+            log_rescued(shared, "dead_worker_job_rescued", rescued)
             if len(rescued) < RESCUE_BATCH:
                 break
         with anyio.fail_after(s.db_timeout):
@@ -136,14 +138,7 @@ class Rescuer:
                 continue
             shared.health.db_ok()
             shared.health.alive("rescuer")
-            for r in rescued:
-                shared.log.warning(
-                    "lease_expired_job_rescued",
-                    job_id=str(r.job_id),
-                    state=r.state.value,
-                    attempt=r.attempt,
-                    previous_worker=r.worker_id,
-                )
+            log_rescued(shared, "lease_expired_job_rescued", rescued)
             if len(rescued) < limit:
                 return
 
@@ -157,3 +152,15 @@ class Rescuer:
         if len(self._refused) >= MAX_REFUSED:
             del self._refused[min(self._refused, key=self._refused.__getitem__)]
         self._refused[job_id] = time.monotonic() + REFUSED_RETRY_SECONDS
+
+
+def log_rescued(shared: Shared, event: str, rescued: Sequence[Rescued]) -> None:
+    """One warning per rescued job: where it went, its attempt, the worker it left."""
+    for r in rescued:
+        shared.log.warning(
+            event,
+            job_id=str(r.job_id),
+            state=r.state.value,
+            attempt=r.attempt,
+            previous_worker=r.worker_id,
+        )
