@@ -43,6 +43,7 @@ __all__ = [
     "DEMO_TENANT",
     "DemoResult",
     "LiveTable",
+    "demo_log_level",
     "demo_tasks",
     "live_display",
     "render_table",
@@ -226,6 +227,14 @@ def live_display(stream: TextIO, environ: Mapping[str, str] | None = None) -> bo
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
     return tty and env.get("TERM", "") != "dumb" and "NO_COLOR" not in env
+
+
+def demo_log_level(live: bool) -> str:
+    """The demo's log level unless the user chose one: its own lines are the show, so only
+    warnings and errors; only errors while the table is redrawn in place, since any other
+    line printed on the terminal would land inside the table (a retried job's warning
+    shows in the table anyway)."""
+    return "error" if live else "warning"
 
 
 class LiveTable:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -234,6 +236,49 @@ async def test_demo_on_a_configured_database_exits_after_its_time(db_dsn: str) -
     assert jobs == 4
     assert len(keys) == 1
     assert keys[0]["revoked_at"] is not None, "the demo key outlived the demo"
+
+
+def _run_on_a_terminal(argv: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run ``argv`` with a pseudo-terminal as its stdout and stderr; everything it printed."""
+    main, child = pty.openpty()
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env)
+    os.close(child)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(main)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+async def test_on_a_terminal_the_table_is_redrawn_in_place_with_no_log_line_inside(
+    db_dsn: str,
+) -> None:
+    """On a terminal the demo redraws its table in place (cursor up, erase) with an ETA
+    column, and no worker log line lands inside it: flaky_upload's failed first attempt
+    used to print a warning between two frames, leaving a stale frame on the screen."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPLOCK_")}
+    env.update(SKIPLOCK_DATABASE_URL=db_dsn, TERM="xterm", COLUMNS="200", LINES="50")
+    env.pop("NO_COLOR", None)
+    argv = [sys.executable, "-m", "skiplock", "demo", "--port", "0", "--exit-after", "8"]
+    screen = await anyio.to_thread.run_sync(lambda: _run_on_a_terminal(argv, env, 60))
+    table = screen[screen.index("stops the demo") :]
+    assert "\x1b[J" in table, "frames are not redrawn in place"
+    assert " eta " in table
+    assert "flaky_upload  succeeded  2" in table, table[-2000:]  # its retry happened meanwhile
+    assert "job_errored" not in table
+    assert "warning" not in table
 
 
 def test_curl_lines_are_read_like_a_shell() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from skiplock.demo import LiveTable, live_display, render_table
+from skiplock.demo import LiveTable, demo_log_level, live_display, render_table
 from skiplock.queue import Job, JobError, JobState
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -137,3 +137,10 @@ def test_a_closed_stream_is_not_a_terminal() -> None:
     stream = io.StringIO()
     stream.close()
     assert live_display(stream, {}) is False
+
+
+def test_warnings_are_not_logged_while_the_table_is_redrawn_in_place() -> None:
+    """A log line printed between two frames lands inside the table drawn in place (seen as
+    a stale frame left above the live one): only errors are logged then; warnings in a pipe."""
+    assert demo_log_level(live=True) == "error"
+    assert demo_log_level(live=False) == "warning"

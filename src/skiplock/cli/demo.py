@@ -44,13 +44,13 @@ def demo_cmd(ctx: click.Context, host: str, port: int, exit_after: float | None)
     """
     import os
 
-    from skiplock.demo import live_display, run_demo  # keeps the other commands light
+    from skiplock.demo import demo_log_level, live_display, run_demo  # keeps the others light
 
     settings = settings_of(ctx)
     parent = ctx.parent.params if ctx.parent is not None else {}
+    live = live_display(sys.stdout)
     if parent.get("log_level") is None and "SKIPLOCK_LOG_LEVEL" not in os.environ:
-        # The demo's own lines are the show: only warnings and errors from the log.
-        configure_logging(settings.log_format, "warning")
+        configure_logging(settings.log_format, demo_log_level(live))
     try:
         asyncio.run(
             run_demo(
@@ -60,7 +60,7 @@ def demo_cmd(ctx: click.Context, host: str, port: int, exit_after: float | None)
                 port=port,
                 exit_after=exit_after,
                 schema=settings.schema_name,
-                live=live_display(sys.stdout),
+                live=live,
             )
         )
     except KeyboardInterrupt:  # before the demo's own signal handling was in place
