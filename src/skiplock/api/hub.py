@@ -49,8 +49,6 @@ __all__ = ["EventHub", "HubStats", "JobGone", "Subscription"]
 
 log = structlog.get_logger("skiplock.api.hub")
 
-_DB_DOWN = TRANSIENT_DB_ERRORS
-
 
 class JobGone(LookupError):
     """The watched job no longer exists (deleted while watched)."""
@@ -273,7 +271,7 @@ class EventHub:
                 # Each job is read for its watchers' tenants only, in SQL.
                 watched = {(i, sub.tenant) for i in ids for sub in self._subs.get(i, ())}
                 jobs = await self._store.get_watched_jobs(self._pool, watched)
-            except _DB_DOWN as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 log.warning("hub_read_failed", error=repr(exc), jobs=len(ids))
                 self._dirty.update(ids)
                 await anyio.sleep(0.2)

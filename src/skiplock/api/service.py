@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import asyncpg
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -22,6 +21,7 @@ from skiplock.api.openapi import openapi_document
 from skiplock.api.problems import problem_response
 from skiplock.api.schemas import Health, Readiness, Stats
 from skiplock.queue import SchemaMismatch, check_schema
+from skiplock.queue.errors import TRANSIENT_DB_ERRORS
 from skiplock.queue.models import tenant_filter
 
 __all__ = ["WINDOWS", "healthz", "metrics_endpoint", "openapi", "readyz", "stats"]
@@ -88,7 +88,7 @@ async def readyz(request: Request) -> Response:
         checks["database"] = "ok"
     except SchemaMismatch as exc:
         return problem_response(503, str(exc), code="schema-mismatch")
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except TRANSIENT_DB_ERRORS as exc:
         return problem_response(503, f"database unreachable: {exc!r}", code="database-down")
     checks["listener"] = "off" if not hub.listens else "ok" if hub.connected else "reconnecting"
     return model_response(Readiness, {"status": "ready", "checks": checks})

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from skiplock import sql
-from skiplock.queue.listener import check_listen_url
-from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE
+from skiplock.config import DatabaseSettings
 
 __all__ = ["ApiSettings", "ExposedTask"]
 
@@ -23,7 +21,7 @@ class ExposedTask(BaseModel):
     description: str = ""
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(DatabaseSettings):
     """Every knob of ``skiplock api``.
 
     ``exposed_tasks`` is the allowlist of tasks ``POST /v1/jobs`` may create,
@@ -38,10 +36,6 @@ class ApiSettings(BaseSettings):
     hub does not listen; unset: the main URL) as for workers.
     """
 
-    model_config = SettingsConfigDict(env_prefix="SKIPLOCK_", extra="ignore")
-
-    database_url: str | None = None
-    schema_name: str = Field(default="skiplock", alias="SKIPLOCK_SCHEMA")
     exposed_tasks: dict[str, ExposedTask] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     body_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -59,18 +53,6 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
     public_url: str = ""
-    statement_cache_size: int = Field(default=DEFAULT_STATEMENT_CACHE_SIZE, ge=0)
-    listen_url: str | None = None
-
-    @field_validator("schema_name")
-    @classmethod
-    def _schema(cls, value: str) -> str:
-        return sql.validate_schema(value)
-
-    @field_validator("listen_url")
-    @classmethod
-    def _listen_url(cls, value: str | None) -> str | None:
-        return check_listen_url(value)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -78,9 +60,3 @@ class ApiSettings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-    def require_database_url(self) -> str:
-        """The DSN, or a clear error saying how to set it."""
-        if not self.database_url:
-            raise ValueError("no database configured: set SKIPLOCK_DATABASE_URL")
-        return self.database_url
