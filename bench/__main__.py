@@ -228,6 +228,16 @@ def _median(runs: Sequence[Run], *path: str) -> float:
     return statistics.median(values)
 
 
+SPREAD_RUNS = 5  # the throughput's spread is judged over at least this many runs
+
+
+def _spread(runs: Sequence[Run], key: str) -> float:
+    """The largest deviation of one run's ``key`` from the runs' median, in % of the median."""
+    values = [float(run[key]) for run in runs]
+    middle = statistics.median(values)
+    return max(abs(v - middle) for v in values) / middle * 100 if middle else 0.0
+
+
 def _pct(part: float | None, whole: float | None) -> float | None:
     return None if part is None or not whole else 100 * part / whole
 
@@ -304,6 +314,11 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
     if rows.has("throughput"):
         name = f"throughput, {sizes.throughput_jobs:,} no-op jobs, 1 worker process, best settings"
         lean("throughput", name, "jobs_per_s", "jobs/s", "≥ 0.8 × lean", _ge(0.8))
+        spread = _spread(results["throughput"], "jobs_per_s")
+        enough = len(results["throughput"]) >= SPREAD_RUNS
+        target = f"≤ 15 ({SPREAD_RUNS}+ runs)" if enough else ""
+        name = "  largest deviation of a run from the median"
+        add("throughput", name, spread, "%", target, _le(15) if enough else None)
         rows.cpu("throughput", "worker", "best settings")
     if rows.has("throughput_default"):
         name = "throughput, the same, WorkerSettings() defaults"
@@ -383,7 +398,7 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
 def _number(value: float | None) -> str:
     if value is None:
         return "n/a"
-    if abs(value) >= 1000:
+    if abs(value) >= 999.5:  # what rounds to 1,000 or more gets its comma
         return f"{value:,.0f}"
     if abs(value) >= 100:
         return f"{value:.0f}"

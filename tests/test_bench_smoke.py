@@ -231,3 +231,21 @@ def test_lean_loop_refuses_a_zero_batch() -> None:
     )
     assert proc.returncode == 2
     assert "--batch" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("rates", "spread", "met"),
+    [
+        ([1000.0, 1100.0, 900.0, 1000.0, 1200.0], 20.0, False),
+        ([1000.0, 1100.0, 900.0, 1000.0, 1050.0], 10.0, True),
+        ([1000.0, 1100.0, 700.0], 30.0, None),  # fewer than five runs: shown, not judged
+    ],
+)
+def test_throughput_spread_over_runs(rates: list[float], spread: float, met: bool | None) -> None:
+    """The runs' largest deviation from their median; "≤ 15" is judged from five runs on."""
+    results = {"throughput": [_throughput_run(rate, 2000.0) for rate in rates]}
+    figures = {f.name.strip(): f for f in _figures(results, QUICK)}
+    figure = figures["largest deviation of a run from the median"]
+    assert figure.value == pytest.approx(spread)
+    assert figure.met is met
+    assert (figure.target == "") == (met is None)
