@@ -400,9 +400,9 @@ def _number(value: float | None) -> str:
         return "n/a"
     if abs(value) >= 999.5:  # what rounds to 1,000 or more gets its comma
         return f"{value:,.0f}"
-    if abs(value) >= 100:
+    if abs(value) >= 99.95:
         return f"{value:.0f}"
-    if abs(value) >= 10:
+    if abs(value) >= 9.995:
         return f"{value:.1f}"
     return f"{value:.2f}"
 
