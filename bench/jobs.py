@@ -93,8 +93,11 @@ def _check_all_succeeded(span: asyncpg.Record, expected: int) -> None:
 # -- 1 and 9: processing throughput, and the worker's memory while it runs -----
 
 
-async def throughput(dsn: str, jobs: int) -> dict[str, Any]:
+async def throughput(dsn: str, jobs: int, *, defaults: bool = False) -> dict[str, Any]:
     """Run ``jobs`` queued no-op jobs with one worker process; jobs/s and its memory.
+
+    The worker runs with the best settings (:data:`bench.worker.BEST`), or with
+    ``WorkerSettings()`` untouched when ``defaults``.
 
     The rate is ``jobs / (max(finished_at) - min(started_at))``: from the
     first claim to the last completion, by the database's clock.
@@ -105,7 +108,7 @@ async def throughput(dsn: str, jobs: int) -> dict[str, Any]:
         async with await Client.connect(dsn, max_size=2) as client:
             await _enqueue_chunks(client, jobs, PREFILL_CHUNK)
         await conn.execute(f"VACUUM ANALYZE {SCHEMA}.jobs")
-        worker = await WorkerProcess.start(dsn)
+        worker = await (WorkerProcess.start_defaults(dsn) if defaults else WorkerProcess.start(dsn))
         try:
             worker_cpu = cpu_seconds(worker.pid)
             server_cpu = await backend_cpu_seconds(conn)
@@ -147,12 +150,28 @@ async def bulk_enqueue(dsn: str, jobs: int, chunk: int = ENQUEUE_CHUNK) -> dict[
     """``Client.enqueue_many`` of ``jobs`` jobs in chunks, one after another; jobs/s.
 
     The time includes building the ``JobSpec`` objects (validation, JSON).
+    CPU per job: this process's (the client's) and the database's backends'.
     """
-    async with await Client.connect(dsn, max_size=2) as client:
-        started = time.perf_counter()
-        await _enqueue_chunks(client, jobs, chunk)
-        seconds = time.perf_counter() - started
-    return {"jobs": jobs, "chunk": chunk, "seconds": seconds, "jobs_per_s": jobs / seconds}
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with await Client.connect(dsn, max_size=2) as client:
+            server_cpu = await backend_cpu_seconds(conn)
+            client_cpu = time.process_time()
+            started = time.perf_counter()
+            await _enqueue_chunks(client, jobs, chunk)
+            seconds = time.perf_counter() - started
+            client_cpu = time.process_time() - client_cpu
+            server_cpu = await backend_cpu_seconds(conn) - server_cpu
+    finally:
+        await conn.close()
+    return {
+        "jobs": jobs,
+        "chunk": chunk,
+        "seconds": seconds,
+        "jobs_per_s": jobs / seconds,
+        "client_cpu_us_per_job": client_cpu / jobs * 1e6,
+        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
+    }
 
 
 _BARE_INSERT = (  # SCHEMA is a constant of the benchmark, not input
@@ -168,13 +187,17 @@ async def single_enqueue(dsn: str, jobs: int) -> dict[str, Any]:
     the same number of bare one-row INSERTs on a plain connection, measured
     right after, is that bound on this machine (``bare_inserts_per_s``).
     """
-    async with await Client.connect(dsn, max_size=2) as client:
-        started = time.perf_counter()
-        for _ in range(jobs):
-            await client.enqueue("noop", max_attempts=1)
-        seconds = time.perf_counter() - started
     conn = await asyncpg.connect(dsn)
     try:
+        async with await Client.connect(dsn, max_size=2) as client:
+            server_cpu = await backend_cpu_seconds(conn)
+            client_cpu = time.process_time()
+            started = time.perf_counter()
+            for _ in range(jobs):
+                await client.enqueue("noop", max_attempts=1)
+            seconds = time.perf_counter() - started
+            client_cpu = time.process_time() - client_cpu
+            server_cpu = await backend_cpu_seconds(conn) - server_cpu
         began = time.perf_counter()
         for _ in range(jobs):
             await conn.execute(_BARE_INSERT)
@@ -186,6 +209,8 @@ async def single_enqueue(dsn: str, jobs: int) -> dict[str, Any]:
         "seconds": seconds,
         "jobs_per_s": jobs / seconds,
         "bare_inserts_per_s": jobs / bare,
+        "client_cpu_us_per_job": client_cpu / jobs * 1e6,
+        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
     }
 
 
@@ -210,7 +235,7 @@ async def pickup(dsn: str, jobs: int, gap: float) -> dict[str, Any]:
     Both processes read the same wall clock (``time.time()``): the handler
     returns its start time as its result. A few warm-up jobs go first (not
     counted), so the worker's LISTEN connection is up and its statements are
-    prepared.
+    prepared. CPU per probe: the worker's and the backends' over the counted ones.
     """
     conn = await asyncpg.connect(dsn)
     try:
@@ -219,8 +244,12 @@ async def pickup(dsn: str, jobs: int, gap: float) -> dict[str, Any]:
             async with await Client.connect(dsn, max_size=2) as client:
                 await _send_spaced(client, PICKUP_WARMUP_JOBS, gap)
                 await _wait_drained(conn, worker, patience=120.0)
+                worker_cpu = cpu_seconds(worker.pid)
+                server_cpu = await backend_cpu_seconds(conn)
                 sent = await _send_spaced(client, jobs, gap)
                 await _wait_drained(conn, worker, patience=120.0)
+                worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+                server_cpu = await backend_cpu_seconds(conn) - server_cpu
         finally:
             await worker.stop()
         rows = await conn.fetch(
@@ -245,6 +274,8 @@ async def pickup(dsn: str, jobs: int, gap: float) -> dict[str, Any]:
         "p99": percentile(latencies, 99),
         "max": max(latencies),
         "negative": sum(1 for v in latencies if v < 0),
+        "worker_cpu_us_per_job": worker_cpu / jobs * 1e6,
+        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
     }
 
 

@@ -1,7 +1,8 @@
 """The benchmark worker: one process running :class:`skiplock.Worker` on :mod:`bench.tasks`.
 
 ``python -m bench.worker --ready-file PATH [--dsn DSN] [--concurrency N]
-[--max-claim-batch N] [--max-complete-batch N] [--lease S] [--progress-interval S]``
+[--max-claim-batch N] [--max-complete-batch N] [--lease S] [--progress-interval S]
+| --defaults]``
 runs a worker through the public API (``Worker``, ``WorkerSettings``,
 ``TaskRegistry``) on ``DSN`` (default: ``SKIPLOCK_DATABASE_URL``) until
 SIGTERM (graceful drain), logging at ``warning`` only, and creates ``PATH``
@@ -46,11 +47,16 @@ class WorkerProcess:
     async def start(cls, dsn: str, **settings: Any) -> WorkerProcess:
         """Start a worker with :data:`BEST` settings (overridden by ``settings``); wait for it."""
         values = {**BEST, **settings}
+        argv: list[str] = []
+        for name, value in values.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        return await cls._spawn(dsn, argv)
+
+    @classmethod
+    async def _spawn(cls, dsn: str, options: list[str]) -> WorkerProcess:
         with tempfile.TemporaryDirectory(prefix="skiplock-bench-") as tmp:
             ready = Path(tmp) / "ready"
-            argv = [sys.executable, "-m", "bench.worker", "--ready-file", str(ready)]
-            for name, value in values.items():
-                argv += [f"--{name.replace('_', '-')}", str(value)]
+            argv = [sys.executable, "-m", "bench.worker", "--ready-file", str(ready), *options]
             proc = spawn(argv, {"SKIPLOCK_DATABASE_URL": dsn})  # not in argv: ps shows argv
 
             async def is_ready() -> bool:
@@ -58,6 +64,11 @@ class WorkerProcess:
 
             await wait_ready(proc, is_ready, "bench worker")
         return cls(proc)
+
+    @classmethod
+    async def start_defaults(cls, dsn: str) -> WorkerProcess:
+        """Start a worker with ``WorkerSettings()`` as they come (``--defaults``); wait for it."""
+        return await cls._spawn(dsn, ["--defaults"])
 
     @property
     def pid(self) -> int:
@@ -90,6 +101,9 @@ def main() -> None:
     parser.add_argument(
         "--async-commit", type=int, choices=(0, 1), default=int(BEST.get("async_commit", 0))
     )
+    parser.add_argument(
+        "--defaults", action="store_true", help="WorkerSettings() as they come (ignores the rest)"
+    )
     args = parser.parse_args()
     if not args.dsn:
         parser.error("give --dsn or set SKIPLOCK_DATABASE_URL")
@@ -100,7 +114,9 @@ def main() -> None:
     worker = Worker(
         tasks,
         args.dsn,
-        WorkerSettings(
+        WorkerSettings()
+        if args.defaults
+        else WorkerSettings(
             concurrency=args.concurrency,
             max_claim_batch=args.max_claim_batch,
             max_complete_batch=args.max_complete_batch,

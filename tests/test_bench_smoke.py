@@ -17,12 +17,20 @@ from typing import Any
 
 import asyncpg
 import pytest
-from bench.__main__ import BENCHMARKS, table
+from bench import lean
+from bench.__main__ import BENCHMARKS, QUICK, _figures, table
 
 pytestmark = pytest.mark.timeout(400)  # the module's one quick run is most of it
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE_UNITS = {"jobs/s", "req/s", "MiB", "s"}
+# The benchmarks that also run the lean loop, and their main figure's key.
+WITH_LEAN = {
+    "throughput": "jobs_per_s",
+    "bulk_enqueue": "jobs_per_s",
+    "single_enqueue": "jobs_per_s",
+    "pickup": "p50",
+}
 
 
 def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -116,3 +124,128 @@ def test_unknown_benchmark_is_refused() -> None:
     assert "nonsense" in proc.stderr
     assert "throughput" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_lean_loop_runs_beside_each_reference_figure(report: dict[str, Any]) -> None:
+    """Throughput, enqueue and pickup ran the lean loop too, with as many jobs, in the same run."""
+    for bench, key in WITH_LEAN.items():
+        run = report["results"][bench][0]
+        assert run["lean"]["jobs"] == run["jobs"], bench
+        assert run["lean"][key] > 0, bench
+        for cpu in ("server_cpu_us_per_job", "worker_cpu_us_per_job", "client_cpu_us_per_job"):
+            if cpu in run:
+                assert run["lean"][cpu] >= 0, (bench, cpu)
+
+
+def test_reference_figures_show_the_lean_value_and_ratio(report: dict[str, Any]) -> None:
+    """Each rate and latency with a lean counterpart shows it and value / lean, table and JSON."""
+    text = table(report)
+    shown = 0
+    for figure in report["figures"]:
+        if figure["bench"] in WITH_LEAN and figure["unit"] in ("jobs/s", "ms"):
+            assert figure["lean"] > 0, figure
+            assert figure["ratio"] == pytest.approx(figure["value"] / figure["lean"]), figure
+            line = next(line for line in text.splitlines() if figure["name"] in line)
+            assert f"{figure['ratio']:.2f}" in line
+            shown += 1
+    assert shown == 3 + 3  # three rates, pickup p50/p95/p99
+    assert "× lean" in text.splitlines()[8]  # the column header
+
+
+def test_ratio_targets_are_judged_on_the_ratio(report: dict[str, Any]) -> None:
+    """A "≥ k × lean" / "≤ k × lean" target's verdict is the ratio's, not the raw value's."""
+    judged = [f for f in report["figures"] if "× lean" in f["target"]]
+    assert {f["bench"] for f in judged} == set(WITH_LEAN)
+    for figure in judged:
+        sign, limit = figure["target"].split()[:2]
+        ratio = figure["ratio"]
+        assert figure["met"] == (ratio >= float(limit) if sign == "≥" else ratio <= float(limit))
+
+
+def test_default_settings_are_compared_with_the_best(report: dict[str, Any]) -> None:
+    """throughput_default runs WorkerSettings() defaults; its figure is shown as a share of best."""
+    default = report["results"]["throughput_default"][0]["jobs_per_s"]
+    best = report["results"]["throughput"][0]["jobs_per_s"]
+    share = next(f for f in report["figures"] if f["name"].strip() == "defaults / best settings")
+    assert share["value"] == pytest.approx(default / best)
+    assert share["met"] == (share["value"] >= 0.5)
+
+
+def _throughput_run(rate: float, lean_rate: float | None) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "jobs_per_s": rate,
+        "worker_cpu_us_per_job": 40.0,
+        "server_cpu_us_per_job": 80.0,
+        "peak_rss": 1024 * 1024,
+    }
+    if lean_rate is not None:
+        cpu = {"worker_cpu_us_per_job": 10.0, "server_cpu_us_per_job": 20.0}
+        run["lean"] = {"jobs_per_s": lean_rate, **cpu}
+    return run
+
+
+@pytest.mark.parametrize(("rate", "met"), [(900.0, True), (700.0, False)])
+def test_throughput_target_is_a_share_of_the_lean_loop(rate: float, met: bool) -> None:
+    """0.9 × lean meets "≥ 0.8 × lean", 0.7 × does not; CPU rows carry their ratios too."""
+    results = {
+        "throughput": [_throughput_run(rate, 1000.0)],
+        "throughput_default": [_throughput_run(rate / 4, None)],
+    }
+    figures = {f.name.strip(): f for f in _figures(results, QUICK)}
+    best = next(f for name, f in figures.items() if name.endswith("best settings"))
+    assert (best.lean, best.ratio, best.met) == (1000.0, rate / 1000, met)
+    cpu = figures["worker CPU per job, best settings"]
+    assert (cpu.value, cpu.lean, cpu.ratio) == (40.0, 10.0, 4.0)
+    default = figures["throughput, the same, WorkerSettings() defaults"]
+    assert (default.lean, default.ratio) == (1000.0, rate / 4 / 1000)
+    share = figures["defaults / best settings"]
+    assert (share.value, share.met) == (0.25, False)
+
+
+async def test_lean_enqueue_returns_ids_in_input_order(db_dsn: str) -> None:
+    """The lean loop's bulk enqueue writes one row per payload, ids in the payloads' order."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await lean.create_schema(conn)
+        ids = await lean.enqueue_many(conn, "noop", [{"n": n} for n in range(5)])
+        one = await lean.enqueue(conn, "noop", {"n": 5})
+        rows = await conn.fetch("SELECT id, payload, state FROM lean.jobs ORDER BY id")
+    finally:
+        await conn.close()
+    assert [*ids, one] == [row["id"] for row in rows]
+    assert [json.loads(row["payload"])["n"] for row in rows] == list(range(6))
+    assert {row["state"] for row in rows} == {"queued"}
+
+
+def test_lean_loop_refuses_a_zero_batch() -> None:
+    """``python -m bench.lean --batch 0`` exits 2 with a message and connects to nothing."""
+    options = ["--dsn", "postgresql://nowhere/x", "--ready-file", "/nonexistent/r"]
+    options += ["--stats-file", "/nonexistent/s", "--batch", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.lean", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--batch" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("rates", "spread", "met"),
+    [
+        ([1000.0, 1100.0, 900.0, 1000.0, 1200.0], 20.0, False),
+        ([1000.0, 1100.0, 900.0, 1000.0, 1050.0], 10.0, True),
+        ([1000.0, 1100.0, 700.0], 30.0, None),  # fewer than five runs: shown, not judged
+    ],
+)
+def test_throughput_spread_over_runs(rates: list[float], spread: float, met: bool | None) -> None:
+    """The runs' largest deviation from their median; "≤ 15" is judged from five runs on."""
+    results = {"throughput": [_throughput_run(rate, 2000.0) for rate in rates]}
+    figures = {f.name.strip(): f for f in _figures(results, QUICK)}
+    figure = figures["largest deviation of a run from the median"]
+    assert figure.value == pytest.approx(spread)
+    assert figure.met is met
+    assert (figure.target == "") == (met is None)
