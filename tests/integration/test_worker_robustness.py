@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from skiplock import Client, JobContext, JobState, Retry, TaskRegistry, Worker
-from skiplock.queue import Store
 from tests.helpers import wait_for, wait_for_state
 from tests.worker_helpers import fast_settings, running
 
@@ -76,19 +75,6 @@ async def test_handler_raising_cancelled_error_gives_its_job_back(
         done = await wait_for_state(client, job.id, JobState.SUCCEEDED, timeout=10)
     assert done.attempt == 2
     assert [e.type for e in done.errors] == ["CancelledError"]
-
-
-async def test_retry_of_a_job_at_the_attempt_ceiling_stays_valid(client: Client) -> None:
-    """Retrying a failed job that used all 1000 attempts keeps max_attempts within bounds."""
-    job = await client.enqueue("t", max_attempts=1000)
-    await client.pool.execute(
-        "UPDATE skiplock.jobs SET state = 'failed', attempt = 1000, finished_at = now() "
-        "WHERE id = $1",
-        job.id,
-    )
-    retried = await client.retry(job.id)
-    assert (retried.state, retried.max_attempts) == (JobState.QUEUED, 1000)
-    assert await Store().get_job(client.pool, job.id, None) is not None
 
 
 async def test_claimed_row_with_undecodable_json_fails_and_the_worker_goes_on(
