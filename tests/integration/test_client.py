@@ -178,6 +178,31 @@ async def test_enqueue_many_keeps_order(client: Client) -> None:
     assert await _count(client) == 5000
 
 
+async def test_enqueue_many_ids_are_time_ordered(client: Client, db_dsn: str) -> None:
+    """enqueue_many makes UUIDv7 ids on the client: the database's order by id is the order
+    the jobs were given in, across two batches, and their timestamps are not decreasing."""
+    first = await client.enqueue_many([JobSpec(task="t", args={"i": i}) for i in range(1000)])
+    second = await client.enqueue_many(
+        [JobSpec(task="t", args={"i": i}) for i in range(1000, 2000)]
+    )
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT (args->>'i')::int AS i, substr(id::text, 15, 1) AS version,
+                   ('x' || substr(replace(id::text, '-', ''), 1, 12))::bit(48)::bigint AS ms
+            FROM skiplock.jobs ORDER BY id
+            """
+        )
+    finally:
+        await conn.close()
+    assert [r["i"] for r in rows] == list(range(2000))
+    assert {r["version"] for r in rows} == {"7"}
+    stamps = [r["ms"] for r in rows]
+    assert stamps == sorted(stamps)
+    assert [j.id for j in first + second] == sorted(j.id for j in first + second)
+
+
 async def test_enqueue_many_of_nothing(client: Client) -> None:
     """enqueue_many of an empty batch returns [] and writes nothing."""
     assert await client.enqueue_many([]) == []

@@ -12,12 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+import orjson
 import pytest
 import pytest_asyncio
 
 import skiplock
 from skiplock import SchemaMismatch, check_schema, sql
 from skiplock.queue.store import Store
+from tests.helpers import wait_until
 from tests.integration.schemadump import render_schema
 
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.txt")
@@ -287,3 +289,61 @@ async def test_0006_applies_on_jobs_in_every_state(
     for task, row in before.items():
         assert {k: after[task][k] for k in row} == row, task
     assert await check_schema(conn) == LATEST
+
+
+async def test_0008_applies_on_jobs_in_every_state(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0008 (the update trigger without the plan hazard) applies to a database holding jobs in
+    every state, one running under a live lease: every row is unchanged, and afterwards the
+    trigger announces the running job's cancel request and a failed job put back in the
+    queue on the same channels, with the same payloads, in the same order as before."""
+    shipped = sql.migrations()
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:7])
+    await skiplock.migrate(empty_db_dsn)
+    await conn.execute(
+        """
+        INSERT INTO skiplock.jobs (id, queue, task, args, state, attempt, lease_token,
+                                   lease_expires_at, worker_id, finished_at, errors)
+        VALUES
+          (gen_random_uuid(), 'q', 'queued', '{}', 'queued', 0, NULL, NULL, NULL, NULL, '[]'),
+          (gen_random_uuid(), 'q', 'retrying', '{}', 'queued', 1, NULL, NULL, 'w1', NULL,
+           '[{"type": "E", "message": "m", "attempt": 1}]'),
+          (gen_random_uuid(), 'q', 'running', '{}', 'running', 1, gen_random_uuid(),
+           now() + interval '1 minute', 'w1', NULL, '[]'),
+          (gen_random_uuid(), 'q', 'succeeded', '{}', 'succeeded', 1, NULL, NULL, 'w1', now(),
+           '[]'),
+          (gen_random_uuid(), 'q', 'failed', '{}', 'failed', 3, NULL, NULL, 'w1', now(), '[]'),
+          (gen_random_uuid(), 'q', 'cancelled', '{}', 'cancelled', 0, NULL, NULL, NULL, now(),
+           '[]')
+        """
+    )
+    before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+
+    monkeypatch.setattr(sql, "migrations", lambda: shipped)
+    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[7:]]
+    assert await check_schema(conn) == LATEST
+    after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+    assert after == before
+
+    notes: list[tuple[str, Any]] = []
+
+    def heard(_c: Any, _pid: int, channel: str, payload: object) -> None:
+        text = str(payload)
+        notes.append((channel, orjson.loads(text) if channel == "skiplock.job" else text))
+
+    for channel in ("skiplock.job", "skiplock.queue", "skiplock.cancel"):
+        await conn.add_listener(channel, heard)
+    running, failed = str(before["running"]["id"]), str(before["failed"]["id"])
+    await conn.execute("UPDATE skiplock.jobs SET cancel_requested = true WHERE task = 'running'")
+    await conn.execute(
+        "UPDATE skiplock.jobs SET state = 'queued', finished_at = NULL WHERE task = 'failed'"
+    )
+    expected = [
+        ("skiplock.job", [[running, "running", None]]),
+        ("skiplock.cancel", running),
+        ("skiplock.job", [[failed, "queued", None]]),
+        ("skiplock.queue", "q"),
+    ]
+    await wait_until(lambda: len(notes) >= len(expected), what="the announcements")
+    assert notes == expected

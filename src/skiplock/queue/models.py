@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, TypeAlias
 import orjson
 
 from skiplock.queue.errors import InvalidJob
+from skiplock.queue.ids import uuid7
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.states import JobState
 from skiplock.tracing import inject_trace_context
@@ -191,6 +192,9 @@ class JobSpec:
     ``Expired`` entry in its history, and a job that finished before it is
     deleted by retention once it passes. ``timeout``: seconds one attempt may
     run, instead of the task's timeout (positive and finite).
+
+    ``id`` defaults to a new time-ordered UUIDv7 (:func:`skiplock.queue.ids.uuid7`),
+    made here rather than by the database so a batch matches its input.
     """
 
     task: str
@@ -205,7 +209,7 @@ class JobSpec:
     meta: Mapping[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
     timeout: float | None = None
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=uuid7)
     args_json: str = field(init=False, repr=False, compare=False)
     meta_json: str = field(init=False, repr=False, compare=False)
     fingerprint: str = field(init=False, repr=False, compare=False)
