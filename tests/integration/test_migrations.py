@@ -237,15 +237,10 @@ async def test_check_schema_looks_at_the_given_schema(
         await check_schema(conn, schema="jobs_alt")
 
 
-async def test_0006_applies_on_jobs_in_every_state(
-    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """0006 applies to a database holding jobs in every state, including rows 0005 allowed
-    and the new checks refuse: a queued job with a stray token (its stray lease is cleared)
-    and a running job without a worker id (named '?'); every other row is unchanged."""
-    shipped = sql.migrations()
-    monkeypatch.setattr(sql, "migrations", lambda: shipped[:5])
-    await skiplock.migrate(empty_db_dsn)
+async def _insert_jobs_in_every_state(conn: asyncpg.Connection[Any], more: str = "") -> None:
+    """One job per state, task named after it (a retrying one queued with an error, a running
+    one under a live lease), written with SQL as an older schema allows; ``more``: further
+    rows of the same VALUES list, starting with a comma."""
     await conn.execute(
         """
         INSERT INTO skiplock.jobs (id, queue, task, args, state, attempt, lease_token,
@@ -260,12 +255,27 @@ async def test_0006_applies_on_jobs_in_every_state(
            '[]'),
           (gen_random_uuid(), 'q', 'failed', '{}', 'failed', 3, NULL, NULL, 'w1', now(), '[]'),
           (gen_random_uuid(), 'q', 'cancelled', '{}', 'cancelled', 0, NULL, NULL, NULL, now(),
-           '[]'),
+           '[]')"""
+        + more
+    )
+
+
+async def test_0006_applies_on_jobs_in_every_state(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0006 applies to a database holding jobs in every state, including rows 0005 allowed
+    and the new checks refuse: a queued job with a stray token (its stray lease is cleared)
+    and a running job without a worker id (named '?'); every other row is unchanged."""
+    shipped = sql.migrations()
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:5])
+    await skiplock.migrate(empty_db_dsn)
+    await _insert_jobs_in_every_state(
+        conn,
+        """,
           (gen_random_uuid(), 'q', 'stray', '{}', 'queued', 0, gen_random_uuid(), NULL, NULL,
            NULL, '[]'),
           (gen_random_uuid(), 'q', 'nameless', '{}', 'running', 1, gen_random_uuid(),
-           now() + interval '1 minute', NULL, NULL, '[]')
-        """
+           now() + interval '1 minute', NULL, NULL, '[]')""",
     )
     before = {
         r["task"]: dict(r)
@@ -301,23 +311,7 @@ async def test_0008_applies_on_jobs_in_every_state(
     shipped = sql.migrations()
     monkeypatch.setattr(sql, "migrations", lambda: shipped[:7])
     await skiplock.migrate(empty_db_dsn)
-    await conn.execute(
-        """
-        INSERT INTO skiplock.jobs (id, queue, task, args, state, attempt, lease_token,
-                                   lease_expires_at, worker_id, finished_at, errors)
-        VALUES
-          (gen_random_uuid(), 'q', 'queued', '{}', 'queued', 0, NULL, NULL, NULL, NULL, '[]'),
-          (gen_random_uuid(), 'q', 'retrying', '{}', 'queued', 1, NULL, NULL, 'w1', NULL,
-           '[{"type": "E", "message": "m", "attempt": 1}]'),
-          (gen_random_uuid(), 'q', 'running', '{}', 'running', 1, gen_random_uuid(),
-           now() + interval '1 minute', 'w1', NULL, '[]'),
-          (gen_random_uuid(), 'q', 'succeeded', '{}', 'succeeded', 1, NULL, NULL, 'w1', now(),
-           '[]'),
-          (gen_random_uuid(), 'q', 'failed', '{}', 'failed', 3, NULL, NULL, 'w1', now(), '[]'),
-          (gen_random_uuid(), 'q', 'cancelled', '{}', 'cancelled', 0, NULL, NULL, NULL, now(),
-           '[]')
-        """
-    )
+    await _insert_jobs_in_every_state(conn)
     before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
 
     monkeypatch.setattr(sql, "migrations", lambda: shipped)
