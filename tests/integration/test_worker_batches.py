@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import asyncpg
 import structlog
 
 from skiplock import Client, JobContext, JobSpec, JobState, TaskRegistry, Worker
@@ -208,6 +209,42 @@ async def test_a_refused_rescue_does_not_stall_the_others(db_dsn: str, client: C
     stuck = await client.get(poison.id)
     assert stuck is not None
     assert stuck.state is JobState.RUNNING
+
+
+async def test_a_refused_dead_worker_rescue_does_not_stall_the_others(
+    db_dsn: str, client: Client
+) -> None:
+    """Two registered workers die, one holding a job whose rescue the database refuses: the
+    other one's job is still rescued at once (its lease has a minute left), and the refused
+    worker is left out of the fast path instead of failing every check."""
+    await _refuse_updates(client, "NEW.args ? 'poison' AND NEW.state <> 'running'")
+    tasks = TaskRegistry()
+
+    @tasks.task()
+    async def t(ctx: JobContext) -> str:
+        return "rerun"
+
+    store = client.store
+    for name, args in (("dead-a", {"poison": True}), ("dead-b", {})):
+        presence = await asyncpg.connect(db_dsn)
+        try:
+            _, locked = await store.register_worker(presence, name, "gone", 1)
+            assert locked
+            await client.enqueue("t", args, queue="dead")
+            (held,) = await store.claim_jobs(client.pool, ["dead"], 1, 60.0, name)
+            assert held.worker_id == name
+        finally:
+            await presence.close()  # the process "dies": its presence lock goes
+    good = await client.pool.fetchval("SELECT id FROM skiplock.jobs WHERE worker_id = 'dead-b'")
+    poison = await client.pool.fetchval("SELECT id FROM skiplock.jobs WHERE worker_id = 'dead-a'")
+    worker = Worker(tasks, db_dsn, fast_settings(queues=("dead",), lease=60.0))
+    async with running(worker):
+        done = await wait_for_state(client, good, JobState.SUCCEEDED, timeout=10)
+    assert done.result == "rerun"
+    assert [e.type for e in done.errors] == ["WorkerDied"]
+    stuck = await client.get(poison)
+    assert stuck is not None
+    assert (stuck.state, stuck.worker_id) == (JobState.RUNNING, "dead-a")
 
 
 async def test_a_completion_slower_than_the_write_bound_is_written(client: Client) -> None:

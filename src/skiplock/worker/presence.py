@@ -35,6 +35,7 @@ import anyio
 import asyncpg
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
+from skiplock.worker.gate import refused
 from skiplock.worker.leases import LeaseTable
 from skiplock.worker.rescuer import RESCUE_BATCH, log_rescued
 from skiplock.worker.shared import Shared
@@ -188,11 +189,21 @@ class Presence:
                 )
             if in_use is False:  # an earlier registration of this id is dead
                 keep = [lease.token for lease in self._table.leases.values()]
-                while True:
-                    rescued = await store.rescue_dead_workers(conn, [worker_id], keep, RESCUE_BATCH)
-                    log_rescued(shared, "dead_worker_job_rescued", rescued)
-                    if len(rescued) < RESCUE_BATCH:
-                        break
+                try:
+                    async with conn.transaction():  # a savepoint: a refusal undoes only this
+                        while True:
+                            rescued = await store.rescue_dead_workers(
+                                conn, [worker_id], keep, RESCUE_BATCH
+                            )
+                            log_rescued(shared, "dead_worker_job_rescued", rescued)
+                            if len(rescued) < RESCUE_BATCH:
+                                break
+                except asyncpg.PostgresError as exc:
+                    if not refused(exc):
+                        raise
+                    # A row the database refuses: the earlier process's jobs are taken
+                    # back when their leases expire (rescue_expired isolates that row).
+                    shared.log.error("dead_worker_rescue_refused", error=repr(exc))
             key, locked = await store.register_worker(
                 conn, worker_id, socket.gethostname(), os.getpid()
             )

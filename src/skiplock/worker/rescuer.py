@@ -58,6 +58,8 @@ class Rescuer:
     def __init__(self, shared: Shared) -> None:
         self._shared = shared
         self._refused: dict[uuid.UUID, float] = {}  # job id -> monotonic time to try again
+        # dead worker id -> monotonic time to try its fast rescue again
+        self._refused_workers: dict[str, float] = {}
 
     async def run(self) -> None:
         """Rescue every ``rescue`` seconds (0.5–1× jittered), forever."""
@@ -91,20 +93,63 @@ class Rescuer:
                 shared.log.warning("dead_worker_check_failed", error=repr(exc))
 
     async def _rescue_dead(self, dead: list[str]) -> None:
+        """Rescue the dead workers' jobs, all in one statement while none is refused.
+
+        A row the database refuses (a trigger, a constraint) would fail every batch
+        it is in: the workers are then tried one by one, and a worker whose rescue is
+        refused is left out of this fast path for :data:`REFUSED_RETRY_SECONDS`. Its
+        jobs are taken back when their leases expire, by ``rescue_expired``, which
+        isolates the refused row itself; the other dead workers are rescued at once.
+        """
+        now = time.monotonic()
+        for worker_id in [w for w, until in self._refused_workers.items() if until <= now]:
+            del self._refused_workers[worker_id]
+        dead = [w for w in dead if w not in self._refused_workers]
+        if not dead:
+            return
+        try:
+            await self._rescue_dead_of(dead)
+            return
+        except TRANSIENT_DB_ERRORS as exc:
+            if not refused(exc):
+                raise
+        for worker_id in dead:  # one by one, to find whose rescue is refused
+            try:
+                await self._rescue_dead_of([worker_id])
+            except TRANSIENT_DB_ERRORS as exc:
+                if not refused(exc):
+                    raise
+                self._leave_worker_out(worker_id, exc)
+
+    async def _rescue_dead_of(self, dead: list[str]) -> None:
         shared = self._shared
-        s = shared.settings
+        db_timeout = shared.settings.db_timeout
         while True:
-            with anyio.fail_after(s.db_timeout):
+            with anyio.fail_after(db_timeout):
                 rescued = await shared.store.rescue_dead_workers(
                     shared.pool, dead, [], RESCUE_BATCH
                 )
             log_rescued(shared, "dead_worker_job_rescued", rescued)
             if len(rescued) < RESCUE_BATCH:
                 break
-        with anyio.fail_after(s.db_timeout):
+        with anyio.fail_after(db_timeout):
             forgotten = await shared.store.forget_dead_workers(shared.pool, dead)
         for worker_id in forgotten:
             shared.log.info("dead_worker_forgotten", dead_worker=worker_id)
+
+    def _leave_worker_out(self, worker_id: str, exc: BaseException) -> None:
+        self._shared.metrics.db_error("rescue")
+        self._shared.log.error(
+            "dead_worker_rescue_refused",
+            dead_worker=worker_id,
+            error=repr(exc),
+            retry_in=REFUSED_RETRY_SECONDS,
+            reason="its jobs are taken back when their leases expire",
+        )
+        if len(self._refused_workers) >= MAX_REFUSED:
+            oldest = min(self._refused_workers, key=self._refused_workers.__getitem__)
+            del self._refused_workers[oldest]
+        self._refused_workers[worker_id] = time.monotonic() + REFUSED_RETRY_SECONDS
 
     def _left_out(self) -> list[uuid.UUID]:
         now = time.monotonic()
