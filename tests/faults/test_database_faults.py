@@ -55,8 +55,8 @@ STEADY: dict[str, float | str] = {
     "poll": 0.5,
     "rescue": 1,
 }
-# Connections a process may hold: a worker's pool (6) and LISTEN connection; the API's
-# pool (pool_max_size, 10) and its event hub's LISTEN connection.
+# Connections a process may hold: a worker's pool (6), LISTEN and presence connections; the
+# API's pool (pool_max_size, 10) and its event hub's LISTEN connection.
 WORKER_CONNECTIONS = 8
 API_CONNECTIONS = 11
 

@@ -62,6 +62,15 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         try:
             await check_schema(pool, schema=settings.schema_name)
             client = Client(pool, schema=settings.schema_name)
+            if settings.statement_cache_size == 0 and settings.listen_url is None:
+                log.warning(
+                    "listen_url_unset",
+                    reason="statement_cache_size=0 (a transaction-mode pooler?) but no "
+                    "listen_url: the event hub LISTENs through the main URL, where a pooler "
+                    "loses notifications (streams then move only at each re-read)",
+                    fix="set listen_url (SKIPLOCK_LISTEN_URL) to a direct postgresql:// URL, "
+                    "or 'none'",
+                )
             hub = EventHub(
                 listen_dsn(dsn, settings.listen_url),  # None: the hub does not LISTEN
                 client.store,

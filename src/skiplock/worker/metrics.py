@@ -28,7 +28,7 @@ Every name starts with ``skiplock_worker_``:
   written);
 - ``write``: ``completion``, ``progress``, ``heartbeat``;
 - ``operation``: ``claim``, ``complete``, ``progress``, ``heartbeat``,
-  ``rescue``, ``listen``, ``retention``.
+  ``rescue``, ``listen``, ``presence``, ``retention``.
 
 A missed notification is a claim woken by the poll timer rather than a NOTIFY
 that still found jobs: work no notification announced. A worker that does not

@@ -67,6 +67,15 @@ log = structlog.get_logger("skiplock.worker")
 _ABANDON_AFTER = 5.0  # seconds a stop waits for handlers that ignore cancellation
 
 
+# statement_cache_size=0 is the PgBouncer setting: LISTEN and session locks need a direct URL.
+_LISTEN_URL_UNSET = {
+    "reason": "statement_cache_size=0 (a transaction-mode pooler?) but no listen_url: LISTEN "
+    "and the presence lock go through the main URL, where a pooler loses notifications "
+    "and keeps a dead worker's lock",
+    "fix": "set listen_url (SKIPLOCK_LISTEN_URL) to a direct postgresql:// URL, or 'none'",
+}
+
+
 class Worker:
     """Runs registered tasks from the given queues until stopped.
 
@@ -206,6 +215,8 @@ class Worker:
             await check_schema(pool, schema=s.schema)
             self.health.schema_checked()
             self.health.db_ok()
+            if s.statement_cache_size == 0 and s.listen_url is None:
+                self._log.warning("listen_url_unset", **_LISTEN_URL_UNSET)
             await self._presence.register()
             self._log.info(
                 "worker_started",
