@@ -242,9 +242,17 @@ class WorkerProcess:
 
 
 async def start_worker_process(
-    name: str, dsn: str, log_dir: Path, *, app: str, **options: float | str
+    name: str,
+    dsn: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    /,
+    *,
+    app: str,
+    **options: float | str,
 ) -> WorkerProcess:
-    """Start ``python -m skiplock worker --app APP --worker-id NAME --<option> <value>…``."""
+    """Start ``python -m skiplock worker --app APP --worker-id NAME --<option> <value>…``
+    (``env``: more environment variables)."""
     command = [
         sys.executable,
         "-m",
@@ -268,7 +276,7 @@ async def start_worker_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,
-            env={**os.environ, "SKIPLOCK_DATABASE_URL": dsn},
+            env={**os.environ, "SKIPLOCK_DATABASE_URL": dsn, **(env or {})},
         )
     finally:
         log.close()  # the child holds its own copy of the descriptor

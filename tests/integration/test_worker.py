@@ -12,7 +12,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
 
 from skiplock import (
     Cancelled,
@@ -823,16 +822,3 @@ async def test_notification_wakes_an_idle_worker(db_dsn: str, client: Client) ->
         await wait_for_state(client, warm.id, JobState.SUCCEEDED, timeout=5)
         job = await client.enqueue("ok")
         await wait_for_state(client, job.id, {JobState.RUNNING, JobState.SUCCEEDED}, timeout=2)
-
-
-async def test_a_worker_without_cache_or_listen_url_says_where_it_listens(db_dsn: str) -> None:
-    """statement_cache_size=0 (the PgBouncer setting) with listen_url unset: LISTEN and the
-    presence lock would go through the pooler, so the worker says so at start; with a
-    listen_url (or 'none') it does not."""
-    for listen_url, warned in ((None, True), (db_dsn, False), ("none", False)):
-        settings = fast_settings(statement_cache_size=0, listen_url=listen_url)
-        with capture_logs() as logs:
-            async with running(Worker(TaskRegistry(), db_dsn, settings)) as worker:
-                await worker.wait_started()
-        unset = [e for e in logs if e["event"] == "listen_url_unset"]
-        assert bool(unset) is warned, (listen_url, unset)

@@ -244,3 +244,26 @@ async def test_sigkilled_workers_job_runs_again_well_within_its_lease(
         return [r["id"] for r in rows]
 
     await wait_for(registered, lambda ids: ids == ["B"], what="A's registration to be removed")
+
+
+async def test_a_worker_without_cache_or_listen_url_says_where_it_listens(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """SKIPLOCK_STATEMENT_CACHE_SIZE=0 (the PgBouncer setting) with no listen URL: LISTEN and
+    the presence lock would go through the pooler, so the worker says so at start; with
+    SKIPLOCK_LISTEN_URL=none it does not."""
+    await execute(db_dsn, TABLES_SQL)
+    cache_off = {"SKIPLOCK_STATEMENT_CACHE_SIZE": "0"}
+    unset = await start_worker_process("unset", db_dsn, tmp_path, cache_off, app=APP)
+    polling = await start_worker_process(
+        "polling", db_dsn, tmp_path, {**cache_off, "SKIPLOCK_LISTEN_URL": "none"}, app=APP
+    )
+    try:
+        for worker in (unset, polling):
+            await worker.wait_for_log("worker_started", within=STARTUP)
+        assert "listen_url_unset" in unset.log_events()
+        assert "listen_url_unset" not in polling.log_events()
+    finally:
+        for worker in (unset, polling):
+            worker.process.kill()
+            await worker.process.wait()
