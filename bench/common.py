@@ -185,6 +185,26 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def pickup_figures(
+    latencies: list[float], gap: float, worker_cpu: float, server_cpu: float
+) -> dict[str, float]:
+    """The pickup benchmark's figures from its latencies (ms, one per job), the gap between
+    jobs (s) and the CPU seconds the worker and the server spent, for skiplock and the lean
+    reference alike."""
+    jobs = len(latencies)
+    return {
+        "jobs": jobs,
+        "gap_ms": gap * 1000,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies),
+        "negative": sum(1 for v in latencies if v < 0),
+        "worker_cpu_us_per_job": worker_cpu / jobs * 1e6,
+        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
+    }
+
+
 # -- the server and its databases ---------------------------------------------
 
 

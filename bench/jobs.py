@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import SCHEMA, backend_cpu_seconds, cpu_seconds, percentile
+from bench.common import SCHEMA, backend_cpu_seconds, cpu_seconds, pickup_figures
 from bench.worker import WorkerProcess
 from skiplock import Client, JobSpec
 from skiplock.testing import admin_execute
@@ -266,17 +266,7 @@ async def pickup(dsn: str, jobs: int, gap: float) -> dict[str, Any]:
         latencies.append((started - sent[row["id"]]) * 1000)
     if len(latencies) != jobs:
         raise RuntimeError(f"{len(latencies)} of {jobs} pickup probes found")
-    return {
-        "jobs": jobs,
-        "gap_ms": gap * 1000,
-        "p50": percentile(latencies, 50),
-        "p95": percentile(latencies, 95),
-        "p99": percentile(latencies, 99),
-        "max": max(latencies),
-        "negative": sum(1 for v in latencies if v < 0),
-        "worker_cpu_us_per_job": worker_cpu / jobs * 1e6,
-        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
-    }
+    return pickup_figures(latencies, gap, worker_cpu, server_cpu)
 
 
 # -- 5: the big table -------------------------------------------------------------

@@ -23,7 +23,14 @@ import asyncpg
 import orjson
 
 from bench import lean
-from bench.common import backend_cpu_seconds, cpu_seconds, percentile, spawn, stop, wait_ready
+from bench.common import (
+    backend_cpu_seconds,
+    cpu_seconds,
+    pickup_figures,
+    spawn,
+    stop,
+    wait_ready,
+)
 
 PREFILL_CHUNK = 5000
 POLL = 0.05  # how often a run looks whether the table is empty
@@ -220,14 +227,4 @@ async def pickup(dsn: str, jobs: int, gap: float) -> dict[str, Any]:
     if missing:
         raise RuntimeError(f"{len(missing)} of {jobs} lean pickup probes did not start")
     latencies = [(starts[job_id] - at) * 1000 for job_id, at in sent.items()]
-    return {
-        "jobs": jobs,
-        "gap_ms": gap * 1000,
-        "p50": percentile(latencies, 50),
-        "p95": percentile(latencies, 95),
-        "p99": percentile(latencies, 99),
-        "max": max(latencies),
-        "negative": sum(1 for v in latencies if v < 0),
-        "worker_cpu_us_per_job": worker_cpu / jobs * 1e6,
-        "server_cpu_us_per_job": server_cpu / jobs * 1e6,
-    }
+    return pickup_figures(latencies, gap, worker_cpu, server_cpu)

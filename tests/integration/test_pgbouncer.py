@@ -28,7 +28,7 @@ from skiplock import (
 )
 from skiplock.cli import cli
 from skiplock.testing import admin_execute, database_url, drop_database, quote_ident
-from tests.helpers import wait_for, wait_for_state
+from tests.helpers import wait_for_state
 from tests.integration.api.support import (
     WORKER_SETTINGS,
     RenderControl,
@@ -43,7 +43,7 @@ from tests.integration.api.support import (
     start_api,
 )
 from tests.integration.pgbouncer import PgBouncer, bouncer_binary
-from tests.worker_helpers import fast_settings, running
+from tests.worker_helpers import fast_settings, running, wait_listening
 
 pytestmark = pytest.mark.skipif(
     bouncer_binary() is None,
@@ -163,11 +163,7 @@ async def test_worker_through_pgbouncer_listens_on_the_direct_url(
             worker = Worker(_tasks(started, reasons), bouncer_dsn, settings)
             async with running(worker):
                 # the LISTEN session is a direct one: PgBouncer would not keep it
-                await wait_for(
-                    lambda: _listening_sessions(db_dsn),
-                    lambda n: n == 1,
-                    what="the worker's LISTEN connection",
-                )
+                await wait_listening(db_dsn)
                 warm = await client.enqueue(
                     "square", {"n": 1}
                 )  # absorbs a claim pending from start
@@ -183,18 +179,6 @@ async def test_worker_through_pgbouncer_listens_on_the_direct_url(
     assert reasons == ["cancel_requested"]
     assert [e["event"] for e in logs].count("listener_connected") == 1
     assert not [e for e in logs if "prepared statement" in str(e)]
-
-
-async def _listening_sessions(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        n = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN %cancel%'"
-        )
-        return int(n)
-    finally:
-        await conn.close()
 
 
 # -- the status API -------------------------------------------------------------

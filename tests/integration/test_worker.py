@@ -34,6 +34,7 @@ from tests.worker_helpers import (
     job_history,
     listening,
     running,
+    wait_listening,
 )
 
 FAST_RETRY = RetryPolicy(base=0.05, factor=2, jitter=0)
@@ -408,14 +409,7 @@ async def test_forged_cancel_notification_does_not_cancel_a_running_job(
     # a 10 s heartbeat: only the notification can explain a lease renewed within seconds
     settings = fast_settings(lease=30.0, heartbeat=10.0)
     async with running(Worker(tasks, db_dsn, settings)):
-        await wait_for(
-            lambda: client.pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN %cancel%'"
-            ),
-            lambda n: n == 1,
-            what="the worker's LISTEN connection",
-        )
+        await wait_listening(db_dsn)
         job = await client.enqueue("waits")
         with anyio.fail_after(5):
             await started.wait()
@@ -809,14 +803,7 @@ async def test_worker_refuses_database_without_schema(pg_admin_dsn: str) -> None
 async def test_notification_wakes_an_idle_worker(db_dsn: str, client: Client) -> None:
     """With a 30 s poll, a job enqueued while the worker idles starts within 2 s: NOTIFY woke it."""
     async with running(Worker(_ok_tasks(), db_dsn, fast_settings(poll=30.0))):
-        await wait_for(
-            lambda: client.pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN %cancel%'"
-            ),
-            lambda n: n == 1,
-            what="the worker's LISTEN connection",
-        )
+        await wait_listening(db_dsn)
         # a first job absorbs any claim the worker had pending from its start
         warm = await client.enqueue("ok")
         await wait_for_state(client, warm.id, JobState.SUCCEEDED, timeout=5)
