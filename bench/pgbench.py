@@ -2,7 +2,7 @@
 
 Two clients run :file:`bench/claim_complete.pgbench` (a claim of up to 100 jobs
 and, as a second transaction, the completion of exactly those) in prepared
-mode against the real migrated schema (same table, indexes and triggers as a
+mode against the real migrated schema (same table and indexes as a
 worker sees), pre-filled with queued jobs (10 % more than the run consumes,
 so every claim finds 100). The figure is the rows that ended ``succeeded``
 divided by the run's time as pgbench reports it (transactions / tps, without

@@ -64,3 +64,14 @@ async def wait_until(
         return condition()
 
     await wait_for(probe, bool, timeout=within, what=what)
+
+
+# Statements announce their changes through skiplock.announce (migration 0009);
+# replacing it with a function that sends nothing silences every NOTIFY about
+# jobs in that database, as a dead listener or a transaction-mode pooler would.
+SILENCE_ANNOUNCEMENTS = """
+CREATE OR REPLACE FUNCTION skiplock.announce(
+    ids uuid[], states skiplock.job_state[], progress real[],
+    queued_queues text[] DEFAULT NULL, cancelling uuid[] DEFAULT NULL
+) RETURNS integer LANGUAGE sql VOLATILE AS 'SELECT 0'
+"""

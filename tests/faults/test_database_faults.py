@@ -38,7 +38,7 @@ from tests.faults.fleet import (
 )
 from tests.faults.invariants import check_invariants
 from tests.faults.proxy import BlackholeProxy
-from tests.helpers import wait_for
+from tests.helpers import SILENCE_ANNOUNCEMENTS, wait_for
 from tests.worker_helpers import WorkerProcess
 
 # Process start-up and lease expiry on a loaded machine: more than the default 120 s.
@@ -325,7 +325,7 @@ async def test_without_notifications_work_is_picked_up_within_the_poll_interval(
     probes: Callable[[str], Db],
     report: Report,
 ) -> None:
-    """With the NOTIFY triggers disabled, an idle worker still claims new work within its poll."""
+    """With announcements silenced, an idle worker still claims new work within its poll."""
     poll = 1.0
     f, db = fleet(fault_dsn), probes(fault_dsn)
     worker = await f.start("N", poll=poll)
@@ -333,8 +333,7 @@ async def test_without_notifications_work_is_picked_up_within_the_poll_interval(
     ids: list[uuid.UUID] = []
     notified = await _pickup_waits(db, ids, jobs=3)
 
-    for trigger in ("jobs_inserted", "jobs_updated"):
-        await db.fetchval(f"ALTER TABLE skiplock.jobs DISABLE TRIGGER {trigger}")
+    await db.fetchval(SILENCE_ANNOUNCEMENTS)
     silent = await _pickup_waits(db, ids, jobs=6)
 
     # the poll timer is jittered by ±20 %

@@ -314,9 +314,9 @@ async def test_0008_applies_on_jobs_in_every_state(
     await _insert_jobs_in_every_state(conn)
     before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
 
-    monkeypatch.setattr(sql, "migrations", lambda: shipped)
-    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[7:]]
-    assert await check_schema(conn) == LATEST
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:8])
+    assert await skiplock.migrate(empty_db_dsn) == [8]
+    assert await check_schema(conn) == 8
     after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
     assert after == before
 
@@ -341,3 +341,57 @@ async def test_0008_applies_on_jobs_in_every_state(
     ]
     await wait_until(lambda: len(notes) >= len(expected), what="the announcements")
     assert notes == expected
+
+
+async def test_0009_applies_on_jobs_in_every_state_with_one_running(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0009 (announcements made by the statements, no trigger) applies to a database holding
+    jobs in every state: every row is unchanged; the job running under a live lease across
+    the migration completes afterwards with its old lease token, and the statements announce
+    what the trigger did (its new state; a failed job put back in the queue, and its queue)."""
+    shipped = sql.migrations()
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:8])
+    await skiplock.migrate(empty_db_dsn)
+    await _insert_jobs_in_every_state(conn)
+    before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+
+    monkeypatch.setattr(sql, "migrations", lambda: shipped)
+    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[8:]]
+    assert await check_schema(conn) == LATEST
+    after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+    assert after == before
+
+    notes: list[tuple[str, Any]] = []
+
+    def heard(_c: Any, _pid: int, channel: str, payload: object) -> None:
+        text = str(payload)
+        notes.append((channel, orjson.loads(text) if channel == "skiplock.job" else text))
+
+    for channel in ("skiplock.job", "skiplock.queue", "skiplock.cancel"):
+        await conn.add_listener(channel, heard)
+    running = before["running"]
+    done = await conn.fetch(
+        sql.query("complete_jobs"),
+        [running["id"]],
+        [running["lease_token"]],
+        ["succeeded"],
+        ['"ok"'],
+        [None],
+        [None],
+        [None],
+        [None],
+        [None],
+    )
+    assert [r["id"] for r in done] == [running["id"]]
+    retried = await conn.fetch(sql.query("retry_job"), before["failed"]["id"], None)
+    assert [r["state"] for r in retried] == ["queued"]
+    expected = [
+        ("skiplock.job", [[str(running["id"]), "succeeded", 100]]),
+        ("skiplock.job", [[str(before["failed"]["id"]), "queued", None]]),
+        ("skiplock.queue", "q"),
+    ]
+    await wait_until(lambda: len(notes) >= len(expected), what="the announcements")
+    assert notes == expected
+    row = await conn.fetchrow("SELECT * FROM skiplock.jobs WHERE id = $1", running["id"])
+    assert (row["state"], row["result"], row["lease_token"]) == ("succeeded", '"ok"', None)

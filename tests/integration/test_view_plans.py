@@ -245,8 +245,6 @@ async def _fill(conn: asyncpg.Connection[Any]) -> None:
         " WHERE schemaname = 'skiplock' AND tablename = 'jobs' AND indexname <> 'jobs_pkey'"
     )
     assert len(indexes) >= 6, indexes
-    # The notify triggers would collect a million-row transition table for nothing.
-    await conn.execute("SET session_replication_role = replica")
     await conn.execute("SET maintenance_work_mem = '256MB'")
     for index in indexes:
         await conn.execute(f'DROP INDEX skiplock."{index["indexname"]}"')
@@ -256,7 +254,6 @@ async def _fill(conn: asyncpg.Connection[Any]) -> None:
     await conn.execute("ALTER TABLE skiplock.jobs ADD CONSTRAINT jobs_pkey PRIMARY KEY (id)")
     for index in indexes:
         await conn.execute(index["indexdef"])
-    await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE skiplock.jobs")
 
 

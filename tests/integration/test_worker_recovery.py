@@ -75,15 +75,17 @@ async def test_a_due_job_whose_notification_was_lost_counts_as_missed(
         conn = await asyncpg.connect(db_dsn)
         try:
             async with conn.transaction():
-                # Triggers off for this transaction: the insert sends no NOTIFY.
-                await conn.execute("SET LOCAL session_replication_role = replica")
-                job = await client.enqueue("ok", connection=conn)  # run_at: this txn's now()
+                # Written by hand, not by enqueue: announced by no NOTIFY. run_at: now().
+                job_id = await conn.fetchval(
+                    "INSERT INTO skiplock.jobs (id, queue, task, args)"
+                    " VALUES (gen_random_uuid(), 'default', 'ok', '{}') RETURNING id"
+                )
                 claims = _claims(worker)
                 # Due now, invisible until commit: let the worker claim past it once.
                 await wait_until(lambda: _claims(worker) > claims, within=5)
         finally:
             await conn.close()
-        await wait_for_state(client, job.id, JobState.SUCCEEDED)
+        await wait_for_state(client, job_id, JobState.SUCCEEDED)
         assert _missed(worker) == 1
 
 

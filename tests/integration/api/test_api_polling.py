@@ -1,8 +1,8 @@
 """The event hub's polling floor: streams and long-polls work without notifications.
 
 Notifications are blocked the way a PgBouncer in transaction mode or a dead
-listener blocks them: the workers' updates announce nothing (the ``jobs_updated``
-trigger is disabled in the test's own database), or the hub does not LISTEN at
+listener blocks them: the workers' updates announce nothing (``skiplock.announce``
+sends nothing in the test's own database), or the hub does not LISTEN at
 all (``listen_url="none"``). The hub's periodic batched re-read of the watched
 jobs must still carry every change, and a job deleted while watched must end
 its stream (``event: gone``) and its long-poll (404).
@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 
 from skiplock import Client, JobState, Worker
-from tests.helpers import wait_for_state, wait_until
+from tests.helpers import SILENCE_ANNOUNCEMENTS, wait_for_state, wait_until
 from tests.integration.api.conftest import StartApi
 from tests.integration.api.support import (
     Keys,
@@ -33,10 +33,10 @@ POLL = 0.2  # the hub's re-read interval in these tests
 
 
 async def _block_update_notifications(dsn: str) -> None:
-    """Updates of jobs announce nothing from now on (this test's database only)."""
+    """Changes of jobs announce nothing from now on (this test's database only)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("ALTER TABLE skiplock.jobs DISABLE TRIGGER jobs_updated")
+        await conn.execute(SILENCE_ANNOUNCEMENTS)
     finally:
         await conn.close()
 

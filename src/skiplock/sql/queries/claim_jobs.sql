@@ -9,7 +9,8 @@
 -- a hash join over the whole table.
 -- Parameters: $1 queues text[], $2 limit, $3 lease seconds float8, $4 worker id.
 -- A job past its expires_at is never claimed (expire_jobs ends it).
--- Result: the claimed rows, now running with a fresh lease token.
+-- Result: the claimed rows, now running with a fresh lease token, announced
+-- (skiplock.announce, 0009).
 WITH picked AS (
     SELECT c.id
     FROM unnest($1::text[]) AS wanted (queue)
@@ -24,14 +25,19 @@ WITH picked AS (
     ) c
     ORDER BY c.priority, c.run_at, c.id
     LIMIT $2
+), claimed AS (
+    UPDATE skiplock.jobs j SET
+        state = 'running',
+        attempt = j.attempt + 1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $3::float8),
+        worker_id = $4::text,
+        started_at = now(),
+        updated_at = now()
+    WHERE j.id = ANY(ARRAY(SELECT picked.id FROM picked))
+    RETURNING j.*
+), announced AS (
+    SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress))
+    FROM claimed ch
 )
-UPDATE skiplock.jobs j SET
-    state = 'running',
-    attempt = j.attempt + 1,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $3::float8),
-    worker_id = $4::text,
-    started_at = now(),
-    updated_at = now()
-WHERE j.id = ANY(ARRAY(SELECT picked.id FROM picked))
-RETURNING j.*
+SELECT ch.* FROM claimed ch, announced

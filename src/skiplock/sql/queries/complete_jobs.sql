@@ -10,38 +10,46 @@
 --   $4 results (JSON text)[], $5 errors (JSON text)[], $6 retry delay seconds
 --   float8[], $7 final progress real[] (NULL keeps), $8 final message text[],
 --   $9 final ETA seconds float8[].
--- Result: the ids written; a missing id is a lost lease.
+-- Result: the ids written; a missing id is a lost lease. The changes are
+-- announced (skiplock.announce, 0009): new state, and the queue of a job queued again.
 -- The fence is the lease token alone: jobs_lease_token_check (0006) makes a non-NULL token
 -- mean 'running'. Adding `state = 'running'` would let the planner walk the
 -- partial lease index, whose dead entries (every finished job's) pile up
 -- between vacuums: measured 220 µs of server CPU per row instead of 18.
-UPDATE skiplock.jobs j SET
-    state = CASE
-        WHEN c.outcome IN ('retry', 'release') AND j.cancel_requested THEN 'cancelled'
-        WHEN c.outcome IN ('retry', 'release') THEN 'queued'
-        ELSE c.outcome
-    END::skiplock.job_state,
-    attempt = CASE WHEN c.outcome = 'release' THEN j.attempt - 1 ELSE j.attempt END,
-    result = CASE WHEN c.outcome = 'succeeded' THEN c.result::jsonb ELSE j.result END,
-    errors = CASE WHEN c.error IS NULL THEN j.errors
-                  ELSE j.errors || jsonb_build_array(c.error::jsonb) END,
-    run_at = CASE WHEN c.outcome IN ('retry', 'release') AND NOT j.cancel_requested
-                  THEN now() + make_interval(secs => coalesce(c.delay, 0))
-                  ELSE j.run_at END,
-    finished_at = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled')
-                            OR j.cancel_requested THEN now() END,
-    progress = CASE WHEN c.outcome = 'succeeded' THEN 100
-                    ELSE coalesce(c.progress, j.progress) END,
-    progress_message = coalesce(c.message, j.progress_message),
-    eta = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled') OR j.cancel_requested
-               THEN NULL
-               ELSE coalesce(now() + make_interval(secs => c.eta), j.eta) END,
-    lease_token = NULL,
-    lease_expires_at = NULL,
-    updated_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::float8[],
-            $7::real[], $8::text[], $9::float8[])
-    AS c (id, lease_token, outcome, result, error, delay, progress, message, eta)
-WHERE j.id = c.id AND j.lease_token = c.lease_token
-  AND (c.outcome <> 'cancelled' OR j.cancel_requested)
-RETURNING j.id
+WITH changed AS (
+    UPDATE skiplock.jobs j SET
+        state = CASE
+            WHEN c.outcome IN ('retry', 'release') AND j.cancel_requested THEN 'cancelled'
+            WHEN c.outcome IN ('retry', 'release') THEN 'queued'
+            ELSE c.outcome
+        END::skiplock.job_state,
+        attempt = CASE WHEN c.outcome = 'release' THEN j.attempt - 1 ELSE j.attempt END,
+        result = CASE WHEN c.outcome = 'succeeded' THEN c.result::jsonb ELSE j.result END,
+        errors = CASE WHEN c.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(c.error::jsonb) END,
+        run_at = CASE WHEN c.outcome IN ('retry', 'release') AND NOT j.cancel_requested
+                      THEN now() + make_interval(secs => coalesce(c.delay, 0))
+                      ELSE j.run_at END,
+        finished_at = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled')
+                                OR j.cancel_requested THEN now() END,
+        progress = CASE WHEN c.outcome = 'succeeded' THEN 100
+                        ELSE coalesce(c.progress, j.progress) END,
+        progress_message = coalesce(c.message, j.progress_message),
+        eta = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled') OR j.cancel_requested
+                   THEN NULL
+                   ELSE coalesce(now() + make_interval(secs => c.eta), j.eta) END,
+        lease_token = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::float8[],
+                $7::real[], $8::text[], $9::float8[])
+        AS c (id, lease_token, outcome, result, error, delay, progress, message, eta)
+    WHERE j.id = c.id AND j.lease_token = c.lease_token
+      AND (c.outcome <> 'cancelled' OR j.cancel_requested)
+    RETURNING j.id, j.state, j.progress, j.queue
+), announced AS (
+    SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress),
+        array_agg(ch.queue) FILTER (WHERE ch.state = 'queued'))
+    FROM changed ch
+)
+SELECT ch.id FROM changed ch, announced

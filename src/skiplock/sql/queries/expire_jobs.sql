@@ -3,7 +3,8 @@
 -- error history (they did not fail: no error is shown). Running jobs are left
 -- alone (they started in time). Locks only the rows it takes, skipping locked
 -- ones; call it again until it ends fewer than $1.
--- Parameters: $1 limit. Result: one row, the number expired.
+-- Parameters: $1 limit. Result: one row, the number expired (each announced:
+-- skiplock.announce, 0009).
 WITH due AS (
     SELECT e.id
     FROM skiplock.jobs e
@@ -27,6 +28,9 @@ expired AS (
         updated_at = now()
     FROM due
     WHERE j.id = due.id AND j.state = 'queued'
-    RETURNING j.id
+    RETURNING j.id, j.state, j.progress
+), announced AS (
+    SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress))
+    FROM expired ch
 )
-SELECT count(*) FROM expired
+SELECT count(*) FROM expired, announced
