@@ -12,6 +12,7 @@ same run, and show each figure beside the lean loop's and as a ratio to it
     python -m bench --quick                  # tiny sizes: does it all work?
     python -m bench --only throughput,pickup --throughput-jobs 200000
     python -m bench --json                   # one JSON document instead of the table
+    python -m bench --only designs           # storage designs compared (bench/designs.py)
 
 The server is ``--dsn`` (or ``SKIPLOCK_BENCH_DATABASE_URL``, else
 ``SKIPLOCK_DATABASE_URL``): databases are created on it for each run and
@@ -35,8 +36,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import api, jobs, lean_bench, pgbench
-from bench.common import Server, exit_on_sigterm, header, kill_all, note
+from bench import api, designs, jobs, lean_bench, pgbench
+from bench.common import Server, default_dsn, exit_on_sigterm, header, kill_all, note
 from skiplock.logs import configure_logging
 
 
@@ -59,6 +60,8 @@ class Sizes:
     api_connections: int = 32
     pgbench_transactions: int = 1_000
     memory_jobs: int = 100_000
+    designs_rows: int = designs.ROWS
+    designs_seconds: int = designs.SECONDS
 
 
 QUICK = Sizes(
@@ -74,6 +77,8 @@ QUICK = Sizes(
     api_connections=8,
     pgbench_transactions=10,
     memory_jobs=1_000,
+    designs_rows=2_000,
+    designs_seconds=1,
 )
 
 MB = 1024 * 1024
@@ -172,6 +177,11 @@ async def _memory(server: Server, sizes: Sizes) -> Run:
         return await jobs.throughput(dsn, sizes.memory_jobs)
 
 
+async def _designs(server: Server, sizes: Sizes) -> Run:
+    # One run = every design once, so that --runs interleaves them.
+    return await designs.one_round(server, sizes.designs_rows, sizes.designs_seconds)
+
+
 BENCHMARKS: dict[str, Bench] = {
     "throughput": _throughput,
     "throughput_default": _throughput_default,
@@ -183,9 +193,13 @@ BENCHMARKS: dict[str, Bench] = {
     "api": _api,
     "pgbench": _pgbench,
     "memory": _memory,
+    "designs": _designs,
 }
 # A benchmark's figures may be relative to others': those run too.
 NEEDS = {"big_table": ("throughput", "pickup"), "throughput_default": ("throughput",)}
+# Run only when named in --only: the storage-design comparison (issue 11) takes about
+# ten minutes at its sizes and measures candidate tables, not skiplock.
+ON_REQUEST = {"designs"}
 
 
 # -- figures ------------------------------------------------------------------
@@ -389,6 +403,12 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
         add("memory", "  RSS at the end", end / MB, "MiB")
         growth = _pct(end - warm, warm)
         add("memory", "  growth from warm-up to the end", growth, "%", "≤ 10 (flat)", _le(10))
+    if rows.has("designs"):
+        for d in designs.summarize(results["designs"]):
+            name = f"storage design {d.name}, pgbench claim+complete by 100"
+            add("designs", name, d.rows_per_s, "jobs/s", lean=d.lean_rows_per_s)
+            add("designs", f"  {d.name}: WAL per job", d.wal_bytes_per_job, "B")
+            add("designs", f"  {d.name}: updates that were HOT", d.hot_pct, "%")
     return rows.figures
 
 
@@ -457,7 +477,7 @@ def table(report: dict[str, Any]) -> str:
 
 def _selected(only: str | None) -> list[str]:
     if not only:
-        return list(BENCHMARKS)
+        return [name for name in BENCHMARKS if name not in ON_REQUEST]
     wanted = {name.strip() for name in only.split(",") if name.strip()}
     unknown = sorted(wanted - set(BENCHMARKS))
     if unknown:
@@ -523,7 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="throwaway server without fsync")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that all runs")
-    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
+        f" (default: all but {', '.join(sorted(ON_REQUEST))})",
+    )
     parser.add_argument("--runs", type=_positive_int, default=3, help="runs per benchmark")
     parser.add_argument("--throughput-jobs", type=_positive_int, help="jobs in the throughput run")
     parser.add_argument("--memory-jobs", type=_positive_int, help="jobs in the memory run")
@@ -540,11 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "big_rows": args.big_rows,
     }
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
-    dsn = (
-        args.dsn
-        or os.environ.get("SKIPLOCK_BENCH_DATABASE_URL")
-        or os.environ.get("SKIPLOCK_DATABASE_URL")
-    )
+    dsn = default_dsn(args.dsn)
 
     configure_logging("console", "warning")  # stdout carries only the table or the JSON
     exit_on_sigterm()

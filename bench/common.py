@@ -208,6 +208,16 @@ def pickup_figures(
 # -- the server and its databases ---------------------------------------------
 
 
+def default_dsn(given: str | None) -> str | None:
+    """The server to run on: ``given`` (``--dsn``), else ``SKIPLOCK_BENCH_DATABASE_URL``,
+    else ``SKIPLOCK_DATABASE_URL``; ``None`` (a throwaway server) when none is set."""
+    return (
+        given
+        or os.environ.get("SKIPLOCK_BENCH_DATABASE_URL")
+        or os.environ.get("SKIPLOCK_DATABASE_URL")
+    )
+
+
 class Server:
     """The PostgreSQL server the benchmarks run on, and the databases made on it.
 

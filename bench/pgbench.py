@@ -42,7 +42,7 @@ def pgbench_path() -> str:
     raise FileNotFoundError("pgbench is not installed (it comes with the PostgreSQL client)")
 
 
-def _connection_args(dsn: str) -> tuple[list[str], dict[str, str]]:
+def connection_args(dsn: str) -> tuple[list[str], dict[str, str]]:
     """pgbench options and environment (the password) for ``dsn``."""
     url = urlsplit(dsn)
     args: list[str] = []
@@ -64,18 +64,13 @@ def _parse(out: str) -> tuple[int, float]:
     return int(done.group(1)), float(tps.group(1))
 
 
-async def claim_complete(dsn: str, transactions: int) -> dict[str, Any]:
-    """``transactions`` claim+complete scripts per client; rows per second."""
-    rows_wanted = CLIENTS * transactions * BATCH
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(_FILL_QUEUED, rows_wanted + rows_wanted // 10)
-    finally:
-        await conn.close()
-    await admin_execute(dsn, f"VACUUM ANALYZE {SCHEMA}.jobs")
-    connection, env = _connection_args(dsn)
+async def run_script(dsn: str, script: Path, *limit: str) -> tuple[int, float]:
+    """Run ``script`` on :data:`CLIENTS` clients in prepared mode for ``limit`` (``-t N``
+    scripts per client, or ``-T S`` seconds); the scripts run, and their rate per second
+    as pgbench reports it (without connection time)."""
+    connection, env = connection_args(dsn)
     argv = [pgbench_path(), "-n", "-M", "prepared", "-c", str(CLIENTS), "-j", str(CLIENTS)]
-    argv += ["-t", str(transactions), "-f", str(SCRIPT), *connection]
+    argv += [*limit, "-f", str(script), *connection]
     proc = await asyncio.to_thread(
         subprocess.run,
         argv,
@@ -87,7 +82,19 @@ async def claim_complete(dsn: str, transactions: int) -> dict[str, Any]:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"pgbench exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
-    scripts, tps = _parse(proc.stdout)
+    return _parse(proc.stdout)
+
+
+async def claim_complete(dsn: str, transactions: int) -> dict[str, Any]:
+    """``transactions`` claim+complete scripts per client; rows per second."""
+    rows_wanted = CLIENTS * transactions * BATCH
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_FILL_QUEUED, rows_wanted + rows_wanted // 10)
+    finally:
+        await conn.close()
+    await admin_execute(dsn, f"VACUUM ANALYZE {SCHEMA}.jobs")
+    scripts, tps = await run_script(dsn, SCRIPT, "-t", str(transactions))
     conn = await asyncpg.connect(dsn)
     try:
         succeeded = await conn.fetchval(

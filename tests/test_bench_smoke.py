@@ -17,13 +17,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from bench import lean
+from bench import designs, lean
 from bench.__main__ import BENCHMARKS, QUICK, _figures, table
 
 pytestmark = pytest.mark.timeout(400)  # the module's one quick run is most of it
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE_UNITS = {"jobs/s", "req/s", "MiB", "s"}
+PGBENCH = {"pgbench", "designs"}  # the benchmarks that need the pgbench program
 # The benchmarks that also run the lean loop, and their main figure's key.
 WITH_LEAN = {
     "throughput": "jobs_per_s",
@@ -47,7 +48,7 @@ def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def report(pg_admin_dsn: str) -> dict[str, Any]:
     """One quick run of every benchmark (one run each) on the session's server, as JSON."""
-    names = [n for n in BENCHMARKS if n != "pgbench" or shutil.which("pgbench")]
+    names = [n for n in BENCHMARKS if n not in PGBENCH or shutil.which("pgbench")]
     proc = _bench(
         "--quick", "--runs", "1", "--json", "--dsn", pg_admin_dsn, "--only", ",".join(names)
     )
@@ -249,3 +250,84 @@ def test_throughput_spread_over_runs(rates: list[float], spread: float, met: boo
     assert figure.value == pytest.approx(spread)
     assert figure.met is met
     assert (figure.target == "") == (met is None)
+
+
+def _designs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.designs", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _needs_pgbench() -> None:
+    if not shutil.which("pgbench"):
+        pytest.skip("pgbench is not installed")
+
+
+def test_every_storage_design_reports_a_positive_rate(report: dict[str, Any]) -> None:
+    """``--only designs`` ran each design once: jobs completed at a positive rate, with WAL."""
+    if "designs" not in report["_names"]:
+        pytest.skip("pgbench is not installed")
+    (run,) = report["results"]["designs"]
+    assert list(run) == list(designs.BY_NAME)
+    for name, result in run.items():
+        assert result["jobs"] > 0, name
+        assert result["rows_per_s"] > 0, name
+        assert result["wal_bytes_per_job"] > 0, name
+        assert 0 <= result["hot_pct"] <= 100, name
+    rates = [f for f in report["figures"] if f["bench"] == "designs" and f["unit"] == "jobs/s"]
+    assert len(rates) == len(designs.DESIGNS)
+    for figure in rates:
+        assert figure["ratio"] == pytest.approx(figure["value"] / figure["lean"]), figure
+    assert rates[0]["ratio"] == pytest.approx(1.0)  # v1 is the lean reference itself
+
+
+def test_storage_designs_standalone_interleaves_runs(pg_admin_dsn: str) -> None:
+    """``python -m bench.designs --runs 2 --designs v3`` runs v1 and v3 twice each; the table
+    has a row per design with its ratio to v1's median."""
+    _needs_pgbench()
+    options = ["--dsn", pg_admin_dsn, "--rows", "1000", "--seconds", "1", "--runs", "2"]
+    proc = _designs(*options, "--designs", "v3", "--json")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    report = json.loads(proc.stdout)
+    assert [list(r) for r in report["rounds"]] == [["v1", "v3"], ["v1", "v3"]]
+    assert [s["name"] for s in report["summary"]] == ["v1", "v3"]
+    v1, v3 = report["summary"]
+    assert v1["ratio"] == pytest.approx(1.0)
+    assert v3["ratio"] == pytest.approx(v3["rows_per_s"] / v1["rows_per_s"])
+    assert v3["runs"] == 2
+    assert v3["low"] <= v3["rows_per_s"] <= v3["high"]
+    text = designs.table(report)
+    assert next(line for line in text.splitlines() if line.strip().startswith("v3"))
+    assert "load" in text
+
+
+def test_storage_designs_refuse_an_unknown_design() -> None:
+    """``--designs v1,v99`` exits 2 naming the known designs, before starting any server."""
+    proc = _designs("--designs", "v1,v99", timeout=60)
+    assert proc.returncode == 2
+    assert "v99" in proc.stderr
+    assert "v8" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_storage_design_summary_is_a_ratio_of_medians() -> None:
+    """Each design's rate is the median of its runs, "× lean" that over v1's median."""
+
+    def run(rate: float, wal: float = 500.0) -> dict[str, Any]:
+        return {"rows_per_s": rate, "wal_bytes_per_job": wal, "hot_pct": 0.0, "ran_out": False}
+
+    rounds = [
+        {"v1": run(100.0), "v2": run(30.0, 1000.0)},
+        {"v1": run(80.0), "v2": run(60.0, 1200.0)},
+        {"v1": run(120.0), "v2": run(50.0, 1100.0)},
+    ]
+    v1, v2 = designs.summarize(rounds)
+    assert (v1.rows_per_s, v1.ratio) == (100.0, 1.0)
+    assert (v2.rows_per_s, v2.ratio, v2.low, v2.high) == (50.0, 0.5, 30.0, 60.0)
+    assert v2.wal_bytes_per_job == 1100.0
+    assert not v2.ran_out
