@@ -130,7 +130,7 @@ DESIGNS = (
     ),
     Design(
         "v7",
-        "v3 + skiplock's AFTER UPDATE trigger (transition tables, NOTIFY)",
+        "v3 + the 0008 AFTER UPDATE trigger (transition tables, NOTIFY)",
         (_WIDE, _QUEUE, _sql("announce_trigger.sql"), _FILL),
         "wide.pgbench",
         ("jobs",),
@@ -138,7 +138,7 @@ DESIGNS = (
     ),
     Design(
         "v8",
-        "v3 + the statements send the NOTIFYs themselves, no trigger",
+        "v3 + the statements announce through skiplock.announce (0009), no trigger",
         (_WIDE, _QUEUE, _FILL),
         "inline_notify.pgbench",
         ("jobs",),
