@@ -8,7 +8,7 @@ import contextlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import asyncpg
@@ -245,11 +245,17 @@ class Client:
             return await self._enqueue(connection, batch)
 
     async def _enqueue(self, ex: Executor, batch: list[JobSpec]) -> builtins.list[Job]:
+        inserted = await self.store.enqueue_many(ex, batch)
+        if not any(job is None for job in inserted):  # every job is new: nothing to resolve
+            return cast("builtins.list[Job]", inserted)
         found: dict[uuid.UUID, Job] = {}
         pending = batch
-        for _ in range(_IDEMPOTENCY_ROUNDS):
-            for job in await self.store.enqueue_many(ex, pending):
-                found[job.id] = job
+        for round_ in range(_IDEMPOTENCY_ROUNDS):
+            if round_:
+                inserted = await self.store.enqueue_many(ex, pending)
+            for job in inserted:
+                if job is not None:
+                    found[job.id] = job
             pending = [s for s in pending if s.id not in found]
             if not pending:
                 break
