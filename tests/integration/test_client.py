@@ -333,6 +333,69 @@ async def test_an_invalid_spec_in_a_batch_writes_nothing(client: Client) -> None
     assert await _count(client) == 0
 
 
+def _spy_on_inserts(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The ``strict`` flag of every Store.enqueue_many the client runs (the database is real)."""
+    calls: list[bool] = []
+    real = client.store.enqueue_many
+
+    async def spy(ex: Any, specs: Any, *, strict: bool = False) -> list[Job | None]:
+        calls.append(strict)
+        return await real(ex, specs, strict=strict)
+
+    monkeypatch.setattr(client.store, "enqueue_many", spy)
+    return calls
+
+
+async def test_new_jobs_without_keys_take_one_plain_insert(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs without idempotency keys on the pool: one plain insert, no conflict handling."""
+    calls = _spy_on_inserts(client, monkeypatch)
+    jobs = await client.enqueue_many([JobSpec(task="t", args={"i": i}) for i in range(100)])
+    job = await client.enqueue("t")
+    assert calls == [True, True]
+    assert await _count(client) == 101
+    for made in [*jobs, job]:
+        assert await client.get(made.id) == made
+
+
+async def test_a_batch_sent_again_falls_back_to_resolving_conflicts(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain insert of a batch sent again fails whole; the batch then resolves to the
+    jobs it made, as before (and a new spec in it is inserted)."""
+    sent = [JobSpec(task="t", args={"i": i}) for i in range(3)]
+    first = await client.enqueue_many(sent)
+    calls = _spy_on_inserts(client, monkeypatch)
+    again = await client.enqueue_many([*sent, JobSpec(task="t", args={"i": 3})])
+    assert calls == [True, False]
+    assert [j.id for j in again[:3]] == [j.id for j in first]
+    assert await _count(client) == 4
+
+
+async def test_one_spec_twice_in_a_batch_is_one_job(client: Client) -> None:
+    """The same JobSpec twice in one batch makes one job, returned at both places."""
+    spec = JobSpec(task="t")
+    jobs = await client.enqueue_many([spec, JobSpec(task="t"), spec])
+    assert jobs[0] == jobs[2]
+    assert jobs[0].id == spec.id
+    assert await _count(client) == 2
+
+
+async def test_keys_or_an_application_connection_skip_the_plain_insert(
+    client: Client, app_conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an idempotency key, or on the application's connection (a failed statement
+    would abort its transaction), conflicts are skipped in the statement itself."""
+    calls = _spy_on_inserts(client, monkeypatch)
+    await client.enqueue_many([JobSpec(task="t"), JobSpec(task="t", idempotency_key="k")])
+    await client.enqueue("t", connection=app_conn)
+    async with app_conn.transaction():
+        await client.enqueue_many([JobSpec(task="t"), JobSpec(task="t")], connection=app_conn)
+    assert calls == [False, False, False]
+    assert await _count(client) == 5
+
+
 # -- idempotency -----------------------------------------------------------------
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from datetime import UTC, datetime, timedelta
 
-from skiplock import Job, JobSpec, JobState
+import pytest
+
+from skiplock import Job, JobSpec, JobState, sql
 from skiplock.queue.models import request_fingerprints
-from skiplock.queue.store import _enqueue_arguments, _queued_job
+from skiplock.queue.store import Store, _enqueue_arguments, _queued_job, _without_conflict_clause
 
 _SHARED = ("queue", "task", "args", "priority", "max_attempts", "tenant", "meta", "fingerprint")
 _NULLABLE = ("run_at", "delay", "idempotency_key", "expires_at", "timeout")
@@ -118,3 +121,17 @@ def test_a_queued_job_is_the_job_as_stored() -> None:
     # every slot is set (a missing one raises AttributeError here)
     assert dataclasses.astuple(built) == dataclasses.astuple(expected)
     assert built.args is not spec.args  # decoded from the JSON text, the caller's object untouched
+
+
+def test_the_strict_enqueue_is_the_query_without_its_conflict_line() -> None:
+    """The plain insert is enqueue_many.sql less one line, and nothing else."""
+    shipped = sql.query("enqueue_many")
+    strict = Store()._enqueue_strict
+    assert "\nON CONFLICT DO NOTHING\n" in shipped
+    assert "\nON CONFLICT" not in strict
+    removed = [
+        line for line in difflib.ndiff(shipped.splitlines(), strict.splitlines()) if line[0] != " "
+    ]
+    assert removed == ["- ON CONFLICT DO NOTHING"]
+    with pytest.raises(ValueError, match="must hold one line"):
+        _without_conflict_clause("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING")

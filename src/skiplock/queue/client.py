@@ -232,6 +232,16 @@ class Client:
     async def _insert(
         self, batch: builtins.list[JobSpec], connection: Executor | None
     ) -> builtins.list[Job]:
+        if _pooled(connection) and all(s.idempotency_key is None for s in batch):
+            # Without keys only an id can conflict: a batch sent again. One statement that
+            # inserts every job or fails whole (nothing written) needs no transaction and
+            # no conflict handling; a duplicate id goes the way below, which resolves it.
+            try:
+                jobs = await self.store.enqueue_many(self._ex(connection), batch, strict=True)
+            except asyncpg.UniqueViolationError:
+                pass
+            else:
+                return cast("builtins.list[Job]", jobs)
         if len(batch) == 1:  # one statement: atomic on its own
             return await self._enqueue(self._ex(connection), batch)
         # Several jobs: all or none, even when a conflict is found after the insert.

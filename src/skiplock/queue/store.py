@@ -308,6 +308,16 @@ def _each_or_none(values: list[Any]) -> list[Any]:
     return _NONE if values.count(None) == len(values) else values
 
 
+_SKIP_CONFLICTS = "\nON CONFLICT DO NOTHING\n"
+
+
+def _without_conflict_clause(query: str) -> str:
+    """``enqueue_many.sql`` without its ``ON CONFLICT DO NOTHING`` line."""
+    if query.count(_SKIP_CONFLICTS) != 1:
+        raise ValueError("enqueue_many.sql must hold one line 'ON CONFLICT DO NOTHING'")
+    return query.replace(_SKIP_CONFLICTS, "\n")
+
+
 def _enqueue_arguments(specs: Sequence[JobSpec], fingerprints: list[str]) -> list[Any]:
     """The parameters of ``enqueue_many.sql``: one value for a column the batch shares."""
     arguments: list[Any] = [[s.id for s in specs]]
@@ -380,6 +390,7 @@ class Store:
 
     def __init__(self, schema: str = "skiplock") -> None:
         self.schema = sql.validate_schema(schema)
+        self._enqueue_strict = _without_conflict_clause(self._q("enqueue_many"))
 
     def _q(self, name: str) -> str:
         return sql.query(name, self.schema)
@@ -408,11 +419,19 @@ class Store:
 
     # -- the client -------------------------------------------------------
 
-    async def enqueue_many(self, ex: Executor, specs: Sequence[JobSpec]) -> list[Job | None]:
+    async def enqueue_many(
+        self, ex: Executor, specs: Sequence[JobSpec], *, strict: bool = False
+    ) -> list[Job | None]:
         """Insert ``specs``; the job made for each, in input order, None for a spec
-        skipped because its id or (tenant, idempotency key) is already taken."""
+        skipped because its id or (tenant, idempotency key) is already taken.
+
+        ``strict``: without ``ON CONFLICT DO NOTHING``, so a taken id or key raises
+        ``asyncpg.UniqueViolationError`` and nothing is written (PostgreSQL writes
+        less for a plain insert: no speculative insertion).
+        """
         fingerprints = request_fingerprints(specs)
-        rows = await ex.fetch(self._q("enqueue_many"), *_enqueue_arguments(specs, fingerprints))
+        query = self._enqueue_strict if strict else self._q("enqueue_many")
+        rows = await ex.fetch(query, *_enqueue_arguments(specs, fingerprints))
         jobs: list[Job | None] = [None] * len(specs)
         # The rows come back in input order, the skipped ones left out; matched by id,
         # so any other order would only cost a lookup.

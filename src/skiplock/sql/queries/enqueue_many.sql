@@ -1,6 +1,10 @@
 -- enqueue_many: insert a batch of jobs in one statement. Rows whose
 -- (tenant, idempotency_key) or id already exists are skipped; the caller reads
 -- them back with get_by_idempotency_keys / get_jobs.
+-- The client also runs it without the line 'ON CONFLICT DO NOTHING' (keep it a
+-- line of its own) for a batch without idempotency keys sent on a pool, outside
+-- any transaction: a plain insert writes less, and a taken id (a batch sent
+-- again) fails the whole statement, which is then sent as it is here.
 -- Parameters: $1 id uuid[], one element per job, in input order. Every other
 -- column is an array of the same length, or an empty array when the whole batch
 -- shares one value: unnest pads it with NULL, and the column takes the scalar
