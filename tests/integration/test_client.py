@@ -293,6 +293,29 @@ async def test_alike_and_mixed_batches_write_the_same_rows(client: Client) -> No
         assert await client.get(job.id, tenant=job.tenant) == job
 
 
+async def test_one_job_alone_writes_the_row_a_batch_writes(
+    client: Client, app_conn: asyncpg.Connection[Any]
+) -> None:
+    """A job enqueued alone (its own one-row statement, plain or skipping conflicts, on the
+    pool or the application's connection) is stored as in a batch, column by column."""
+    kinds = _kinds_of_job()
+    batch = [JobSpec(**dict(kind, tenant="batch")) for kind in kinds]
+    in_batch = await client.enqueue_many(batch)
+    alone = [JobSpec(**dict(kind, tenant="alone")) for kind in kinds]
+    by_app = [JobSpec(**dict(kind, tenant="app")) for kind in kinds]
+    made = [(await client.enqueue_many([spec]))[0] for spec in alone]
+    made_by_app = [(await client.enqueue_many([s], connection=app_conn))[0] for s in by_app]
+    for i, spec in enumerate(batch):
+        expected = await _row_without_id(client, in_batch[i], spec)
+        del expected["tenant"], expected["request_fingerprint"]
+        for job, other in ((made[i], alone[i]), (made_by_app[i], by_app[i])):
+            assert job.id == other.id
+            row = await _row_without_id(client, job, other)
+            del row["tenant"], row["request_fingerprint"]
+            assert row == expected
+            assert await client.get(job.id, tenant=job.tenant) == job
+
+
 async def test_a_batch_sent_again_with_new_jobs_returns_every_job_in_order(
     client: Client,
 ) -> None:
@@ -1039,7 +1062,7 @@ async def test_an_enqueue_whose_connection_is_killed_is_sent_again(
     async with admin.transaction():
         await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")  # blocks INSERT
         pending = asyncio.ensure_future(client.enqueue("t", {"a": 1}, idempotency_key="k"))
-        await _terminate_when_blocked(admin, "enqueue_many")
+        await _terminate_when_blocked(admin, "enqueue_one")
     job = await pending
     assert (job.task, job.args, job.idempotency_key) == ("t", {"a": 1}, "k")
     assert await client.get(job.id) == job
@@ -1055,7 +1078,7 @@ async def test_enqueue_resends_are_bounded(client: Client, admin: asyncpg.Connec
         await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
         pending = asyncio.ensure_future(client.enqueue_many([spec]))
         while not pending.done():
-            blocked = await _blocked(admin, "enqueue_many")
+            blocked = await _blocked(admin, "enqueue_one")
             if blocked is not None and await admin.fetchval(
                 "SELECT pg_terminate_backend($1)", blocked
             ):
@@ -1079,7 +1102,7 @@ async def test_a_killed_application_connection_is_not_retried(
         tx = app_conn.transaction()
         await tx.start()
         pending = asyncio.ensure_future(client.enqueue("t", connection=app_conn))
-        await _terminate_when_blocked(admin, "enqueue_many")
+        await _terminate_when_blocked(admin, "enqueue_one")
         with pytest.raises(DatabaseUnavailable) as caught:
             await pending
     assert caught.value.retry_safe is False

@@ -123,10 +123,16 @@ def test_a_queued_job_is_the_job_as_stored() -> None:
     assert built.args is not spec.args  # decoded from the JSON text, the caller's object untouched
 
 
-def test_the_strict_enqueue_is_the_query_without_its_conflict_line() -> None:
-    """The plain insert is enqueue_many.sql less one line, and nothing else."""
-    shipped = sql.query("enqueue_many")
-    strict = Store()._enqueue_strict
+@pytest.mark.parametrize(
+    ("name", "attribute"),
+    [("enqueue_many", "_enqueue_strict"), ("enqueue_one", "_enqueue_one_strict")],
+)
+def test_the_strict_enqueue_is_the_query_without_its_conflict_line(
+    name: str, attribute: str
+) -> None:
+    """The plain insert is the shipped query less one line, and nothing else."""
+    shipped = sql.query(name)
+    strict = getattr(Store(), attribute)
     assert "\nON CONFLICT DO NOTHING\n" in shipped
     assert "\nON CONFLICT" not in strict
     removed = [

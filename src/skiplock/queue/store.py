@@ -312,9 +312,9 @@ _SKIP_CONFLICTS = "\nON CONFLICT DO NOTHING\n"
 
 
 def _without_conflict_clause(query: str) -> str:
-    """``enqueue_many.sql`` without its ``ON CONFLICT DO NOTHING`` line."""
+    """An enqueue query without its ``ON CONFLICT DO NOTHING`` line."""
     if query.count(_SKIP_CONFLICTS) != 1:
-        raise ValueError("enqueue_many.sql must hold one line 'ON CONFLICT DO NOTHING'")
+        raise ValueError("an enqueue query must hold one line 'ON CONFLICT DO NOTHING'")
     return query.replace(_SKIP_CONFLICTS, "\n")
 
 
@@ -391,6 +391,7 @@ class Store:
     def __init__(self, schema: str = "skiplock") -> None:
         self.schema = sql.validate_schema(schema)
         self._enqueue_strict = _without_conflict_clause(self._q("enqueue_many"))
+        self._enqueue_one_strict = _without_conflict_clause(self._q("enqueue_one"))
 
     def _q(self, name: str) -> str:
         return sql.query(name, self.schema)
@@ -429,6 +430,8 @@ class Store:
         ``asyncpg.UniqueViolationError`` and nothing is written (PostgreSQL writes
         less for a plain insert: no speculative insertion).
         """
+        if len(specs) == 1:
+            return [await self.enqueue_one(ex, specs[0], strict=strict)]
         fingerprints = request_fingerprints(specs)
         query = self._enqueue_strict if strict else self._q("enqueue_many")
         rows = await ex.fetch(query, *_enqueue_arguments(specs, fingerprints))
@@ -448,6 +451,29 @@ class Store:
                 found = at
             jobs[found] = _queued_job(specs[found], fingerprints[found], run_at, created_at)
         return jobs
+
+    async def enqueue_one(self, ex: Executor, spec: JobSpec, *, strict: bool = False) -> Job | None:
+        """Insert one job (as :meth:`enqueue_many`, with plain parameters: cheaper for
+        one row); None when its id or key is taken (``strict``: raise)."""
+        fingerprint = spec.fingerprint
+        row = await ex.fetchrow(
+            self._enqueue_one_strict if strict else self._q("enqueue_one"),
+            spec.id,
+            spec.queue,
+            spec.task,
+            spec.args_json,
+            spec.priority,
+            spec.run_at,
+            spec.delay_seconds,
+            spec.max_attempts,
+            spec.tenant,
+            spec.idempotency_key,
+            spec.meta_json,
+            spec.expires_at,
+            spec.timeout_seconds,
+            fingerprint,
+        )
+        return None if row is None else _queued_job(spec, fingerprint, row[1], row[2])
 
     async def get_by_idempotency_keys(
         self, ex: Executor, keys: Iterable[tuple[str, str]]
