@@ -9,6 +9,7 @@ transaction), so callers decide about transactions and connections.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -308,14 +309,15 @@ def _each_or_none(values: list[Any]) -> list[Any]:
     return _NONE if values.count(None) == len(values) else values
 
 
-_SKIP_CONFLICTS = "\nON CONFLICT DO NOTHING\n"
+_SKIP_CONFLICTS = re.compile(r"^[ \t]*ON CONFLICT DO NOTHING[ \t]*\n", re.MULTILINE)
 
 
 def _without_conflict_clause(query: str) -> str:
     """An enqueue query without its ``ON CONFLICT DO NOTHING`` line."""
-    if query.count(_SKIP_CONFLICTS) != 1:
+    strict, found = _SKIP_CONFLICTS.subn("", query)
+    if found != 1:
         raise ValueError("an enqueue query must hold one line 'ON CONFLICT DO NOTHING'")
-    return query.replace(_SKIP_CONFLICTS, "\n")
+    return strict
 
 
 def _enqueue_arguments(specs: Sequence[JobSpec], fingerprints: list[str]) -> list[Any]:
@@ -434,13 +436,20 @@ class Store:
             return [await self.enqueue_one(ex, specs[0], strict=strict)]
         fingerprints = request_fingerprints(specs)
         query = self._enqueue_strict if strict else self._q("enqueue_many")
-        rows = await ex.fetch(query, *_enqueue_arguments(specs, fingerprints))
+        row = await ex.fetchrow(query, *_enqueue_arguments(specs, fingerprints))
+        assert row is not None  # one row, an aggregate
+        created_at, ids, run_ats = row
+        if ids is None:  # every job inserted, each due at its creation
+            return [
+                _queued_job(spec, fingerprint, created_at, created_at)
+                for spec, fingerprint in zip(specs, fingerprints, strict=True)
+            ]
         jobs: list[Job | None] = [None] * len(specs)
-        # The rows come back in input order, the skipped ones left out; matched by id,
-        # so any other order would only cost a lookup.
+        # The rows come in input order, the skipped ones left out; matched by id, so
+        # any other order would only cost a lookup.
         at = 0
         index: dict[uuid.UUID, int] | None = None
-        for job_id, run_at, created_at in rows:
+        for job_id, run_at in zip(ids, run_ats, strict=True):
             while at < len(specs) and job_id != specs[at].id:
                 at += 1
             if at == len(specs):

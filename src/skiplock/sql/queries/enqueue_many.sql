@@ -21,35 +21,47 @@
 --   $18 run_at timestamptz[] (NULL: now() + delay), $19 delay seconds float8[] (NULL: 0),
 --   $20 idempotency_key text[], $21 expires_at timestamptz[] (NULL: none),
 --   $22 timeout seconds float8[] (NULL: the task's)
--- Result: id, run_at and created_at of the inserted rows (in the order inserted,
--- the input's; the caller matches them by id); the caller builds the rest from
--- its specs (decoding every column back costs more than the insert).
-INSERT INTO skiplock.jobs AS j
-    (id, queue, task, args, priority, run_at, max_attempts, tenant, idempotency_key, meta,
-     expires_at, timeout_seconds, request_fingerprint)
+-- Result: one row, whatever the number of jobs (decoding a row per job cost the
+-- client more than building the job): created_at, now(), the created_at of every
+-- row inserted (the column's default); ids and run_ats, the id and run_at of each
+-- row inserted, paired, or both NULL when every job was inserted and runs at
+-- created_at (nothing to match: the common batch). The caller builds the rest
+-- from its specs (decoding every column back costs more than the insert).
+WITH inserted AS (
+    INSERT INTO skiplock.jobs AS j
+        (id, queue, task, args, priority, run_at, max_attempts, tenant, idempotency_key, meta,
+         expires_at, timeout_seconds, request_fingerprint)
+    SELECT
+        n.id,
+        coalesce(n.queue, $3::text),
+        coalesce(n.task, $5::text),
+        coalesce(n.args::jsonb, $7::jsonb),
+        coalesce(n.priority, $9::int),
+        CASE
+            WHEN n.run_at IS NOT NULL THEN n.run_at
+            WHEN n.delay IS NOT NULL THEN now() + make_interval(secs => n.delay)
+            ELSE now()
+        END,
+        coalesce(n.max_attempts, $11::int),
+        coalesce(n.tenant, $13::text),
+        n.idempotency_key,
+        coalesce(n.meta::jsonb, $15::jsonb),
+        n.expires_at,
+        n.timeout,
+        coalesce(n.fingerprint, $17::text)
+    FROM unnest(
+        $1::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[], $12::text[],
+        $14::text[], $16::text[], $18::timestamptz[], $19::float8[], $20::text[],
+        $21::timestamptz[], $22::float8[]
+    ) AS n (id, queue, task, args, priority, max_attempts, tenant, meta, fingerprint, run_at,
+            delay, idempotency_key, expires_at, timeout)
+    ON CONFLICT DO NOTHING
+    RETURNING j.id, j.run_at
+)
 SELECT
-    n.id,
-    coalesce(n.queue, $3::text),
-    coalesce(n.task, $5::text),
-    coalesce(n.args::jsonb, $7::jsonb),
-    coalesce(n.priority, $9::int),
-    CASE
-        WHEN n.run_at IS NOT NULL THEN n.run_at
-        WHEN n.delay IS NOT NULL THEN now() + make_interval(secs => n.delay)
-        ELSE now()
-    END,
-    coalesce(n.max_attempts, $11::int),
-    coalesce(n.tenant, $13::text),
-    n.idempotency_key,
-    coalesce(n.meta::jsonb, $15::jsonb),
-    n.expires_at,
-    n.timeout,
-    coalesce(n.fingerprint, $17::text)
-FROM unnest(
-    $1::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[], $12::text[],
-    $14::text[], $16::text[], $18::timestamptz[], $19::float8[], $20::text[],
-    $21::timestamptz[], $22::float8[]
-) AS n (id, queue, task, args, priority, max_attempts, tenant, meta, fingerprint, run_at,
-        delay, idempotency_key, expires_at, timeout)
-ON CONFLICT DO NOTHING
-RETURNING j.id, j.run_at, j.created_at
+    now() AS created_at,
+    CASE WHEN count(*) < cardinality($1::uuid[]) OR NOT bool_and(run_at = now())
+        THEN coalesce(array_agg(id), '{}') END AS ids,
+    CASE WHEN count(*) < cardinality($1::uuid[]) OR NOT bool_and(run_at = now())
+        THEN coalesce(array_agg(run_at), '{}') END AS run_ats
+FROM inserted
