@@ -180,7 +180,6 @@ def _utc_iso(when: datetime | None) -> str | None:
     return None if when is None else when.astimezone(UTC).isoformat()
 
 
-_set = object.__setattr__  # JobSpec is frozen: its own __init__ sets its slots
 _NO_MAPPING: Mapping[str, Any] = MappingProxyType({})  # "not given": a new empty dict
 _EMPTY_OBJECT = "{}"
 
@@ -302,28 +301,24 @@ class JobSpec:
         given = {} if meta is _NO_MAPPING else dict(meta)
         request_meta_json = _json_object(given, "meta")
         traced = inject_trace_context(given)
-        _set(self, "task", task)
-        _set(self, "args", args)
-        _set(self, "queue", queue)
-        _set(self, "priority", priority)
-        _set(self, "run_at", run_at)
-        _set(self, "delay", delay)
-        _set(self, "max_attempts", max_attempts)
-        _set(self, "tenant", tenant)
-        _set(self, "idempotency_key", idempotency_key)
-        _set(self, "meta", traced)
-        _set(self, "expires_at", expires_at)
-        _set(self, "timeout", timeout)
-        _set(self, "id", id)
-        _set(self, "args_json", args_json)
-        _set(
-            self,
-            "meta_json",
-            request_meta_json if traced is given else _json_object(traced, "meta"),
-        )
-        _set(self, "_request_meta_json", request_meta_json)
-        _set(self, "_delay_seconds", delay_seconds)
-        _set(self, "_fingerprint", None)
+        _set_task(self, task)
+        _set_args(self, args)
+        _set_queue(self, queue)
+        _set_priority(self, priority)
+        _set_run_at(self, run_at)
+        _set_delay(self, delay)
+        _set_max_attempts(self, max_attempts)
+        _set_tenant(self, tenant)
+        _set_idempotency_key(self, idempotency_key)
+        _set_meta(self, traced)
+        _set_expires_at(self, expires_at)
+        _set_timeout(self, timeout)
+        _set_id(self, id)
+        _set_args_json(self, args_json)
+        _set_meta_json(self, request_meta_json if traced is given else _json_object(traced, "meta"))
+        _set_request_meta_json(self, request_meta_json)
+        _set_delay_seconds(self, delay_seconds)
+        _set_fingerprint(self, None)
 
     @property
     def fingerprint(self) -> str:
@@ -332,7 +327,7 @@ class JobSpec:
         fingerprint = self._fingerprint
         if fingerprint is None:
             fingerprint = _request_fingerprint(self)
-            _set(self, "_fingerprint", fingerprint)
+            _set_fingerprint(self, fingerprint)
         return fingerprint
 
     @property
@@ -344,6 +339,50 @@ class JobSpec:
     def delay_seconds(self) -> float | None:
         """The delay in seconds, or None."""
         return self._delay_seconds
+
+
+# JobSpec is frozen: its __init__ sets each slot through the slot's own descriptor
+# (cheaper than object.__setattr__, which looks the descriptor up every time).
+(
+    _set_task,
+    _set_args,
+    _set_queue,
+    _set_priority,
+    _set_run_at,
+    _set_delay,
+    _set_max_attempts,
+    _set_tenant,
+    _set_idempotency_key,
+    _set_meta,
+    _set_expires_at,
+    _set_timeout,
+    _set_id,
+    _set_args_json,
+    _set_meta_json,
+    _set_request_meta_json,
+    _set_delay_seconds,
+    _set_fingerprint,
+) = (JobSpec.__dict__[name].__set__ for name in JobSpec.__slots__)
+assert JobSpec.__slots__ == (
+    "task",
+    "args",
+    "queue",
+    "priority",
+    "run_at",
+    "delay",
+    "max_attempts",
+    "tenant",
+    "idempotency_key",
+    "meta",
+    "expires_at",
+    "timeout",
+    "id",
+    "args_json",
+    "meta_json",
+    "_request_meta_json",
+    "_delay_seconds",
+    "_fingerprint",
+), "the setters above follow JobSpec's fields"
 
 
 def _seconds(delay: timedelta | float) -> float | None:
@@ -439,7 +478,7 @@ def request_fingerprints(specs: Sequence[JobSpec]) -> list[str]:
             fingerprint = known.get(key)
             if fingerprint is None:
                 fingerprint = known[key] = _request_fingerprint(spec)
-            _set(spec, "_fingerprint", fingerprint)
+            _set_fingerprint(spec, fingerprint)
         fingerprints.append(fingerprint)
     return fingerprints
 
