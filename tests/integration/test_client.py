@@ -226,6 +226,199 @@ async def test_conflicting_batch_writes_nothing(client: Client) -> None:
     assert await _count(client) == 1
 
 
+def _kinds_of_job() -> list[dict[str, Any]]:
+    """Specs differing from each other in every column enqueue_many writes."""
+    later = datetime.now(UTC) + timedelta(days=2)
+    return [
+        {"task": "t"},
+        {
+            "task": "mail",
+            "args": {"to": "a@example.com", "n": [1, 2.5, None]},
+            "queue": "mail",
+            "priority": -5,
+            "run_at": datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2))),
+            "max_attempts": 9,
+            "tenant": "acme",
+            "meta": {"model": "m1"},
+            "expires_at": datetime(2031, 1, 1, tzinfo=UTC),
+            "timeout": 2.5,
+        },
+        {"task": "t", "delay": 90, "idempotency_key": "k", "expires_at": later, "timeout": 7},
+        {"task": "t", "delay": timedelta(milliseconds=1500), "priority": 3, "tenant": "other"},
+    ]
+
+
+_COLUMNS = """
+    queue, task, args, state, priority, attempt, max_attempts, lease_token, lease_expires_at,
+    worker_id, progress, progress_message, eta, result, errors, tenant, idempotency_key, meta,
+    cancel_requested, started_at, finished_at, expires_at, timeout_seconds,
+    request_fingerprint, created_at = updated_at AS updated_at_is_created_at,
+    run_at, run_at - created_at AS run_after
+"""
+
+
+async def _row_without_id(client: Client, job: Job, spec: JobSpec) -> dict[str, Any]:
+    """Every column of ``job``'s row but the id and created_at; run_at as its distance from
+    created_at unless it was given (two statements run at two different now())."""
+    row = await client.pool.fetchrow(f"SELECT {_COLUMNS} FROM skiplock.jobs WHERE id = $1", job.id)  # noqa: S608 - fixed test clauses
+    assert row is not None
+    values = dict(row)
+    del values["run_after" if spec.run_at is not None else "run_at"]
+    return values
+
+
+async def test_alike_and_mixed_batches_write_the_same_rows(client: Client) -> None:
+    """A batch of alike jobs (one value sent per column) and a mixed batch (one per job)
+    write identical rows, column by column, and return the jobs as stored."""
+    kinds = _kinds_of_job()
+    alike = {i: [JobSpec(**kind) for _ in range(3)] for i, kind in enumerate(kinds[:2])}
+    # Keys are unique per tenant: alike keyed specs are the same request, made once.
+    alike[2] = [JobSpec(**kinds[2])] * 3
+    alike[3] = [JobSpec(**kinds[3]) for _ in range(3)]
+    made = {i: await client.enqueue_many(specs) for i, specs in alike.items()}
+    mixed_kinds = [dict(kind, tenant="mixed") for kind in kinds]
+    mixed = [JobSpec(**kind) for kind in mixed_kinds]
+    mixed_jobs = await client.enqueue_many(mixed)
+    assert [j.id for j in mixed_jobs] == [s.id for s in mixed]
+    for i, specs in alike.items():
+        assert [j.id for j in made[i]] == [s.id for s in specs]
+        rows = [await _row_without_id(client, j, s) for j, s in zip(made[i], specs, strict=True)]
+        assert rows[0] == rows[1] == rows[2]
+        other = await _row_without_id(client, mixed_jobs[i], mixed[i])
+        # Only the tenant (and so the fingerprint, and a row time) tell them apart.
+        for values in (rows[0], other):
+            del values["tenant"], values["request_fingerprint"]
+        assert rows[0] == other
+    for job in [j for jobs in made.values() for j in jobs] + mixed_jobs:
+        assert await client.get(job.id, tenant=job.tenant) == job
+
+
+async def test_one_job_alone_writes_the_row_a_batch_writes(
+    client: Client, app_conn: asyncpg.Connection[Any]
+) -> None:
+    """A job enqueued alone (its own one-row statement, plain or skipping conflicts, on the
+    pool or the application's connection) is stored as in a batch, column by column."""
+    kinds = _kinds_of_job()
+    batch = [JobSpec(**dict(kind, tenant="batch")) for kind in kinds]
+    in_batch = await client.enqueue_many(batch)
+    alone = [JobSpec(**dict(kind, tenant="alone")) for kind in kinds]
+    by_app = [JobSpec(**dict(kind, tenant="app")) for kind in kinds]
+    made = [(await client.enqueue_many([spec]))[0] for spec in alone]
+    made_by_app = [(await client.enqueue_many([s], connection=app_conn))[0] for s in by_app]
+    for i, spec in enumerate(batch):
+        expected = await _row_without_id(client, in_batch[i], spec)
+        del expected["tenant"], expected["request_fingerprint"]
+        for job, other in ((made[i], alone[i]), (made_by_app[i], by_app[i])):
+            assert job.id == other.id
+            row = await _row_without_id(client, job, other)
+            del row["tenant"], row["request_fingerprint"]
+            assert row == expected
+            assert await client.get(job.id, tenant=job.tenant) == job
+
+
+async def test_a_batch_sent_again_with_new_jobs_returns_every_job_in_order(
+    client: Client,
+) -> None:
+    """Specs already stored (a resend) and new ones in one batch: the stored ones come back,
+    the new ones are inserted, in the order given, nothing twice."""
+    old = [JobSpec(task="t", args={"i": i}) for i in range(0, 10, 2)]
+    await client.enqueue_many(old)
+    batch = [JobSpec(task="t", args={"i": i}) for i in range(10)]
+    for spec in old:  # the even positions hold the specs sent before
+        batch[spec.args["i"]] = spec
+    jobs = await client.enqueue_many(batch)
+    assert [j.id for j in jobs] == [s.id for s in batch]
+    assert [j.args["i"] for j in jobs] == list(range(10))
+    assert await _count(client) == 10
+    for job in jobs:
+        assert await client.get(job.id) == job
+
+
+async def test_a_keyed_batch_sent_again_returns_the_same_jobs(client: Client) -> None:
+    """A batch with idempotency keys, rebuilt from the same requests, resolves to the jobs
+    the first send made (new ids, the same fingerprints)."""
+
+    def build() -> list[JobSpec]:
+        return [JobSpec(task="t", args={"i": i}, idempotency_key=f"k{i}") for i in range(50)]
+
+    first = await client.enqueue_many(build())
+    again = await client.enqueue_many(build())
+    assert [j.id for j in again] == [j.id for j in first]
+    assert await _count(client) == 50
+
+
+async def test_an_invalid_spec_in_a_batch_writes_nothing(client: Client) -> None:
+    """A batch whose one spec cannot be built raises InvalidJob before anything is sent."""
+    with pytest.raises(InvalidJob, match=r"^max_attempts must be between"):
+        await client.enqueue_many(
+            [JobSpec(task="t"), JobSpec(task="t", max_attempts=0), JobSpec(task="t")]
+        )
+    assert await _count(client) == 0
+
+
+def _spy_on_inserts(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The ``strict`` flag of every Store.enqueue_many the client runs (the database is real)."""
+    calls: list[bool] = []
+    real = client.store.enqueue_many
+
+    async def spy(ex: Any, specs: Any, *, strict: bool = False) -> list[Job | None]:
+        calls.append(strict)
+        return await real(ex, specs, strict=strict)
+
+    monkeypatch.setattr(client.store, "enqueue_many", spy)
+    return calls
+
+
+async def test_new_jobs_without_keys_take_one_plain_insert(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs without idempotency keys on the pool: one plain insert, no conflict handling."""
+    calls = _spy_on_inserts(client, monkeypatch)
+    jobs = await client.enqueue_many([JobSpec(task="t", args={"i": i}) for i in range(100)])
+    job = await client.enqueue("t")
+    assert calls == [True, True]
+    assert await _count(client) == 101
+    for made in [*jobs, job]:
+        assert await client.get(made.id) == made
+
+
+async def test_a_batch_sent_again_falls_back_to_resolving_conflicts(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain insert of a batch sent again fails whole; the batch then resolves to the
+    jobs it made, as before (and a new spec in it is inserted)."""
+    sent = [JobSpec(task="t", args={"i": i}) for i in range(3)]
+    first = await client.enqueue_many(sent)
+    calls = _spy_on_inserts(client, monkeypatch)
+    again = await client.enqueue_many([*sent, JobSpec(task="t", args={"i": 3})])
+    assert calls == [True, False]
+    assert [j.id for j in again[:3]] == [j.id for j in first]
+    assert await _count(client) == 4
+
+
+async def test_one_spec_twice_in_a_batch_is_one_job(client: Client) -> None:
+    """The same JobSpec twice in one batch makes one job, returned at both places."""
+    spec = JobSpec(task="t")
+    jobs = await client.enqueue_many([spec, JobSpec(task="t"), spec])
+    assert jobs[0] == jobs[2]
+    assert jobs[0].id == spec.id
+    assert await _count(client) == 2
+
+
+async def test_keys_or_an_application_connection_skip_the_plain_insert(
+    client: Client, app_conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an idempotency key, or on the application's connection (a failed statement
+    would abort its transaction), conflicts are skipped in the statement itself."""
+    calls = _spy_on_inserts(client, monkeypatch)
+    await client.enqueue_many([JobSpec(task="t"), JobSpec(task="t", idempotency_key="k")])
+    await client.enqueue("t", connection=app_conn)
+    async with app_conn.transaction():
+        await client.enqueue_many([JobSpec(task="t"), JobSpec(task="t")], connection=app_conn)
+    assert calls == [False, False, False]
+    assert await _count(client) == 5
+
+
 # -- idempotency -----------------------------------------------------------------
 
 
@@ -869,7 +1062,7 @@ async def test_an_enqueue_whose_connection_is_killed_is_sent_again(
     async with admin.transaction():
         await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")  # blocks INSERT
         pending = asyncio.ensure_future(client.enqueue("t", {"a": 1}, idempotency_key="k"))
-        await _terminate_when_blocked(admin, "enqueue_many")
+        await _terminate_when_blocked(admin, "enqueue_one")
     job = await pending
     assert (job.task, job.args, job.idempotency_key) == ("t", {"a": 1}, "k")
     assert await client.get(job.id) == job
@@ -885,7 +1078,7 @@ async def test_enqueue_resends_are_bounded(client: Client, admin: asyncpg.Connec
         await admin.execute("LOCK TABLE skiplock.jobs IN SHARE MODE")
         pending = asyncio.ensure_future(client.enqueue_many([spec]))
         while not pending.done():
-            blocked = await _blocked(admin, "enqueue_many")
+            blocked = await _blocked(admin, "enqueue_one")
             if blocked is not None and await admin.fetchval(
                 "SELECT pg_terminate_backend($1)", blocked
             ):
@@ -909,7 +1102,7 @@ async def test_a_killed_application_connection_is_not_retried(
         tx = app_conn.transaction()
         await tx.start()
         pending = asyncio.ensure_future(client.enqueue("t", connection=app_conn))
-        await _terminate_when_blocked(admin, "enqueue_many")
+        await _terminate_when_blocked(admin, "enqueue_one")
         with pytest.raises(DatabaseUnavailable) as caught:
             await pending
     assert caught.value.retry_safe is False

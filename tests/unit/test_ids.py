@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
+import pickle
 import threading
 import time
 import uuid
@@ -95,13 +97,14 @@ def test_forked_child_does_not_continue_the_parents_sequence() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         os.close(read)
-        os.write(write, str(ids._last).encode())
+        os.write(write, f"{ids._last} {len(ids._noise)}".encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
-        child_last = int(pipe.read())
+        child_last, child_noise = pipe.read().split()
     os.waitpid(pid, 0)
-    assert child_last == 0
+    assert child_last == "0"
+    assert child_noise == "0"  # the parent's unused random bytes are not reused
 
 
 def test_jobspec_ids_are_uuid7_and_ordered() -> None:
@@ -109,3 +112,39 @@ def test_jobspec_ids_are_uuid7_and_ordered() -> None:
     specs = [JobSpec("t") for _ in range(1000)]
     assert all(s.id.version == 7 for s in specs)
     assert all(a.id < b.id for a, b in itertools.pairwise(specs))
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, (1 << 128) - 1, 0x0192_3456_789A_7BCD_8EF0_1234_5678_9ABC], ids=hex
+)
+def test_ids_are_ordinary_uuids(value: int) -> None:
+    """The constructor uuid7 uses makes the same UUID as uuid.UUID(int=...), in every way."""
+    made = ids._make(value)
+    expected = uuid.UUID(int=value)
+    assert type(made) is uuid.UUID
+    assert made == expected
+    assert hash(made) == hash(expected)
+    assert (str(made), made.bytes, made.is_safe) == (
+        str(expected),
+        expected.bytes,
+        expected.is_safe,
+    )
+    assert pickle.loads(pickle.dumps(made)) == expected  # noqa: S301 - our own bytes
+    assert copy.deepcopy(made) == expected
+
+
+def test_random_bytes_are_read_for_many_ids_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.urandom is called once per 256 ids, not once per id; the ids still differ."""
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(size: int) -> bytes:
+        calls.append(size)
+        return real(size)
+
+    monkeypatch.setattr(os, "urandom", counting)
+    ids._forget_after_fork()  # an empty buffer, as in a new process
+    made = [uuid7() for _ in range(1000)]
+    assert len(calls) == 4  # ceil(1000 / 256)
+    assert len(set(made)) == 1000
+    assert all(a < b for a, b in itertools.pairwise(made))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -9,6 +11,8 @@ import orjson
 import pytest
 
 from skiplock import InvalidJob, JobSpec
+from skiplock.queue import models
+from skiplock.queue.models import request_fingerprints
 
 
 def test_valid_spec_encodes_args_and_meta() -> None:
@@ -208,3 +212,99 @@ def test_literal_backslash_u0000_text_accepted(text: str) -> None:
     """The six characters \\u0000 (no NUL) are ordinary text and accepted."""
     spec = JobSpec(task="t", args={"s": text})
     assert orjson.loads(spec.args_json) == {"s": text}
+
+
+# Fingerprints of specs made by the version before JobSpec was rewritten for speed:
+# rows store them, and an idempotent resend compares them, so they must not change.
+_FINGERPRINTS: list[tuple[dict[str, Any], str]] = [
+    ({"task": "t"}, "c51b83a7a653fb2f15b5a57ee0859c007e34c4915e21ecd83078dae00de905ea"),
+    (
+        {
+            "task": "send",
+            "args": {"b": [1, 2.5, {"z": None, "a": "x"}], "a": 1e20},
+            "queue": "q",
+            "priority": -3,
+            "run_at": datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=timezone(timedelta(hours=2))),
+            "max_attempts": 7,
+            "tenant": "acme",
+            "idempotency_key": "k-1",
+            "meta": {"m": 1, "a": [True]},
+            "expires_at": datetime(2999, 1, 1, tzinfo=UTC),
+            "timeout": 2,
+        },
+        "7690c196436ebd09ff1c973f7ac764b396b1fc4d0fdf75a0d192d49113d6770f",
+    ),
+    (
+        {"task": "t", "delay": timedelta(seconds=90), "timeout": 1.5},
+        "5c1112e4cc38d0b315bef554035fbb5ce72d663f810779afbdd2b541cd3ea85e",
+    ),
+    ({"task": "t", "delay": 2}, "c8edd472bf498cf65a0789b9d56a1b7786c6d0075604f5df71b58acf0722a3e4"),
+    (
+        {"task": "t", "delay": -0.0},
+        "1ac628ee48dbd60396b7de47adfa2fff743fb4e901fe97207e274748e02bd372",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "fingerprint"), _FINGERPRINTS)
+def test_fingerprint_bytes_are_stable(fields: dict[str, Any], fingerprint: str) -> None:
+    """The fingerprint of a request is what earlier versions stored for it."""
+    assert JobSpec(**fields).fingerprint == fingerprint
+    assert request_fingerprints([JobSpec(**fields)]) == [fingerprint]
+
+
+def test_batch_fingerprints_hash_each_distinct_request_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Specs alike but for their ids share one hash; every spec gets its own request's."""
+    hashed: list[JobSpec] = []
+    real = models._request_fingerprint
+
+    def counting(spec: JobSpec) -> str:
+        hashed.append(spec)
+        return real(spec)
+
+    specs = [JobSpec("t", args={"n": i % 3}) for i in range(30)]
+    specs += [JobSpec("t", delay=0.0), JobSpec("t", delay=-0.0), JobSpec("t", delay=0)]
+    expected = [real(s) for s in specs]
+    monkeypatch.setattr(models, "_request_fingerprint", counting)
+    assert request_fingerprints(specs) == expected
+    # 3 distinct args; delay 0.0 and 0 write the same JSON, -0.0 does not.
+    assert len(hashed) == 3 + 2
+    assert [s.fingerprint for s in specs] == expected  # kept on the specs
+    assert len(hashed) == 5
+
+
+def test_a_spec_keeps_what_it_was_given() -> None:
+    """Defaults are fresh objects; meta is the spec's own copy; args is the caller's mapping."""
+    first, second = JobSpec("t"), JobSpec("t")
+    assert first.args == {}
+    assert first.args is not second.args
+    assert first.meta == {}
+    assert first.meta is not second.meta
+    args, meta = {"a": 1}, {"m": 1}
+    spec = JobSpec("t", args=args, meta=meta)
+    assert spec.args is args
+    assert spec.meta == meta
+    assert spec.meta is not meta
+    meta["m"] = 2
+    assert spec.meta_json == '{"m":1}'
+
+
+def test_a_spec_id_must_be_a_uuid() -> None:
+    """An id that is not a UUID is refused at the edge (it could not be matched to its row)."""
+    with pytest.raises(InvalidJob, match=r"^id must be a uuid.UUID$"):
+        JobSpec("t", id="0190b2a0-0000-7000-8000-000000000000")  # type: ignore[arg-type]
+    given = uuid.UUID("0190b2a0-0000-7000-8000-000000000000")
+    assert JobSpec("t", id=given).id is given
+
+
+def test_replace_validates_and_encodes_again() -> None:
+    """dataclasses.replace builds a new spec: validated, encoded and fingerprinted anew."""
+    spec = JobSpec("t", args={"a": 1})
+    other = dataclasses.replace(spec, args={"a": 2})
+    assert (other.id, other.args_json) == (spec.id, '{"a":2}')
+    assert other.fingerprint != spec.fingerprint
+    assert other == JobSpec("t", args={"a": 2}, id=spec.id)
+    with pytest.raises(InvalidJob, match=r"^priority must be between"):
+        dataclasses.replace(spec, priority=40_000)

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, TraceState
 
-from skiplock import tracing
+from skiplock import JobSpec, tracing
 from skiplock.tracing import TRACE_META_KEY, inject_trace_context, job_span
 
 
@@ -262,3 +262,16 @@ def test_without_otel_an_active_span_is_ignored(
         meta: dict[str, Any] = {}
         assert inject_trace_context(meta) is meta
     assert [s.name for s in spans.get_finished_spans()] == ["enqueue"]
+
+
+def test_a_spec_carries_the_trace_outside_its_fingerprint(spans: InMemorySpanExporter) -> None:
+    """A spec made in a span stores the context in meta; the request's fingerprint is the
+    same as without it (the same request sent from another span is the same request)."""
+    plain = JobSpec("t", meta={"model": "x1"})
+    with _producer_tracer().start_as_current_span("enqueue"):
+        traced = JobSpec("t", meta={"model": "x1"})
+    assert TRACE_META_KEY in traced.meta
+    assert orjson.loads(traced.meta_json) == traced.meta
+    assert plain.meta == {"model": "x1"}
+    assert plain.meta_json == '{"model":"x1"}'
+    assert traced.fingerprint == plain.fingerprint

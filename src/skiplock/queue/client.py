@@ -8,7 +8,7 @@ import contextlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import asyncpg
@@ -232,6 +232,16 @@ class Client:
     async def _insert(
         self, batch: builtins.list[JobSpec], connection: Executor | None
     ) -> builtins.list[Job]:
+        if _pooled(connection) and all(s.idempotency_key is None for s in batch):
+            # Without keys only an id can conflict: a batch sent again. One statement that
+            # inserts every job or fails whole (nothing written) needs no transaction and
+            # no conflict handling; a duplicate id goes the way below, which resolves it.
+            try:
+                jobs = await self.store.enqueue_many(self._ex(connection), batch, strict=True)
+            except asyncpg.UniqueViolationError:
+                pass
+            else:
+                return cast("builtins.list[Job]", jobs)
         if len(batch) == 1:  # one statement: atomic on its own
             return await self._enqueue(self._ex(connection), batch)
         # Several jobs: all or none, even when a conflict is found after the insert.
@@ -245,11 +255,17 @@ class Client:
             return await self._enqueue(connection, batch)
 
     async def _enqueue(self, ex: Executor, batch: list[JobSpec]) -> builtins.list[Job]:
+        inserted = await self.store.enqueue_many(ex, batch)
+        if not any(job is None for job in inserted):  # every job is new: nothing to resolve
+            return cast("builtins.list[Job]", inserted)
         found: dict[uuid.UUID, Job] = {}
         pending = batch
-        for _ in range(_IDEMPOTENCY_ROUNDS):
-            for job in await self.store.enqueue_many(ex, pending):
-                found[job.id] = job
+        for round_ in range(_IDEMPOTENCY_ROUNDS):
+            if round_:
+                inserted = await self.store.enqueue_many(ex, pending)
+            for job in inserted:
+                if job is not None:
+                    found[job.id] = job
             pending = [s for s in pending if s.id not in found]
             if not pending:
                 break

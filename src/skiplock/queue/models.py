@@ -6,9 +6,10 @@ import enum
 import hashlib
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias
 
 import orjson
@@ -27,6 +28,7 @@ __all__ = [
     "JobSpec",
     "Page",
     "TenantScope",
+    "request_fingerprints",
     "tenant_filter",
 ]
 
@@ -178,6 +180,20 @@ def _utc_iso(when: datetime | None) -> str | None:
     return None if when is None else when.astimezone(UTC).isoformat()
 
 
+_NO_MAPPING: Mapping[str, Any] = MappingProxyType({})  # "not given": a new empty dict
+_EMPTY_OBJECT = "{}"
+
+
+def _json_object(value: Mapping[str, Any], what: str) -> str:
+    """``value`` as JSON text for a jsonb column (``dumps``), InvalidJob when it cannot be."""
+    if not value:
+        return _EMPTY_OBJECT
+    try:
+        return dumps(value if type(value) is dict else dict(value), what=what)
+    except ValueError as exc:
+        raise InvalidJob(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """A job to enqueue. Everything is validated here, before anything is written.
@@ -212,90 +228,107 @@ class JobSpec:
     id: uuid.UUID = field(default_factory=uuid7)
     args_json: str = field(init=False, repr=False, compare=False)
     meta_json: str = field(init=False, repr=False, compare=False)
-    fingerprint: str = field(init=False, repr=False, compare=False)
-    """SHA-256 (hex) of the canonical request: every field but ``id`` (and the trace
-    context added to ``meta``), with ``delay`` itself rather than the run_at it makes."""
+    _request_meta_json: str = field(init=False, repr=False, compare=False)
+    """``meta`` as given, without the trace context: what the fingerprint covers."""
+    _delay_seconds: float | None = field(init=False, repr=False, compare=False)
+    _fingerprint: str | None = field(init=False, repr=False, compare=False)
+    """:attr:`fingerprint`, computed on first use (a batch shares it between equal requests)."""
 
-    def __post_init__(self) -> None:
-        _check_name(self.task, "task", 256)
-        _check_name(self.queue, "queue", 128)
-        _check_name(self.tenant, "tenant", _TENANT_MAX)
-        if self.idempotency_key is not None:
-            _check_name(self.idempotency_key, "idempotency_key", 256)
-        if not isinstance(self.args, Mapping):
+    # Written out rather than generated: the generated __init__ of a frozen dataclass
+    # and a __post_init__ cost more than the checks themselves (a bulk enqueue builds
+    # thousands of specs). Same parameters, defaults and order as the fields above.
+    def __init__(
+        self,
+        task: str,
+        args: Mapping[str, Any] = _NO_MAPPING,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        max_attempts: int = 3,
+        tenant: str = "default",
+        idempotency_key: str | None = None,
+        meta: Mapping[str, Any] = _NO_MAPPING,
+        expires_at: datetime | None = None,
+        timeout: float | None = None,
+        id: uuid.UUID | None = None,
+    ) -> None:
+        if not isinstance(task, str) or not 0 < len(task) <= 256 or "\x00" in task:
+            _check_name(task, "task", 256)
+        if queue != "default":
+            _check_name(queue, "queue", 128)
+        if tenant != "default":
+            _check_name(tenant, "tenant", _TENANT_MAX)
+        if idempotency_key is not None:
+            _check_name(idempotency_key, "idempotency_key", 256)
+        if args is _NO_MAPPING:
+            args = {}
+        elif type(args) is not dict and not isinstance(args, Mapping):
             raise InvalidJob("args must be a JSON object (a mapping of argument names)")
-        if not isinstance(self.meta, Mapping):
+        if meta is not _NO_MAPPING and type(meta) is not dict and not isinstance(meta, Mapping):
             raise InvalidJob("meta must be a JSON object")
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+        if type(priority) is not int and (
+            isinstance(priority, bool) or not isinstance(priority, int)
+        ):
             raise InvalidJob("priority must be an integer")
-        if not _SMALLINT[0] <= self.priority <= _SMALLINT[1]:
+        if not _SMALLINT[0] <= priority <= _SMALLINT[1]:
             raise InvalidJob(f"priority must be between {_SMALLINT[0]} and {_SMALLINT[1]}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+        if type(max_attempts) is not int and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+        ):
             raise InvalidJob("max_attempts must be an integer")
-        if not 1 <= self.max_attempts <= 1000:
+        if not 1 <= max_attempts <= 1000:
             raise InvalidJob("max_attempts must be between 1 and 1000")
-        if self.run_at is not None and self.delay is not None:
-            raise InvalidJob("give run_at or delay, not both")
-        if self.run_at is not None and (
-            not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None
-        ):
-            raise InvalidJob("run_at must be a timezone-aware datetime")
-        if self.delay is not None:
-            seconds = self.delay_seconds
-            if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        delay_seconds: float | None = None
+        if run_at is not None:
+            if delay is not None:
+                raise InvalidJob("give run_at or delay, not both")
+            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+                raise InvalidJob("run_at must be a timezone-aware datetime")
+        elif delay is not None:
+            delay_seconds = _seconds(delay)
+            if delay_seconds is None or not math.isfinite(delay_seconds) or delay_seconds < 0:
                 raise InvalidJob("delay must be a non-negative number of seconds or timedelta")
-        self._check_expiry_and_timeout()
-        try:
-            object.__setattr__(self, "args_json", dumps(dict(self.args), what="args"))
-            # The current span's W3C context under meta["_trace"] (a no-op without
-            # OpenTelemetry): the worker continues the enqueuer's trace.
-            given_meta_json = dumps(dict(self.meta), what="meta")
-            meta = inject_trace_context(dict(self.meta))
-            object.__setattr__(self, "meta", meta)
-            object.__setattr__(self, "meta_json", dumps(meta, what="meta"))
-        except ValueError as exc:
-            raise InvalidJob(str(exc)) from None
-        object.__setattr__(self, "fingerprint", self._fingerprint(given_meta_json))
+        if timeout is not None or expires_at is not None:
+            _check_expiry_and_timeout(run_at, delay_seconds, expires_at, timeout)
+        if id is None:
+            id = uuid7()
+        elif not isinstance(id, uuid.UUID):
+            raise InvalidJob("id must be a uuid.UUID")
+        args_json = _json_object(args, "args")
+        # meta is kept as a dict of its own, plus the current span's W3C context under
+        # meta["_trace"] (a no-op without OpenTelemetry): the worker continues the trace.
+        given = {} if meta is _NO_MAPPING else dict(meta)
+        request_meta_json = _json_object(given, "meta")
+        traced = inject_trace_context(given)
+        _set_task(self, task)
+        _set_args(self, args)
+        _set_queue(self, queue)
+        _set_priority(self, priority)
+        _set_run_at(self, run_at)
+        _set_delay(self, delay)
+        _set_max_attempts(self, max_attempts)
+        _set_tenant(self, tenant)
+        _set_idempotency_key(self, idempotency_key)
+        _set_meta(self, traced)
+        _set_expires_at(self, expires_at)
+        _set_timeout(self, timeout)
+        _set_id(self, id)
+        _set_args_json(self, args_json)
+        _set_meta_json(self, request_meta_json if traced is given else _json_object(traced, "meta"))
+        _set_request_meta_json(self, request_meta_json)
+        _set_delay_seconds(self, delay_seconds)
+        _set_fingerprint(self, None)
 
-    def _check_expiry_and_timeout(self) -> None:
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, int | float)
-            or not 0 < self.timeout < math.inf
-        ):
-            raise InvalidJob("timeout must be a positive, finite number of seconds")
-        if self.expires_at is None:
-            return
-        if not isinstance(self.expires_at, datetime) or self.expires_at.tzinfo is None:
-            raise InvalidJob("expires_at must be a timezone-aware datetime")
-        now = datetime.now(UTC)
-        if self.expires_at <= now:
-            raise InvalidJob("expires_at must be in the future")
-        if self.run_at is not None and self.expires_at <= self.run_at:
-            raise InvalidJob("expires_at must be after run_at: the job could never start")
-        delay = self.delay_seconds
-        if delay is not None and (
-            delay >= _MAX_DELAY or self.expires_at <= now + timedelta(seconds=delay)
-        ):
-            raise InvalidJob("expires_at must be after the delay ends: the job could never start")
-
-    def _fingerprint(self, meta_json: str) -> str:
-        request = {
-            "task": self.task,
-            "args": orjson.loads(self.args_json),
-            "queue": self.queue,
-            "priority": self.priority,
-            "run_at": _utc_iso(self.run_at),
-            "delay": self.delay_seconds,
-            "max_attempts": self.max_attempts,
-            "tenant": self.tenant,
-            "idempotency_key": self.idempotency_key,
-            "meta": orjson.loads(meta_json),
-            "expires_at": _utc_iso(self.expires_at),
-            "timeout": self.timeout_seconds,
-        }
-        canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
-        return hashlib.sha256(canonical).hexdigest()
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the canonical request: every field but ``id`` (and the trace
+        context added to ``meta``), with ``delay`` itself rather than the run_at it makes."""
+        fingerprint = self._fingerprint
+        if fingerprint is None:
+            fingerprint = _request_fingerprint(self)
+            _set_fingerprint(self, fingerprint)
+        return fingerprint
 
     @property
     def timeout_seconds(self) -> float | None:
@@ -305,13 +338,149 @@ class JobSpec:
     @property
     def delay_seconds(self) -> float | None:
         """The delay in seconds, or None."""
-        if self.delay is None:
-            return None
-        if isinstance(self.delay, timedelta):
-            return self.delay.total_seconds()
-        if isinstance(self.delay, bool) or not isinstance(self.delay, int | float):
-            return None
-        return float(self.delay)
+        return self._delay_seconds
+
+
+# JobSpec is frozen: its __init__ sets each slot through the slot's own descriptor
+# (cheaper than object.__setattr__, which looks the descriptor up every time).
+(
+    _set_task,
+    _set_args,
+    _set_queue,
+    _set_priority,
+    _set_run_at,
+    _set_delay,
+    _set_max_attempts,
+    _set_tenant,
+    _set_idempotency_key,
+    _set_meta,
+    _set_expires_at,
+    _set_timeout,
+    _set_id,
+    _set_args_json,
+    _set_meta_json,
+    _set_request_meta_json,
+    _set_delay_seconds,
+    _set_fingerprint,
+) = (JobSpec.__dict__[name].__set__ for name in JobSpec.__slots__)
+assert JobSpec.__slots__ == (
+    "task",
+    "args",
+    "queue",
+    "priority",
+    "run_at",
+    "delay",
+    "max_attempts",
+    "tenant",
+    "idempotency_key",
+    "meta",
+    "expires_at",
+    "timeout",
+    "id",
+    "args_json",
+    "meta_json",
+    "_request_meta_json",
+    "_delay_seconds",
+    "_fingerprint",
+), "the setters above follow JobSpec's fields"
+
+
+def _seconds(delay: timedelta | float) -> float | None:
+    """A delay in seconds; None when it is neither a number nor a timedelta."""
+    if isinstance(delay, timedelta):
+        return delay.total_seconds()
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        return None
+    return float(delay)
+
+
+def _check_expiry_and_timeout(
+    run_at: datetime | None,
+    delay: float | None,
+    expires_at: datetime | None,
+    timeout: float | None,
+) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        raise InvalidJob("timeout must be a positive, finite number of seconds")
+    if expires_at is None:
+        return
+    if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+        raise InvalidJob("expires_at must be a timezone-aware datetime")
+    now = datetime.now(UTC)
+    if expires_at <= now:
+        raise InvalidJob("expires_at must be in the future")
+    if run_at is not None and expires_at <= run_at:
+        raise InvalidJob("expires_at must be after run_at: the job could never start")
+    if delay is not None and (delay >= _MAX_DELAY or expires_at <= now + timedelta(seconds=delay)):
+        raise InvalidJob("expires_at must be after the delay ends: the job could never start")
+
+
+def _load_object(text: str) -> Any:
+    return {} if text == _EMPTY_OBJECT else orjson.loads(text)
+
+
+def _request_fingerprint(spec: JobSpec) -> str:
+    """:attr:`JobSpec.fingerprint`: the canonical JSON (sorted keys) of the request, hashed.
+
+    Stored with every job and compared by idempotent resends, so its bytes must not
+    change from one version to the next.
+    """
+    request = {
+        "task": spec.task,
+        "args": _load_object(spec.args_json),
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "run_at": _utc_iso(spec.run_at),
+        "delay": spec._delay_seconds,
+        "max_attempts": spec.max_attempts,
+        "tenant": spec.tenant,
+        "idempotency_key": spec.idempotency_key,
+        "meta": _load_object(spec._request_meta_json),
+        "expires_at": _utc_iso(spec.expires_at),
+        "timeout": spec.timeout_seconds,
+    }
+    canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def request_fingerprints(specs: Sequence[JobSpec]) -> list[str]:
+    """The :attr:`JobSpec.fingerprint` of each spec, hashing each distinct request once.
+
+    A batch of jobs alike but for their ids (the common bulk enqueue) costs one
+    hash instead of one per job. Two requests share a fingerprint exactly when
+    every field it covers is equal, which is what the key below compares (the
+    delay by its bits: -0.0 and 0.0 are equal numbers but write different JSON).
+    """
+    known: dict[tuple[Any, ...], str] = {}
+    fingerprints: list[str] = []
+    for spec in specs:
+        fingerprint = spec._fingerprint
+        if fingerprint is None:
+            delay = spec._delay_seconds
+            key = (
+                spec.task,
+                spec.args_json,
+                spec.queue,
+                spec.priority,
+                spec.run_at,
+                None if delay is None else delay.hex(),
+                spec.max_attempts,
+                spec.tenant,
+                spec.idempotency_key,
+                spec._request_meta_json,
+                spec.expires_at,
+                spec.timeout_seconds,
+            )
+            fingerprint = known.get(key)
+            if fingerprint is None:
+                fingerprint = known[key] = _request_fingerprint(spec)
+            _set_fingerprint(spec, fingerprint)
+        fingerprints.append(fingerprint)
+    return fingerprints
 
 
 @dataclass(frozen=True, slots=True)

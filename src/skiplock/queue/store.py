@@ -9,6 +9,7 @@ transaction), so callers decide about transactions and connections.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from skiplock import sql
 from skiplock.queue.jsoncodec import loads
-from skiplock.queue.models import Job, JobError, JobSpec
+from skiplock.queue.models import Job, JobError, JobSpec, request_fingerprints
 from skiplock.queue.states import JobState
 
 __all__ = [
@@ -205,38 +206,142 @@ def _job(row: asyncpg.Record) -> Job:
     )
 
 
-def _queued_job(spec: JobSpec, run_at: datetime, created_at: datetime) -> Job:
-    """The row ``enqueue_many`` just inserted for ``spec``, without reading it back."""
-    return Job(
-        id=spec.id,
-        queue=spec.queue,
-        task=spec.task,
-        args=loads(spec.args_json),  # as stored: JSON types, not the caller's objects
-        state=JobState.QUEUED,
-        priority=spec.priority,
-        run_at=run_at,
-        attempt=0,
-        max_attempts=spec.max_attempts,
-        lease_token=None,
-        lease_expires_at=None,
-        worker_id=None,
-        progress=None,
-        progress_message=None,
-        eta=None,
-        result=None,
-        errors=(),
-        tenant=spec.tenant,
-        idempotency_key=spec.idempotency_key,
-        meta=loads(spec.meta_json),
-        cancel_requested=False,
-        created_at=created_at,
-        updated_at=created_at,
-        started_at=None,
-        finished_at=None,
-        expires_at=None if spec.expires_at is None else spec.expires_at.astimezone(UTC),
-        timeout_seconds=spec.timeout_seconds,
-        request_fingerprint=spec.fingerprint,
+def _queued_job_builder() -> Callable[[JobSpec, str, datetime, datetime], Job]:
+    """``queued_job(spec, fingerprint, run_at, created_at)``: the row ``enqueue_many``
+    just inserted for ``spec``, as a :class:`Job`, without reading it back.
+
+    A bulk enqueue makes thousands of these: each slot is set through its own
+    descriptor (as ``Job.__init__`` would, in half the time). Every field of
+    ``Job`` is set (a unit test compares the result with ``Job(...)``).
+    """
+    new = object.__new__
+    slot = {name: Job.__dict__[name].__set__ for name in Job.__slots__}
+    id_ = slot["id"]
+    queue = slot["queue"]
+    task = slot["task"]
+    args = slot["args"]
+    state = slot["state"]
+    priority = slot["priority"]
+    run_at_ = slot["run_at"]
+    attempt = slot["attempt"]
+    max_attempts = slot["max_attempts"]
+    lease_token = slot["lease_token"]
+    lease_expires_at = slot["lease_expires_at"]
+    worker_id = slot["worker_id"]
+    progress = slot["progress"]
+    progress_message = slot["progress_message"]
+    eta = slot["eta"]
+    result = slot["result"]
+    errors = slot["errors"]
+    tenant = slot["tenant"]
+    idempotency_key = slot["idempotency_key"]
+    meta = slot["meta"]
+    cancel_requested = slot["cancel_requested"]
+    created_at_ = slot["created_at"]
+    updated_at = slot["updated_at"]
+    started_at = slot["started_at"]
+    finished_at = slot["finished_at"]
+    stalled = slot["stalled"]
+    expires_at = slot["expires_at"]
+    timeout_seconds = slot["timeout_seconds"]
+    request_fingerprint = slot["request_fingerprint"]
+    result_omitted = slot["result_omitted"]
+    queued = JobState.QUEUED
+
+    def queued_job(spec: JobSpec, fingerprint: str, run_at: datetime, created_at: datetime) -> Job:
+        job: Job = new(Job)
+        id_(job, spec.id)
+        queue(job, spec.queue)
+        task(job, spec.task)
+        # as stored: JSON types, not the caller's objects
+        text = spec.args_json
+        args(job, {} if text == _EMPTY_OBJECT else loads(text))
+        state(job, queued)
+        priority(job, spec.priority)
+        run_at_(job, run_at)
+        attempt(job, 0)
+        max_attempts(job, spec.max_attempts)
+        lease_token(job, None)
+        lease_expires_at(job, None)
+        worker_id(job, None)
+        progress(job, None)
+        progress_message(job, None)
+        eta(job, None)
+        result(job, None)
+        errors(job, ())
+        tenant(job, spec.tenant)
+        idempotency_key(job, spec.idempotency_key)
+        text = spec.meta_json
+        meta(job, {} if text == _EMPTY_OBJECT else loads(text))
+        cancel_requested(job, False)
+        created_at_(job, created_at)
+        updated_at(job, created_at)
+        started_at(job, None)
+        finished_at(job, None)
+        stalled(job, False)
+        expiry = spec.expires_at
+        expires_at(job, None if expiry is None else expiry.astimezone(UTC))
+        timeout = spec.timeout
+        timeout_seconds(job, None if timeout is None else float(timeout))
+        request_fingerprint(job, fingerprint)
+        result_omitted(job, False)
+        return job
+
+    return queued_job
+
+
+_queued_job = _queued_job_builder()
+
+
+_EMPTY_OBJECT = "{}"
+_NONE: list[Any] = []  # an empty array parameter: unnest reads NULL for every job
+
+
+def _shared_or_each(values: list[Any]) -> tuple[list[Any], Any]:
+    """(empty array, the value) when every job has the same one, else (the values, NULL)."""
+    if values.count(values[0]) == len(values):
+        return _NONE, values[0]
+    return values, None
+
+
+def _each_or_none(values: list[Any]) -> list[Any]:
+    """An empty array when every value is None (NULL for every job), else the values."""
+    return _NONE if values.count(None) == len(values) else values
+
+
+_SKIP_CONFLICTS = re.compile(r"^[ \t]*ON CONFLICT DO NOTHING[ \t]*\n", re.MULTILINE)
+
+
+def _without_conflict_clause(query: str) -> str:
+    """An enqueue query without its ``ON CONFLICT DO NOTHING`` line."""
+    strict, found = _SKIP_CONFLICTS.subn("", query)
+    if found != 1:
+        raise ValueError("an enqueue query must hold one line 'ON CONFLICT DO NOTHING'")
+    return strict
+
+
+def _enqueue_arguments(specs: Sequence[JobSpec], fingerprints: list[str]) -> list[Any]:
+    """The parameters of ``enqueue_many.sql``: one value for a column the batch shares."""
+    arguments: list[Any] = [[s.id for s in specs]]
+    for column in (
+        [s.queue for s in specs],
+        [s.task for s in specs],
+        [s.args_json for s in specs],
+        [s.priority for s in specs],
+        [s.max_attempts for s in specs],
+        [s.tenant for s in specs],
+        [s.meta_json for s in specs],
+        fingerprints,
+    ):
+        arguments += _shared_or_each(column)
+    arguments += (
+        _each_or_none([s.run_at for s in specs]),
+        _each_or_none([s.delay_seconds for s in specs]),
+        _each_or_none([s.idempotency_key for s in specs]),
+        _each_or_none([s.expires_at for s in specs]),
+        _each_or_none([s.timeout_seconds for s in specs]),
     )
+    return arguments
 
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
@@ -287,6 +392,8 @@ class Store:
 
     def __init__(self, schema: str = "skiplock") -> None:
         self.schema = sql.validate_schema(schema)
+        self._enqueue_strict = _without_conflict_clause(self._q("enqueue_many"))
+        self._enqueue_one_strict = _without_conflict_clause(self._q("enqueue_one"))
 
     def _q(self, name: str) -> str:
         return sql.query(name, self.schema)
@@ -315,26 +422,67 @@ class Store:
 
     # -- the client -------------------------------------------------------
 
-    async def enqueue_many(self, ex: Executor, specs: Sequence[JobSpec]) -> list[Job]:
-        rows = await ex.fetch(
-            self._q("enqueue_many"),
-            [s.id for s in specs],
-            [s.queue for s in specs],
-            [s.task for s in specs],
-            [s.args_json for s in specs],
-            [s.priority for s in specs],
-            [s.run_at for s in specs],
-            [s.delay_seconds for s in specs],
-            [s.max_attempts for s in specs],
-            [s.tenant for s in specs],
-            [s.idempotency_key for s in specs],
-            [s.meta_json for s in specs],
-            [s.expires_at for s in specs],
-            [s.timeout_seconds for s in specs],
-            [s.fingerprint for s in specs],
+    async def enqueue_many(
+        self, ex: Executor, specs: Sequence[JobSpec], *, strict: bool = False
+    ) -> list[Job | None]:
+        """Insert ``specs``; the job made for each, in input order, None for a spec
+        skipped because its id or (tenant, idempotency key) is already taken.
+
+        ``strict``: without ``ON CONFLICT DO NOTHING``, so a taken id or key raises
+        ``asyncpg.UniqueViolationError`` and nothing is written (PostgreSQL writes
+        less for a plain insert: no speculative insertion).
+        """
+        if len(specs) == 1:
+            return [await self.enqueue_one(ex, specs[0], strict=strict)]
+        fingerprints = request_fingerprints(specs)
+        query = self._enqueue_strict if strict else self._q("enqueue_many")
+        row = await ex.fetchrow(query, *_enqueue_arguments(specs, fingerprints))
+        assert row is not None  # one row, an aggregate
+        created_at, ids, run_ats = row
+        if ids is None:  # every job inserted, each due at its creation
+            return [
+                _queued_job(spec, fingerprint, created_at, created_at)
+                for spec, fingerprint in zip(specs, fingerprints, strict=True)
+            ]
+        jobs: list[Job | None] = [None] * len(specs)
+        # The rows come in input order, the skipped ones left out; matched by id, so
+        # any other order would only cost a lookup.
+        at = 0
+        index: dict[uuid.UUID, int] | None = None
+        for job_id, run_at in zip(ids, run_ats, strict=True):
+            while at < len(specs) and job_id != specs[at].id:
+                at += 1
+            if at == len(specs):
+                if index is None:
+                    index = {s.id: i for i, s in enumerate(specs)}
+                found = index[job_id]
+            else:
+                found = at
+            jobs[found] = _queued_job(specs[found], fingerprints[found], run_at, created_at)
+        return jobs
+
+    async def enqueue_one(self, ex: Executor, spec: JobSpec, *, strict: bool = False) -> Job | None:
+        """Insert one job (as :meth:`enqueue_many`, with plain parameters: cheaper for
+        one row); None when its id or key is taken (``strict``: raise)."""
+        fingerprint = spec.fingerprint
+        row = await ex.fetchrow(
+            self._enqueue_one_strict if strict else self._q("enqueue_one"),
+            spec.id,
+            spec.queue,
+            spec.task,
+            spec.args_json,
+            spec.priority,
+            spec.run_at,
+            spec.delay_seconds,
+            spec.max_attempts,
+            spec.tenant,
+            spec.idempotency_key,
+            spec.meta_json,
+            spec.expires_at,
+            spec.timeout_seconds,
+            fingerprint,
         )
-        by_id = {s.id: s for s in specs}
-        return [_queued_job(by_id[r["id"]], r["run_at"], r["created_at"]) for r in rows]
+        return None if row is None else _queued_job(spec, fingerprint, row[1], row[2])
 
     async def get_by_idempotency_keys(
         self, ex: Executor, keys: Iterable[tuple[str, str]]

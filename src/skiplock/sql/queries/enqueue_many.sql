@@ -1,34 +1,70 @@
 -- enqueue_many: insert a batch of jobs in one statement. Rows whose
 -- (tenant, idempotency_key) or id already exists are skipped; the caller reads
 -- them back with get_by_idempotency_keys / get_jobs.
--- Parameters (arrays of equal length, one element per job):
---   $1 id uuid[], $2 queue text[], $3 task text[], $4 args (JSON text)[],
---   $5 priority int[], $6 run_at timestamptz[] (NULL: now() + delay),
---   $7 delay seconds float8[] (NULL: 0), $8 max_attempts int[], $9 tenant text[],
---   $10 idempotency_key text[], $11 meta (JSON text)[], $12 expires_at
---   timestamptz[] (NULL: none), $13 timeout seconds float8[] (NULL: the task's),
---   $14 request fingerprint text[] (JobSpec.fingerprint)
--- Result: id, run_at and created_at of the inserted rows; the caller builds the
--- rest from its specs (decoding every column back costs more than the insert).
--- Announces the queues of the inserted jobs (skiplock.announce, 0009).
+-- The client also runs it without the line 'ON CONFLICT DO NOTHING' (keep it a
+-- line of its own) for a batch without idempotency keys sent on a pool, outside
+-- any transaction: a plain insert writes less, and a taken id (a batch sent
+-- again) fails the whole statement, which is then sent as it is here.
+-- Parameters: $1 id uuid[], one element per job, in input order. Every other
+-- column is an array of the same length, or an empty array when the whole batch
+-- shares one value: unnest pads it with NULL, and the column takes the scalar
+-- beside it (a batch of alike jobs sends one value, not one per job). The
+-- columns that may be NULL have no scalar: empty means NULL for every job.
+--   $2 queue text[],        $3 queue text
+--   $4 task text[],         $5 task text
+--   $6 args (JSON text)[],  $7 args jsonb
+--   $8 priority int[],      $9 priority int
+--   $10 max_attempts int[], $11 max_attempts int
+--   $12 tenant text[],      $13 tenant text
+--   $14 meta (JSON text)[], $15 meta jsonb
+--   $16 request fingerprint text[], $17 request fingerprint text (JobSpec.fingerprint)
+--   $18 run_at timestamptz[] (NULL: now() + delay), $19 delay seconds float8[] (NULL: 0),
+--   $20 idempotency_key text[], $21 expires_at timestamptz[] (NULL: none),
+--   $22 timeout seconds float8[] (NULL: the task's)
+-- Result: one row, whatever the number of jobs (decoding a row per job cost the
+-- client more than building the job): created_at, now(), the created_at of every
+-- row inserted (the column's default); ids and run_ats, the id and run_at of each
+-- row inserted, paired, or both NULL when every job was inserted and runs at
+-- created_at (nothing to match: the common batch). The caller builds the rest
+-- from its specs (decoding every column back costs more than the insert).
+-- The queues of the inserted jobs are announced (skiplock.announce, 0009).
 WITH inserted AS (
     INSERT INTO skiplock.jobs AS j
         (id, queue, task, args, priority, run_at, max_attempts, tenant, idempotency_key, meta,
          expires_at, timeout_seconds, request_fingerprint)
     SELECT
-        n.id, n.queue, n.task, n.args::jsonb, n.priority,
-        coalesce(n.run_at, now() + make_interval(secs => coalesce(n.delay, 0))),
-        n.max_attempts, n.tenant, n.idempotency_key, n.meta::jsonb, n.expires_at, n.timeout,
-        n.fingerprint
+        n.id,
+        coalesce(n.queue, $3::text),
+        coalesce(n.task, $5::text),
+        coalesce(n.args::jsonb, $7::jsonb),
+        coalesce(n.priority, $9::int),
+        CASE
+            WHEN n.run_at IS NOT NULL THEN n.run_at
+            WHEN n.delay IS NOT NULL THEN now() + make_interval(secs => n.delay)
+            ELSE now()
+        END,
+        coalesce(n.max_attempts, $11::int),
+        coalesce(n.tenant, $13::text),
+        n.idempotency_key,
+        coalesce(n.meta::jsonb, $15::jsonb),
+        n.expires_at,
+        n.timeout,
+        coalesce(n.fingerprint, $17::text)
     FROM unnest(
-        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::timestamptz[],
-        $7::float8[], $8::int[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-        $13::float8[], $14::text[]
-    ) AS n (id, queue, task, args, priority, run_at, delay, max_attempts, tenant,
-            idempotency_key, meta, expires_at, timeout, fingerprint)
+        $1::uuid[], $2::text[], $4::text[], $6::text[], $8::int[], $10::int[], $12::text[],
+        $14::text[], $16::text[], $18::timestamptz[], $19::float8[], $20::text[],
+        $21::timestamptz[], $22::float8[]
+    ) AS n (id, queue, task, args, priority, max_attempts, tenant, meta, fingerprint, run_at,
+            delay, idempotency_key, expires_at, timeout)
     ON CONFLICT DO NOTHING
-    RETURNING j.id, j.queue, j.run_at, j.created_at
+    RETURNING j.id, j.queue, j.run_at
 ), announced AS (
     SELECT skiplock.announce(NULL, NULL, NULL, array_agg(i.queue)) FROM inserted i
 )
-SELECT i.id, i.run_at, i.created_at FROM inserted i, announced
+SELECT
+    now() AS created_at,
+    CASE WHEN count(*) < cardinality($1::uuid[]) OR NOT bool_and(run_at = now())
+        THEN coalesce(array_agg(id), '{}') END AS ids,
+    CASE WHEN count(*) < cardinality($1::uuid[]) OR NOT bool_and(run_at = now())
+        THEN coalesce(array_agg(run_at), '{}') END AS run_ats
+FROM inserted, announced
