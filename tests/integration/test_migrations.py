@@ -395,3 +395,36 @@ async def test_0009_applies_on_jobs_in_every_state_with_one_running(
     assert notes == expected
     row = await conn.fetchrow("SELECT * FROM skiplock.jobs WHERE id = $1", running["id"])
     assert (row["state"], row["result"], row["lease_token"]) == ("succeeded", '"ok"', None)
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "accepted"),
+    [
+        ("0123456789abcdef" * 4, True),
+        (None, True),
+        ("0123456789ABCDEF" * 4, False),
+        ("0123456789abcdef" * 4 + "0", False),
+        (("0123456789abcdef" * 4)[:-1], False),
+        (("0123456789abcdef" * 4)[:-1] + "g", False),
+        (("0123456789abcdef" * 4)[:-1] + "é", False),
+        ("", False),
+    ],
+)
+async def test_the_fingerprint_check_of_0009_refuses_what_the_old_one_did(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], fingerprint: str | None, accepted: bool
+) -> None:
+    """0009's cheaper check on request_fingerprint (a length and a one-class expression
+    instead of '^[0-9a-f]{64}$') accepts and refuses exactly what 0006's did."""
+    await skiplock.migrate(empty_db_dsn)
+    old = await conn.fetchval("SELECT $1::text ~ '^[0-9a-f]{64}$'", fingerprint)
+    assert (old is not False) == accepted
+    insert = conn.execute(
+        "INSERT INTO skiplock.jobs (id, queue, task, args, request_fingerprint)"
+        " VALUES (gen_random_uuid(), 'q', 't', '{}', $1)",
+        fingerprint,
+    )
+    if accepted:
+        assert await insert == "INSERT 0 1"
+    else:
+        with pytest.raises(asyncpg.CheckViolationError, match="jobs_request_fingerprint_check"):
+            await insert

@@ -115,3 +115,14 @@ AS $$
     )
     SELECT ch.id, ch.state::text, ch.attempt, ch.worker_id FROM changed ch, announced
 $$;
+
+-- The request fingerprint's check (0006) matched '^[0-9a-f]{64}$': a regular
+-- expression with a counted repetition, about 6 µs of CPU per inserted row
+-- (measured: 200,000 rows, 1.3 s against 0.15 s). The same rule — 64
+-- characters, each a lowercase hex digit — checked as a length and a
+-- one-class expression costs under 1 µs. Every existing row met the old check,
+-- so it meets this one.
+ALTER TABLE skiplock.jobs
+    DROP CONSTRAINT jobs_request_fingerprint_check,
+    ADD CONSTRAINT jobs_request_fingerprint_check
+        CHECK (length(request_fingerprint) = 64 AND request_fingerprint !~ '[^0-9a-f]');
