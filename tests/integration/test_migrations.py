@@ -301,6 +301,20 @@ async def test_0006_applies_on_jobs_in_every_state(
     assert await check_schema(conn) == LATEST
 
 
+async def _listen_to_announcements(conn: asyncpg.Connection[Any]) -> list[tuple[str, Any]]:
+    """LISTEN on the three channels; the list (channel, payload) pairs arrive in, in order
+    (a job payload decoded from JSON)."""
+    notes: list[tuple[str, Any]] = []
+
+    def heard(_c: Any, _pid: int, channel: str, payload: object) -> None:
+        text = str(payload)
+        notes.append((channel, orjson.loads(text) if channel == "skiplock.job" else text))
+
+    for channel in ("skiplock.job", "skiplock.queue", "skiplock.cancel"):
+        await conn.add_listener(channel, heard)
+    return notes
+
+
 async def test_0008_applies_on_jobs_in_every_state(
     empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,14 +334,7 @@ async def test_0008_applies_on_jobs_in_every_state(
     after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
     assert after == before
 
-    notes: list[tuple[str, Any]] = []
-
-    def heard(_c: Any, _pid: int, channel: str, payload: object) -> None:
-        text = str(payload)
-        notes.append((channel, orjson.loads(text) if channel == "skiplock.job" else text))
-
-    for channel in ("skiplock.job", "skiplock.queue", "skiplock.cancel"):
-        await conn.add_listener(channel, heard)
+    notes = await _listen_to_announcements(conn)
     running, failed = str(before["running"]["id"]), str(before["failed"]["id"])
     await conn.execute("UPDATE skiplock.jobs SET cancel_requested = true WHERE task = 'running'")
     await conn.execute(
@@ -362,14 +369,7 @@ async def test_0009_applies_on_jobs_in_every_state_with_one_running(
     after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
     assert after == before
 
-    notes: list[tuple[str, Any]] = []
-
-    def heard(_c: Any, _pid: int, channel: str, payload: object) -> None:
-        text = str(payload)
-        notes.append((channel, orjson.loads(text) if channel == "skiplock.job" else text))
-
-    for channel in ("skiplock.job", "skiplock.queue", "skiplock.cancel"):
-        await conn.add_listener(channel, heard)
+    notes = await _listen_to_announcements(conn)
     running = before["running"]
     done = await conn.fetch(
         sql.query("complete_jobs"),
