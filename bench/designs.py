@@ -19,7 +19,7 @@ like a worker's claimer and completer. Per run it measures
 
 v1 is the lean loop's table and statements (:mod:`bench.lean`), the reference:
 "× lean" is a design's median rate over v1's median in the same invocation.
-The designs run interleaved (v1 … v8, then again) so that the machine's noise
+The designs run interleaved (v1 … v9, then again) so that the machine's noise
 falls on all of them alike.
 
     python -m bench.designs                       # throwaway server, 800,000 rows, 8 s, 3 runs
@@ -146,6 +146,14 @@ DESIGNS = (
         (_WIDE, _QUEUE, _FILL),
         "inline_notify.pgbench",
         ("jobs",),
+        _NOT_DONE,
+    ),
+    Design(
+        "v9",
+        "queue table: claim pops a narrow queue row; jobs fillfactor 50, HOT claim+completion",
+        (_WIDE, _sql("queue_table.sql"), _TENANT, _FILL, _sql("fill_queue.sql")),
+        "queue_table.pgbench",
+        ("jobs", "queue"),
         _NOT_DONE,
     ),
 )
