@@ -1,9 +1,14 @@
 """The lease table: the attempts a worker holds, its slots, and stopping handlers.
 
-A slot is held from the claim until the job's outcome is written (or given
-up), so a worker never holds more than ``concurrency`` leases, however slow
-the database is to take its completions. ``running`` counts handlers still
-executing; ``idle`` is set when it drops to zero.
+Two bounds. ``concurrency`` handler slots: a slot is taken when a handler
+starts and free again as soon as it returns (its outcome goes to the
+completer). ``lease_cap`` (``max_leases``) leases: a lease is held from the
+claim until the job's outcome is written (or given up), so a worker never
+holds more, however slow the database is to take its completions. Claimed
+jobs beyond the free handler slots (the prefetch, sized by
+:class:`~skiplock.worker.sizer.ClaimSizer`) wait in ``waiting``, leased.
+``running`` counts claimed jobs whose handler has not ended (waiting or
+executing); ``idle`` is set when it drops to zero.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from skiplock.queue.models import Job
 from skiplock.worker.context import JobContext, ProgressReport
 from skiplock.worker.shared import Shared
+from skiplock.worker.sizer import ClaimSizer
 
 __all__ = ["CancelReason", "Lease", "LeaseTable"]
 
@@ -58,15 +65,30 @@ class LeaseTable:
         self._shared = shared
         self.leases: dict[uuid.UUID, Lease] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # one per claimed job, until it ends
-        self.running = 0  # handlers executing
-        self.held = 0  # slots in use: claimed and not yet written or given up
+        self.running = 0  # claimed jobs whose handler has not ended (waiting or executing)
+        self.held = 0  # leases held: claimed and not yet written or given up
+        self.waiting: deque[Lease] = deque()  # claimed, waiting for a handler slot
+        s = shared.settings
+        self._concurrency = s.concurrency
+        self._cap = s.lease_cap
+        self.sizer = ClaimSizer(s.concurrency, self._cap)
         self.slot_free = asyncio.Event()
+        """Set when a claim is wanted again (see :meth:`claim_wanted`)."""
         self.idle = asyncio.Event()
 
     @property
     def free(self) -> int:
-        """Slots free for new claims."""
-        return self._shared.settings.concurrency - self.held
+        """Jobs a claim may ask for now: the free handler slots and the prefetch, within
+        the lease cap."""
+        return min(self._concurrency + self.sizer.prefetch - self.running, self._cap - self.held)
+
+    def claim_wanted(self) -> bool:
+        """Whether enough can be claimed for a claim to be worth its round trip."""
+        return self.free >= self.sizer.threshold
+
+    def _wake_claimer(self) -> None:
+        if not self.slot_free.is_set() and self.free >= self.sizer.threshold:
+            self.slot_free.set()
 
     def hold(self, lease: Lease) -> None:
         """A claimed lease takes a slot, counts as running, and gets its expiry timer."""
@@ -106,18 +128,22 @@ class LeaseTable:
         )
         self.lose(lease, write="heartbeat")
 
-    def handler_ended(self) -> None:
-        """One handler stopped executing (its outcome may still be unwritten)."""
+    def handler_ended(self, seconds: float | None = None) -> None:
+        """One handler stopped executing after ``seconds`` (None: it never ran); its
+        outcome may still be unwritten."""
         self.running -= 1
+        if seconds is not None:
+            self.sizer.handler_ended(seconds)
         if not self.running:
             self.idle.set()
+        self._wake_claimer()
 
     def release(self, lease: Lease) -> None:
         """Free the lease's slot (once) and drop it from the table."""
         if not lease.released:
             lease.released = True
             self.held -= 1
-            self.slot_free.set()
+            self._wake_claimer()
             if lease.expiry is not None:
                 lease.expiry.cancel()
                 lease.expiry = None

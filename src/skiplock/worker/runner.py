@@ -3,7 +3,8 @@
 One :class:`Worker` runs, in an anyio task group (each unit in its module):
 
 - **claimer** (``claimer.py``, ``claim_jobs.sql``) — claims a batch sized to
-  the free slots, then waits for a NOTIFY or a jittered poll timer;
+  the free handler slots plus a prefetch (``sizer.py``) within the lease cap,
+  then waits for a NOTIFY or a jittered poll timer;
 - **executor** (``executor.py``) — one task per claimed job: runs the handler
   (with timeout and cancellation); ``outcomes.py`` turns its end into an
   outcome;
@@ -125,7 +126,7 @@ class Worker:
         self._progress = progress = ProgressFlusher(shared, table, gate)
         self._heartbeat = Heartbeat(shared, table, gate)
         self._rescuer = Rescuer(shared)
-        executor = Executor(shared, registry, table, completer, progress, outcomes)
+        self._executor = executor = Executor(shared, registry, table, completer, progress, outcomes)
         self._claimer = claimer = Claimer(shared, table, executor, completer, outcomes)
         # The presence lock needs a real server session: it goes where LISTEN goes
         # (nowhere when polling only: then the lease alone covers a crash).
@@ -161,11 +162,13 @@ class Worker:
             self._stopping = True
             self._log.info("worker_stopping", in_flight=self._table.running)
         self._claimer.stop()
+        self._executor.stop()
 
     def kill(self) -> None:
         """Stop at once, without writing outcomes: other workers' rescuers take the jobs."""
         self._stopping = True
         self._log.warning("worker_killed", in_flight=self._table.running)
+        self._executor.drop_waiting()
         for task in self._table.tasks:
             task.cancel()
         if self._outer is not None:
