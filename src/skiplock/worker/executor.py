@@ -104,7 +104,7 @@ class Executor:
     def _done(self, lease: Lease, task: asyncio.Task[None]) -> None:
         table = self._table
         table.tasks.discard(task)
-        if lease.ctx is None:  # cancelled (killed) before its first step
+        if not lease.begun:  # cancelled (killed) before its first step
             table.handler_ended()
             self._completer.forget(lease)
         elif table.waiting and len(table.tasks) < self._concurrency:
@@ -117,6 +117,7 @@ class Executor:
 
     async def _execute(self, lease: Lease) -> None:
         shared = self._shared
+        lease.begun = True
         ctx = JobContext(lease.job, report=partial(self._progress.report, lease), log=shared.log)
         lease.ctx = ctx
         task = lease.job.task
