@@ -183,7 +183,14 @@ class Executor:
         lease.executing = True
         stopped: asyncio.CancelledError | None = None
         try:
-            result = await self._call(task, ctx, lease.job.args)
+            if task.is_async:
+                result = await task.fn(ctx, **lease.job.args)
+            else:
+                result = await anyio.to_thread.run_sync(
+                    partial(task.fn, ctx, **lease.job.args),
+                    limiter=self._thread_limiter,
+                    abandon_on_cancel=True,
+                )
         except (Exception, Cancelled) as exc:
             error = exc
             if self._shared.tracing:
@@ -203,13 +210,6 @@ class Executor:
         if stopped is not None and not lease.cancels:
             error = stopped  # the handler raised it itself: an ordinary failure
         return result, error
-
-    async def _call(self, task: Task, ctx: JobContext, args: dict[str, Any]) -> Any:
-        if task.is_async:
-            return await task.fn(ctx, **args)
-        return await anyio.to_thread.run_sync(
-            partial(task.fn, ctx, **args), limiter=self._thread_limiter, abandon_on_cancel=True
-        )
 
     def _judge(
         self,
