@@ -96,3 +96,12 @@ def test_default_lease_cap_and_its_validation() -> None:
     assert WorkerSettings(concurrency=10, max_leases=10).lease_cap == 10
     with pytest.raises(ValueError, match="max_leases must be at least concurrency"):
         WorkerSettings(concurrency=10, max_leases=9)
+
+
+def test_max_leases_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SKIPLOCK_MAX_LEASES reaches the CLI's settings; unset, the worker's default applies."""
+    from skiplock.config import Settings
+
+    assert Settings().max_leases is None
+    monkeypatch.setenv("SKIPLOCK_MAX_LEASES", "64")
+    assert Settings().max_leases == 64
