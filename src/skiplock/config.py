@@ -56,6 +56,7 @@ class Settings(DatabaseSettings):
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["default"])
     concurrency: int = Field(default=10, ge=1, le=10_000)
+    max_leases: int | None = Field(default=None, ge=1, le=1_000_000)
     lease_seconds: float = Field(default=30.0, gt=0.5, le=86_400)
     heartbeat_seconds: float | None = Field(default=None, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0, le=3600)

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import asyncpg
+import pytest
 import structlog
 
 from skiplock import Client, JobContext, JobSpec, JobState, TaskRegistry, Worker
@@ -23,6 +24,7 @@ from skiplock.worker.outcomes import Outcomes
 from skiplock.worker.probes import WorkerHealth
 from skiplock.worker.settings import WorkerSettings
 from skiplock.worker.shared import Shared
+from skiplock.worker.sizer import ClaimSizer
 from tests.helpers import wait_for, wait_for_state
 from tests.worker_helpers import fast_settings, running
 
@@ -267,3 +269,105 @@ async def test_a_completion_slower_than_the_write_bound_is_written(client: Clien
         completer.submit(Lease(job, job.lease_token, deadline=time.monotonic() + 60), outcome)
         sizes = await _all_written(client, [outcome.job_id])
     assert sizes == [1]
+
+
+async def test_leases_held_never_exceed_max_leases_while_outcomes_wait(
+    db_dsn: str, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler's slot is free as soon as it returns, but the leases a worker holds
+    (running, or finished with the outcome unwritten) stay within ``max_leases``.
+
+    Outcome writes are held back until the database shows ``max_leases`` rows running
+    under the worker: with two handler slots, only slots freed before the writes could
+    get it there; and no handler or write ever sees more.
+    """
+    tasks = TaskRegistry()
+    seen: list[int] = []  # rows running under the worker, seen by each handler and write
+    executing = [0, 0]  # handlers executing now, the most at once
+    full = anyio.Event()
+    worker = Worker(tasks, db_dsn, fast_settings(concurrency=2, max_leases=5))
+
+    async def held() -> int:
+        count = await client.pool.fetchval(
+            "SELECT count(*) FROM skiplock.jobs WHERE state = 'running' AND worker_id = $1",
+            worker.id,
+        )
+        return int(count)
+
+    @tasks.task()
+    async def quick(ctx: JobContext) -> None:
+        executing[0] += 1
+        executing[1] = max(executing)
+        count = await held()
+        seen.append(count)
+        if count >= 5:
+            full.set()
+        executing[0] -= 1
+
+    write = worker.store.complete_jobs
+
+    async def held_back(ex: asyncpg.Pool, completions: list[Completion]) -> set[uuid.UUID]:
+        seen.append(await held())
+        await full.wait()
+        return await write(ex, completions)
+
+    monkeypatch.setattr(worker.store, "complete_jobs", held_back)
+    await client.enqueue_many([JobSpec("quick") for _ in range(40)])
+    async with running(worker):
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM skiplock.jobs WHERE state = 'succeeded'"
+            ),
+            lambda n: n == 40,
+            what="all 40 jobs to succeed",
+        )
+    assert max(seen) == 5
+    assert len(seen) > 40
+    assert executing[1] == 2  # concurrency still caps the handlers running at once
+
+
+class _FixedPrefetch(ClaimSizer):
+    """A sizer that always prefetches ``prefetch`` jobs (the test decides, not timing)."""
+
+    def claimed(self, asked: int, got: int, seconds: float) -> None:
+        pass
+
+
+async def test_stop_releases_prefetched_jobs_at_once_without_running_them(
+    db_dsn: str, client: Client
+) -> None:
+    """Jobs claimed ahead, waiting for a handler slot, go back to ``queued`` (attempt
+    given back) as soon as the worker stops, even when a slot frees during the grace."""
+    tasks = TaskRegistry()
+    ran: list[int] = []
+    finish = anyio.Event()
+
+    @tasks.task()
+    async def step(ctx: JobContext, *, n: int) -> None:
+        ran.append(n)
+        await finish.wait()
+
+    worker = Worker(tasks, db_dsn, fast_settings(concurrency=1, max_leases=3, shutdown_grace=5))
+    sizer = _FixedPrefetch(1, 3)
+    sizer.prefetch = 2
+    worker._table.sizer = sizer
+    jobs = await client.enqueue_many([JobSpec("step", {"n": n}) for n in range(3)])
+    async with running(worker):
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM skiplock.jobs WHERE state = 'running' AND worker_id = $1",
+                worker.id,
+            ),
+            lambda n: n == 3 and len(ran) == 1,
+            what="one job running and two claimed ahead",
+        )
+        worker.stop()
+        finish.set()  # the running handler returns within the grace: its slot frees
+    rows = [await client.get(job.id) for job in jobs]
+    states = sorted((row.state, row.attempt, row.args["n"] in ran) for row in rows if row)
+    assert len(ran) == 1
+    assert states == [
+        (JobState.QUEUED, 0, False),
+        (JobState.QUEUED, 0, False),
+        (JobState.SUCCEEDED, 1, True),
+    ]

@@ -51,6 +51,13 @@ def load_registry(spec: str) -> TaskRegistry:
 )
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=None)
 @click.option(
+    "--max-leases",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Most leases held at once: claimed ahead, running, or awaiting their outcome "
+    "write (default: SKIPLOCK_MAX_LEASES, else max(4 x concurrency, 1000)).",
+)
+@click.option(
     "--lease", type=click.FloatRange(0.5, min_open=True), default=None, help="Lease seconds."
 )
 @click.option("--heartbeat", type=click.FloatRange(0, min_open=True), default=None)
@@ -131,6 +138,7 @@ def worker_cmd(
     app: str,
     queues: str | None,
     concurrency: int | None,
+    max_leases: int | None,
     lease: float | None,
     heartbeat: float | None,
     poll: float | None,
@@ -158,6 +166,7 @@ def worker_cmd(
             if queues
             else settings.queues,
             "concurrency": concurrency or settings.concurrency,
+            "max_leases": max_leases or settings.max_leases,
             "lease": lease or settings.lease_seconds,
             "heartbeat": heartbeat or settings.heartbeat_seconds,
             "poll": poll or settings.poll_seconds,

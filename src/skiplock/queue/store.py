@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
@@ -166,43 +166,55 @@ _STATES = {state.value: state for state in JobState}
 _EMPTY_ARRAY = "[]"
 
 
+# Job's fields in order: _job passes them by position (31 keyword arguments
+# cost twice as much to parse as the rest of building a Job); checked at import.
+_JOB_FIELDS = (
+    "id", "queue", "task", "args", "state", "priority", "run_at", "attempt",
+    "max_attempts", "lease_token", "lease_expires_at", "worker_id", "progress",
+    "progress_message", "eta", "result", "errors", "tenant", "idempotency_key",
+    "meta", "cancel_requested", "created_at", "updated_at", "started_at",
+    "finished_at", "stalled", "expires_at", "timeout_seconds",
+    "request_fingerprint", "result_omitted",
+)  # fmt: skip
+if tuple(f.name for f in fields(Job)) != _JOB_FIELDS:  # pragma: no cover - a developer's slip
+    raise RuntimeError("store._JOB_FIELDS no longer follows Job's fields")
+
+
 def _job(row: asyncpg.Record) -> Job:
     result = row["result"]
     errors = row["errors"]
     return Job(
-        id=row["id"],
-        queue=row["queue"],
-        task=row["task"],
-        args=loads(row["args"]),
-        state=_STATES[row["state"]],
-        priority=row["priority"],
-        run_at=row["run_at"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        lease_token=row["lease_token"],
-        lease_expires_at=row["lease_expires_at"],
-        worker_id=row["worker_id"],
-        progress=row["progress"],
-        progress_message=row["progress_message"],
-        eta=row["eta"],
-        result=None if result is None else loads(result),
-        errors=()
-        if errors == _EMPTY_ARRAY
-        else tuple(JobError.from_json(e) for e in loads(errors)),
-        tenant=row["tenant"],
-        idempotency_key=row["idempotency_key"],
-        meta=loads(row["meta"]),
-        cancel_requested=row["cancel_requested"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        # Only the reads compute it (claim and retry return rows that cannot be stalled).
-        stalled=bool(row.get("stalled", False)),
-        expires_at=row["expires_at"],
-        timeout_seconds=row["timeout_seconds"],
-        request_fingerprint=row["request_fingerprint"],
-        result_omitted=bool(row.get("result_omitted", False)),
+        row["id"],
+        row["queue"],
+        row["task"],
+        loads(row["args"]),
+        _STATES[row["state"]],
+        row["priority"],
+        row["run_at"],
+        row["attempt"],
+        row["max_attempts"],
+        row["lease_token"],
+        row["lease_expires_at"],
+        row["worker_id"],
+        row["progress"],
+        row["progress_message"],
+        row["eta"],
+        None if result is None else loads(result),
+        () if errors == _EMPTY_ARRAY else tuple(JobError.from_json(e) for e in loads(errors)),
+        row["tenant"],
+        row["idempotency_key"],
+        loads(row["meta"]),
+        row["cancel_requested"],
+        row["created_at"],
+        row["updated_at"],
+        row["started_at"],
+        row["finished_at"],
+        # stalled: only the reads compute it (claim and retry return rows that cannot be).
+        bool(row.get("stalled", False)),
+        row["expires_at"],
+        row["timeout_seconds"],
+        row["request_fingerprint"],
+        bool(row.get("result_omitted", False)),
     )
 
 

@@ -1,7 +1,8 @@
 """The claimer: ``claim_jobs`` (sql/queries/claim_jobs.sql) takes jobs as fenced leases.
 
-It waits for a free slot, claims a batch sized to the free slots (capped by
-``max_claim_batch``) in one ``FOR UPDATE SKIP LOCKED`` statement and hands
+It waits until a claim is wanted, claims a batch sized to the free handler
+slots plus the prefetch (``sizer.py``), within the lease cap and
+``max_claim_batch``, in one ``FOR UPDATE SKIP LOCKED`` statement and hands
 each job to the executor. When it got fewer jobs than it asked for, it waits
 for a NOTIFY on ``<schema>.queue`` or a jittered poll timer.
 
@@ -108,12 +109,12 @@ class Claimer:
                 await self._sleep_or_wake(backoff)
                 backoff = min(backoff * 2, s.poll * 5)
                 continue
-            free = table.free
-            if free <= 0:
+            if not table.claim_wanted():
                 table.slot_free.clear()
                 await table.slot_free.wait()
                 by_poll = False
                 continue
+            free = table.free
             self.wake.clear()
             limit = min(free, s.max_claim_batch)
             deadline = time.monotonic() + s.lease
@@ -143,6 +144,7 @@ class Claimer:
                 missed = _due_before(jobs, answered - previous)
             previous = claim_started
             shared.metrics.claimed(len(jobs), answered - claim_started, missed=missed)
+            table.sizer.claimed(limit, len(jobs), answered - claim_started)
             shared.health.db_ok()
             by_poll = False
             backoff = 0.1

@@ -57,11 +57,24 @@ class Executor:
         self._completer = completer
         self._progress = progress
         self._outcomes = outcomes
-        self._thread_limiter = anyio.CapacityLimiter(shared.settings.concurrency)
+        self._concurrency = shared.settings.concurrency
+        self._thread_limiter = anyio.CapacityLimiter(self._concurrency)
+        self._stopping = False
 
     def start(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> None:
-        """Hold ``lease`` in the table and start its job's task."""
-        self._table.hold(lease)
+        """Hold ``lease`` in the table and start its job's task, or queue it for a
+        handler slot (a prefetched job)."""
+        table = self._table
+        table.hold(lease)
+        if self._stopping:  # claimed as the worker stops: released without running
+            table.cancel(lease, "shutdown")
+            self._spawn(lease, loop)
+        elif len(table.tasks) < self._concurrency:
+            self._spawn(lease, loop)
+        else:
+            table.waiting.append(lease)
+
+    def _spawn(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> None:
         # Plain asyncio tasks: an anyio task group and cancel scope per job
         # cost several times the whole rest of the job's Python path.
         task = loop.create_task(self._execute(lease))
@@ -69,17 +82,42 @@ class Executor:
         self._table.tasks.add(task)
         task.add_done_callback(partial(self._done, lease))
 
+    def stop(self) -> None:
+        """The worker stops: jobs waiting for a handler slot are released without
+        running (and so are any claimed from now on)."""
+        self._stopping = True
+        loop = self._shared.loop
+        waiting = self._table.waiting
+        while waiting and loop is not None:
+            lease = waiting.popleft()
+            self._table.cancel(lease, "shutdown")
+            self._spawn(lease, loop)
+
+    def drop_waiting(self) -> None:
+        """The worker is killed: jobs waiting for a slot are left to the rescuers."""
+        self._stopping = True
+        table = self._table
+        while table.waiting:
+            table.waiting.popleft()
+            table.handler_ended()
+
     def _done(self, lease: Lease, task: asyncio.Task[None]) -> None:
-        self._table.tasks.discard(task)
-        if lease.ctx is None:  # cancelled (killed) before its first step
-            self._table.handler_ended()
+        table = self._table
+        table.tasks.discard(task)
+        if not lease.begun:  # cancelled (killed) before its first step
+            table.handler_ended()
             self._completer.forget(lease)
+        elif table.waiting and len(table.tasks) < self._concurrency:
+            loop = self._shared.loop
+            if loop is not None:
+                self._spawn(table.waiting.popleft(), loop)
         if not task.cancelled() and task.exception() is not None:
             # A bug in the worker itself, not in a handler (those become outcomes).
             self._shared.log.error("executor_crashed", error=repr(task.exception()))
 
     async def _execute(self, lease: Lease) -> None:
         shared = self._shared
+        lease.begun = True
         ctx = JobContext(lease.job, report=partial(self._progress.report, lease), log=shared.log)
         lease.ctx = ctx
         task = lease.job.task
@@ -104,8 +142,9 @@ class Executor:
             self._completer.forget(lease)
             raise
         finally:
-            shared.metrics.finished(task, outcome, time.monotonic() - started)
-            self._table.handler_ended()
+            elapsed = time.monotonic() - started
+            shared.metrics.finished(task, outcome, elapsed)
+            self._table.handler_ended(elapsed)
         if completion is None:
             self._completer.forget(lease)
         else:
@@ -144,7 +183,14 @@ class Executor:
         lease.executing = True
         stopped: asyncio.CancelledError | None = None
         try:
-            result = await self._call(task, ctx, lease.job.args)
+            if task.is_async:
+                result = await task.fn(ctx, **lease.job.args)
+            else:
+                result = await anyio.to_thread.run_sync(
+                    partial(task.fn, ctx, **lease.job.args),
+                    limiter=self._thread_limiter,
+                    abandon_on_cancel=True,
+                )
         except (Exception, Cancelled) as exc:
             error = exc
             if self._shared.tracing:
@@ -164,13 +210,6 @@ class Executor:
         if stopped is not None and not lease.cancels:
             error = stopped  # the handler raised it itself: an ordinary failure
         return result, error
-
-    async def _call(self, task: Task, ctx: JobContext, args: dict[str, Any]) -> Any:
-        if task.is_async:
-            return await task.fn(ctx, **args)
-        return await anyio.to_thread.run_sync(
-            partial(task.fn, ctx, **args), limiter=self._thread_limiter, abandon_on_cancel=True
-        )
 
     def _judge(
         self,

@@ -1,22 +1,30 @@
 """The lease table: the attempts a worker holds, its slots, and stopping handlers.
 
-A slot is held from the claim until the job's outcome is written (or given
-up), so a worker never holds more than ``concurrency`` leases, however slow
-the database is to take its completions. ``running`` counts handlers still
-executing; ``idle`` is set when it drops to zero.
+Two bounds. ``concurrency`` handler slots: a slot is taken when a handler
+starts and free again as soon as it returns (its outcome goes to the
+completer). ``lease_cap`` (``max_leases``) leases: a lease is held from the
+claim until the job's outcome is written (or given up), so a worker never
+holds more, however slow the database is to take its completions. Claimed
+jobs beyond the free handler slots (the prefetch, sized by
+:class:`~skiplock.worker.sizer.ClaimSizer`) wait in ``waiting``, leased.
+``running`` counts claimed jobs whose handler has not ended (waiting or
+executing); ``idle`` is set when it drops to zero.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from skiplock.queue.models import Job
 from skiplock.worker.context import JobContext, ProgressReport
 from skiplock.worker.shared import Shared
+from skiplock.worker.sizer import ClaimSizer
 
 __all__ = ["CancelReason", "Lease", "LeaseTable"]
 
@@ -37,8 +45,9 @@ class Lease:
     job: Job
     token: uuid.UUID
     deadline: float  # monotonic time by which the lease may have run out
-    ctx: JobContext | None = None
+    ctx: JobContext | None = None  # dropped on release (ctx → its report → lease: a cycle)
     task: asyncio.Task[None] | None = None  # runs the executor
+    begun: bool = False  # the executor task took its first step
     executing: bool = False  # inside the handler call: cancelling the task stops it
     cancels: int = 0  # task.cancel() calls we made (each needs its uncancel())
     timed_out: bool = False
@@ -48,7 +57,6 @@ class Lease:
     progress_written_at: float = 0.0
     completing: bool = False  # outcome handed to the completer
     released: bool = False  # its slot is free again (outcome written or given up)
-    expiry: asyncio.TimerHandle | None = None  # gives the lease up locally at its deadline
 
 
 class LeaseTable:
@@ -58,45 +66,84 @@ class LeaseTable:
         self._shared = shared
         self.leases: dict[uuid.UUID, Lease] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # one per claimed job, until it ends
-        self.running = 0  # handlers executing
-        self.held = 0  # slots in use: claimed and not yet written or given up
+        self.running = 0  # claimed jobs whose handler has not ended (waiting or executing)
+        self.held = 0  # leases held: claimed and not yet written or given up
+        self.waiting: deque[Lease] = deque()  # claimed, waiting for a handler slot
+        s = shared.settings
+        self._concurrency = s.concurrency
+        self._cap = s.lease_cap
+        self.sizer = ClaimSizer(s.concurrency, self._cap)
+        self._margin = EXPIRY_MARGIN * s.lease
+        self._timer: asyncio.TimerHandle | None = None  # the expiry check, at _timer_at
+        self._timer_at = math.inf
         self.slot_free = asyncio.Event()
+        """Set when a claim is wanted again (see :meth:`claim_wanted`)."""
         self.idle = asyncio.Event()
 
     @property
     def free(self) -> int:
-        """Slots free for new claims."""
-        return self._shared.settings.concurrency - self.held
+        """Jobs a claim may ask for now: the free handler slots and the prefetch, within
+        the lease cap."""
+        return min(self._concurrency + self.sizer.prefetch - self.running, self._cap - self.held)
+
+    def claim_wanted(self) -> bool:
+        """Whether enough can be claimed for a claim to be worth its round trip."""
+        return self.free >= self.sizer.threshold
+
+    def _wake_claimer(self) -> None:
+        if not self.slot_free.is_set() and self.free >= self.sizer.threshold:
+            self.slot_free.set()
 
     def hold(self, lease: Lease) -> None:
-        """A claimed lease takes a slot, counts as running, and gets its expiry timer."""
+        """A claimed lease takes a slot, counts as running, and is covered by the expiry
+        timer."""
         self.leases[lease.job.id] = lease
         self.running += 1
         self.held += 1
-        self._arm(lease)
+        if lease.deadline - self._margin < self._timer_at:
+            self._arm(lease.deadline - self._margin)
 
     def extend(self, lease: Lease, deadline: float) -> None:
-        """A heartbeat renewed the lease until ``deadline`` (monotonic): move its timer."""
+        """A heartbeat renewed the lease until ``deadline`` (monotonic)."""
         lease.deadline = deadline
-        if lease.expiry is not None:
-            lease.expiry.cancel()
-        self._arm(lease)
+        if deadline - self._margin < self._timer_at:  # renewals move deadlines later
+            self._arm(deadline - self._margin)
 
-    def _arm(self, lease: Lease) -> None:
+    def _arm(self, at: float) -> None:
+        """Run the expiry check at ``at`` (monotonic), instead of any later time."""
         loop = self._shared.loop
-        if loop is None or lease.released:
+        if loop is None:
             return
-        margin = EXPIRY_MARGIN * self._shared.settings.lease
-        delay = max(0.0, lease.deadline - margin - time.monotonic())
-        lease.expiry = loop.call_later(delay, self._expired, lease)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_later(max(0.0, at - time.monotonic()), self._check_expiry)
+
+    def _check_expiry(self) -> None:
+        """No heartbeat renewed these leases in time: another worker may take their jobs.
+
+        One timer for the whole table, at the earliest deadline (less the margin):
+        a timer, not a check after each heartbeat, since a heartbeat hanging on a
+        dead network would delay the check by up to its own deadline; one timer,
+        not one per lease, since leases claimed together share their deadline and
+        renewals only move deadlines later (so it mostly fires, finds nothing, and
+        moves to the new earliest).
+        """
+        self._timer = None
+        self._timer_at = math.inf
+        now = time.monotonic()
+        margin = self._margin
+        earliest = math.inf
+        for lease in list(self.leases.values()):
+            at = lease.deadline - margin
+            if at <= now:
+                self._expired(lease)
+            elif at < earliest:
+                earliest = at
+        if earliest < math.inf:
+            self._arm(earliest)
 
     def _expired(self, lease: Lease) -> None:
-        """No heartbeat renewed the lease in time: another worker may take the job now.
-
-        A timer, not a check after each heartbeat: a heartbeat hanging on a dead
-        network would delay the check by up to its own deadline.
-        """
-        lease.expiry = None
         if lease.released or lease.completing or self.leases.get(lease.job.id) is not lease:
             return  # the completer gives up an unwritten outcome at the deadline itself
         self._shared.log.warning(
@@ -106,21 +153,27 @@ class LeaseTable:
         )
         self.lose(lease, write="heartbeat")
 
-    def handler_ended(self) -> None:
-        """One handler stopped executing (its outcome may still be unwritten)."""
+    def handler_ended(self, seconds: float | None = None) -> None:
+        """One handler stopped executing after ``seconds`` (None: it never ran); its
+        outcome may still be unwritten."""
         self.running -= 1
+        if seconds is not None:
+            self.sizer.handler_ended(seconds)
         if not self.running:
             self.idle.set()
+        self._wake_claimer()
 
     def release(self, lease: Lease) -> None:
         """Free the lease's slot (once) and drop it from the table."""
         if not lease.released:
             lease.released = True
             self.held -= 1
-            self.slot_free.set()
-            if lease.expiry is not None:
-                lease.expiry.cancel()
-                lease.expiry = None
+            self._wake_claimer()
+            # The handler has ended: break the lease ↔ context cycle so that the
+            # job's objects go by reference counting, not by the cyclic collector
+            # (which cost more than the rest of a no-op job's Python path).
+            lease.ctx = None
+            lease.task = None
         if self.leases.get(lease.job.id) is lease:
             del self.leases[lease.job.id]
 

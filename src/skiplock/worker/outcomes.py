@@ -171,6 +171,8 @@ class Outcomes:
 
     def success(self, lease: Lease, task: Task, result: object) -> Completion:
         """``succeeded`` with the result as JSON; ``failed`` when it cannot be stored."""
+        if result is None:  # most handlers return nothing: no encoding, no size check
+            return self.completion(lease, "succeeded", result_json="null")
         job = lease.job
         try:
             result_json = dumps(result, what=f"the result of task {job.task!r}")

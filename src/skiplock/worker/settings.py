@@ -24,6 +24,20 @@ def default_worker_id() -> str:
 class WorkerSettings:
     """How a worker behaves. Times are in seconds.
 
+    ``concurrency`` caps the handlers running at once; a handler's slot is free
+    again as soon as it returns (its outcome goes to the background writer).
+    ``max_leases`` caps the leases the worker holds at once: jobs claimed and
+    not yet started, running, and finished with their outcome not yet written
+    (None: ``max(4 × concurrency, 1000)``). The claim batch adapts: a claim asks
+    for the free handler slots plus a prefetch, which grows (doubling, from
+    ``concurrency``) while claims come back full and is bounded by the jobs
+    the handlers get through in one claim round trip (short jobs: many; jobs
+    that take longer than a claim round trip: none); a claim that comes back
+    short halves it. Prefetched jobs wait for a free handler slot with their
+    lease held (and renewed). The claim batch never exceeds
+    ``max_claim_batch``. When a worker dies, the jobs it held (at most
+    ``max_leases``) go back to ``queued`` and run again, attempt counted.
+
     ``heartbeat`` defaults to a third of ``lease``. ``progress_interval`` is the
     minimum time between two progress writes of one job (0.1 s: at most 10
     writes per job per second). ``max_result_bytes`` caps a handler's JSON result.
@@ -67,6 +81,7 @@ class WorkerSettings:
 
     queues: Sequence[str] = ("default",)
     concurrency: int = 10
+    max_leases: int | None = None
     lease: float = 30.0
     heartbeat: float | None = None
     poll: float = 1.0
@@ -95,6 +110,8 @@ class WorkerSettings:
             raise ValueError("a worker needs at least one queue")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.max_leases is not None and self.max_leases < self.concurrency:
+            raise ValueError("max_leases must be at least concurrency")
         if self.lease <= 0.5:
             raise ValueError("lease must be longer than 0.5 s")
         if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
@@ -112,6 +129,13 @@ class WorkerSettings:
         check_listen_url(self.listen_url)
         if self.probe_file_interval <= 0:
             raise ValueError("probe_file_interval must be positive")
+
+    @property
+    def lease_cap(self) -> int:
+        """The most leases the worker holds at once (``max_leases`` or its default)."""
+        if self.max_leases is not None:
+            return self.max_leases
+        return max(4 * self.concurrency, 1000)
 
     @property
     def heartbeat_interval(self) -> float:
