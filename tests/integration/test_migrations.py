@@ -394,6 +394,7 @@ async def test_0009_applies_on_jobs_in_every_state_with_one_running(
     await wait_until(lambda: len(notes) >= len(expected), what="the announcements")
     assert notes == expected
     row = await conn.fetchrow("SELECT * FROM skiplock.jobs WHERE id = $1", running["id"])
+    assert row is not None
     assert (row["state"], row["result"], row["lease_token"]) == ("succeeded", '"ok"', None)
 
 
