@@ -37,7 +37,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench import api, designs, jobs, lean_bench, pgbench
-from bench.common import Server, default_dsn, exit_on_sigterm, header, kill_all, note
+from bench.common import (
+    Server,
+    default_dsn,
+    exit_on_sigterm,
+    header,
+    kill_all,
+    note,
+    positive_int,
+)
 from skiplock.logs import configure_logging
 
 
@@ -527,13 +535,6 @@ async def run(
     }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run, print the table or JSON; 1 when a benchmark failed."""
     parser = argparse.ArgumentParser(
@@ -548,10 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
         f" (default: all but {', '.join(sorted(ON_REQUEST))})",
     )
-    parser.add_argument("--runs", type=_positive_int, default=3, help="runs per benchmark")
-    parser.add_argument("--throughput-jobs", type=_positive_int, help="jobs in the throughput run")
-    parser.add_argument("--memory-jobs", type=_positive_int, help="jobs in the memory run")
-    parser.add_argument("--big-rows", type=_positive_int, help="finished rows for big_table")
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per benchmark")
+    parser.add_argument("--throughput-jobs", type=positive_int, help="jobs in the throughput run")
+    parser.add_argument("--memory-jobs", type=positive_int, help="jobs in the memory run")
+    parser.add_argument("--big-rows", type=positive_int, help="finished rows for big_table")
     args = parser.parse_args(argv)
     try:
         names = _selected(args.only)

@@ -11,6 +11,7 @@ binaries on the machine (:class:`skiplock.testing.ThrowawayPostgres`), durable
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -342,3 +343,11 @@ async def header(server: Server) -> dict[str, Any]:
         },
         "skiplock": {"version": skiplock.__version__, "revision": git_revision()},
     }
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value

@@ -44,7 +44,7 @@ from typing import Any
 import asyncpg
 
 from bench import lean, pgbench
-from bench.common import Server, default_dsn, exit_on_sigterm, header, note
+from bench.common import Server, default_dsn, exit_on_sigterm, header, note, positive_int
 from skiplock import sql
 from skiplock.logs import configure_logging
 from skiplock.testing import admin_execute
@@ -358,13 +358,6 @@ async def run(
     }
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run every design ``--runs`` times, print the table."""
     parser = argparse.ArgumentParser(
@@ -372,9 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Compare storage designs for the jobs table with pgbench (issue 11).",
     )
     parser.add_argument("--dsn", help="a PostgreSQL server to create the run databases on")
-    parser.add_argument("--rows", type=_positive_int, default=ROWS, help="queued rows per run")
-    parser.add_argument("--seconds", type=_positive_int, default=SECONDS, help="pgbench -T")
-    parser.add_argument("--runs", type=_positive_int, default=3, help="runs per design")
+    parser.add_argument("--rows", type=positive_int, default=ROWS, help="queued rows per run")
+    parser.add_argument("--seconds", type=positive_int, default=SECONDS, help="pgbench -T")
+    parser.add_argument("--runs", type=positive_int, default=3, help="runs per design")
     parser.add_argument("--designs", help=f"comma-separated subset of {','.join(BY_NAME)}")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
