@@ -15,64 +15,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
-import pytest
-import pytest_asyncio
 
 from skiplock.sql import query
 from tests.helpers import wait_until
-
-
-@pytest_asyncio.fixture
-async def explaining(db_dsn: str) -> AsyncIterator[tuple[asyncpg.Connection[Any], list[str]]]:
-    """A fresh connection that logs every statement's plan, nested ones too, as NOTICEs.
-
-    Yields the connection and the list the NOTICE texts arrive in.
-    """
-    conn = await asyncpg.connect(db_dsn)
-    notices: list[str] = []
-    conn.add_log_listener(lambda _conn, message: notices.append(str(message.message)))
-    try:
-        try:
-            await conn.execute("LOAD 'auto_explain'")
-        except asyncpg.UndefinedFileError:
-            pytest.skip("this PostgreSQL server ships without the auto_explain contrib module")
-        except asyncpg.InsufficientPrivilegeError:
-            pytest.skip("LOAD 'auto_explain' needs a superuser; the test database user is not one")
-        await conn.execute(
-            """
-            SET auto_explain.log_min_duration = 0;
-            SET auto_explain.log_nested_statements = on;
-            SET auto_explain.log_analyze = off;
-            SET auto_explain.log_format = 'json';
-            SET auto_explain.log_level = 'notice';
-            SET client_min_messages = 'notice';
-            """
-        )
-        yield conn, notices
-    finally:
-        await conn.close()
-
-
-def _plans(notices: list[str]) -> list[dict[str, Any]]:
-    """The plans auto_explain logged: each NOTICE is 'duration: … ms  plan:' and the JSON."""
-    plans = []
-    for text in notices:
-        head, sep, body = text.partition("plan:")
-        if sep and head.startswith("duration:"):
-            plans.append(json.loads(body))
-    return plans
-
-
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [node]
-    for child in node.get("Plans", []):
-        found.extend(_nodes(child))
-    return found
+from tests.integration.conftest import nodes as _nodes
+from tests.integration.conftest import plans as _plans
 
 
 async def test_the_jobs_table_has_no_trigger(db_dsn: str) -> None:

@@ -14,6 +14,7 @@ from skiplock import Client, Job, JobSpec, JobState, sql
 from skiplock.queue.store import Completion, ProgressWrite, Rescued
 from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from tests.helpers import wait_for
+from tests.integration.conftest import nodes, plans
 
 LEASE = 30.0
 
@@ -408,13 +409,26 @@ async def _bury_in_finished_jobs(client: Client) -> None:
     )
 
 
-async def test_claim_uses_claim_index(client: Client) -> None:
-    """Among 20,000 finished jobs, the claim query finds the queued ones through jobs_claim_idx."""
+async def test_claim_uses_claim_index(
+    client: Client, explaining: tuple[asyncpg.Connection[Any], list[str]]
+) -> None:
+    """Among 20,000 finished jobs, the claim (skiplock.claim, run inside claim_jobs) finds the
+    queued ones through jobs_claim_idx: the plans it ran with, nested ones too, as
+    auto_explain logged them, never scan the table."""
+    conn, notices = explaining
     await _bury_in_finished_jobs(client)
     await client.enqueue_many([JobSpec(task="t") for _ in range(5)])
     await client.pool.execute("ANALYZE skiplock.jobs")
-    plan = await _plan(client, "claim_jobs", ["default"], 10, LEASE, "w1")
-    assert "jobs_claim_idx" in plan, plan
+    claimed = await conn.fetch(sql.query("claim_jobs"), ["default"], 10, LEASE, "w1")
+    assert len(claimed) == 5
+    scans = [
+        (n.get("Node Type"), n.get("Index Name"))
+        for plan in plans(notices)
+        for n in nodes(plan["Plan"])
+        if n.get("Relation Name") == "jobs"
+    ]
+    assert ("Index Scan", "jobs_claim_idx") in scans, scans
+    assert not [s for s in scans if s[0] == "Seq Scan"], scans
 
 
 async def test_rescue_uses_lease_index(client: Client) -> None:

@@ -363,9 +363,9 @@ async def test_0009_applies_on_jobs_in_every_state_with_one_running(
     await _insert_jobs_in_every_state(conn)
     before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
 
-    monkeypatch.setattr(sql, "migrations", lambda: shipped)
-    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[8:]]
-    assert await check_schema(conn) == LATEST
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:9])
+    assert await skiplock.migrate(empty_db_dsn) == [9]
+    assert await check_schema(conn) == 9
     after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
     assert after == before
 
@@ -396,6 +396,50 @@ async def test_0009_applies_on_jobs_in_every_state_with_one_running(
     row = await conn.fetchrow("SELECT * FROM skiplock.jobs WHERE id = $1", running["id"])
     assert row is not None
     assert (row["state"], row["result"], row["lease_token"]) == ("succeeded", '"ok"', None)
+
+
+async def test_0010_applies_on_jobs_in_every_state_with_one_running(
+    empty_db_dsn: str, conn: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0010 (flow control: limit keys, fair keys, unique keys, the claim function) applies to a
+    database holding jobs in every state: every row keeps its values (the new columns NULL);
+    the running job completes with its old lease token, and the queued ones are claimed
+    through the new claim."""
+    shipped = sql.migrations()
+    monkeypatch.setattr(sql, "migrations", lambda: shipped[:9])
+    await skiplock.migrate(empty_db_dsn)
+    await _insert_jobs_in_every_state(conn)
+    before = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+
+    monkeypatch.setattr(sql, "migrations", lambda: shipped)
+    assert await skiplock.migrate(empty_db_dsn) == [m.version for m in shipped[9:]]
+    assert await check_schema(conn) == LATEST
+    after = {r["task"]: dict(r) for r in await conn.fetch("SELECT * FROM skiplock.jobs")}
+    for task, row in after.items():
+        assert (row.pop("limit_keys"), row.pop("fair_key"), row.pop("unique_key")) == (
+            None,
+            None,
+            None,
+        )
+        assert row == before[task]
+
+    running = before["running"]
+    done = await conn.fetch(
+        sql.query("complete_jobs"),
+        [running["id"]],
+        [running["lease_token"]],
+        ["succeeded"],
+        ['"ok"'],
+        [None],
+        [None],
+        [None],
+        [None],
+        [None],
+    )
+    assert [r["id"] for r in done] == [running["id"]]
+    claimed = await conn.fetch(sql.query("claim_jobs"), ["q"], 10, 30.0, "w2")
+    assert sorted(r["task"] for r in claimed) == ["queued", "retrying"]
+    assert all(r["state"] == "running" and r["worker_id"] == "w2" for r in claimed)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,405 @@
+-- 0010_flow_control: per-key concurrency and rate limits, fair claiming across
+-- tenants (or fairness keys), paused queues, unique jobs.
+--
+-- Limits are counted from the jobs themselves, never from counter rows: a job
+-- holds a slot of each of its keys exactly while it is 'running', so a crashed
+-- worker's slots free when its leases are rescued, and a restart of PostgreSQL
+-- or of every worker changes nothing. Starts (for rate limits) are logged in
+-- limit_starts, apart from the jobs, so that retention deleting finished jobs
+-- cannot reopen a window. The claim (skiplock.claim) admits a job only under a
+-- transaction-level advisory lock on each of its limited keys, taken with
+-- pg_try_advisory_xact_lock (a key another claimer is admitting right now is
+-- skipped, never waited for), and counts with a snapshot taken after the lock:
+-- that is what makes a limit exact across any number of workers. A queue
+-- without limits is claimed as before, in one statement.
+
+ALTER TABLE skiplock.jobs
+    ADD COLUMN limit_keys text[],
+    ADD COLUMN fair_key text,
+    ADD COLUMN unique_key text,
+    ADD CONSTRAINT jobs_limit_keys_check
+        CHECK (cardinality(limit_keys) BETWEEN 1 AND 16 AND array_position(limit_keys, NULL) IS NULL),
+    ADD CONSTRAINT jobs_fair_key_check CHECK (length(fair_key) BETWEEN 1 AND 256),
+    ADD CONSTRAINT jobs_unique_key_check CHECK (length(unique_key) BETWEEN 1 AND 256);
+
+COMMENT ON COLUMN skiplock.jobs.limit_keys IS
+    'Keys whose limits apply to the job (e.g. user:42, provider:openai), and the implicit '
+    'keys queue:<queue>, task:<task>, tenant:<tenant>, tenant:<tenant>/task:<task> that a '
+    'limit matched when the job was enqueued (or when the limit was set). NULL: none.';
+COMMENT ON COLUMN skiplock.jobs.fair_key IS
+    'The group a fair queue claims round-robin (the tenant unless given). NULL: not fair.';
+COMMENT ON COLUMN skiplock.jobs.unique_key IS
+    'At most one queued or running job per (tenant, unique_key). NULL: not unique.';
+
+-- A fair queue's claim finds its groups (a loose index scan) and each group's
+-- next jobs here. Only jobs with a fair_key have an entry: no cost elsewhere.
+CREATE INDEX jobs_fair_idx ON skiplock.jobs (queue, fair_key, priority, run_at, id)
+    WHERE state = 'queued' AND fair_key IS NOT NULL;
+
+-- Running jobs per limited key: only running jobs that carry keys have entries
+-- (written when the job is claimed). fastupdate off: a pending list would be
+-- read in full by every count.
+CREATE INDEX jobs_limit_keys_idx ON skiplock.jobs USING gin (limit_keys)
+    WITH (fastupdate = off)
+    WHERE state = 'running' AND limit_keys IS NOT NULL;
+
+-- Unique jobs: one queued or running job per key and tenant. A job keeps its
+-- entry through claim, retry and rescue (the same row), and leaves it when it ends.
+CREATE UNIQUE INDEX jobs_unique_idx ON skiplock.jobs (tenant, unique_key)
+    WHERE unique_key IS NOT NULL AND state IN ('queued', 'running');
+
+-- Limits. A pattern is a key, or a key with * wildcards: each distinct key it
+-- matches has its own budget ('user:*' with max_running 2: two per user).
+-- Every limit matching a key applies.
+CREATE TABLE skiplock.limits (
+    pattern      text PRIMARY KEY,
+    max_running  integer,
+    max_starts   integer,
+    per_seconds  double precision,
+    like_pattern text NOT NULL GENERATED ALWAYS AS (
+        replace(replace(replace(replace(pattern, '\', '\\'), '%', '\%'), '_', '\_'), '*', '%')
+    ) STORED,
+    wildcard     boolean NOT NULL GENERATED ALWAYS AS (strpos(pattern, '*') > 0) STORED,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT limits_pattern_check CHECK (pattern <> '' AND length(pattern) <= 256),
+    CONSTRAINT limits_max_running_check CHECK (max_running BETWEEN 0 AND 1000000),
+    CONSTRAINT limits_max_starts_check CHECK (max_starts BETWEEN 0 AND 1000000),
+    CONSTRAINT limits_per_check CHECK (per_seconds > 0 AND per_seconds <= 31 * 86400),
+    CONSTRAINT limits_rate_check CHECK ((max_starts IS NULL) = (per_seconds IS NULL)),
+    CONSTRAINT limits_some_check CHECK (max_running IS NOT NULL OR max_starts IS NOT NULL)
+);
+
+COMMENT ON TABLE skiplock.limits IS
+    'Concurrency (max_running) and rate (max_starts per per_seconds) limits per key pattern; '
+    'read by every claim, so a change applies to the next claim, fleet-wide.';
+
+-- Starts of jobs with a rate-limited key: (key, when). Appended by the claim,
+-- pruned by the workers' maintenance once older than every window. A count
+-- reads only the rows of the window (the index range starts at its edge), so
+-- rows deleted but not yet vacuumed are never visited.
+CREATE TABLE skiplock.limit_starts (
+    key        text NOT NULL,
+    started_at timestamptz NOT NULL,
+    job_id     uuid NOT NULL
+);
+
+CREATE INDEX limit_starts_key_idx ON skiplock.limit_starts (key, started_at);
+
+-- Per-queue switches. A queue without a row is not paused and not fair.
+CREATE TABLE skiplock.queues (
+    name       text PRIMARY KEY,
+    paused     boolean NOT NULL DEFAULT false,
+    fair       boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT queues_name_check CHECK (name <> '' AND length(name) <= 128)
+);
+
+-- Weights of fair keys in a fair queue (default 1): a key of weight w gets up
+-- to w jobs per round.
+CREATE TABLE skiplock.fair_weights (
+    queue    text NOT NULL,
+    fair_key text NOT NULL,
+    weight   integer NOT NULL,
+    PRIMARY KEY (queue, fair_key),
+    CONSTRAINT fair_weights_weight_check CHECK (weight BETWEEN 1 AND 1000)
+);
+
+-- Does some limit apply to this key?
+CREATE FUNCTION skiplock.key_limited(k text) RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.pattern = k)
+        OR EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.wildcard AND k LIKE l.like_pattern)
+$$;
+
+-- The keys stored with a job: the given ones, then each implicit key
+-- (queue:<queue>, task:<task>, tenant:<tenant>, tenant:<tenant>/task:<task>)
+-- that a limit matches. NULL when there are none.
+CREATE FUNCTION skiplock.job_limit_keys(keys text[], queue text, task text, tenant text)
+RETURNS text[]
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN cardinality(a) > 0 THEN a END
+    FROM (
+        SELECT coalesce(keys, '{}') || ARRAY(
+            SELECT i
+            FROM unnest(ARRAY['queue:' || queue, 'task:' || task, 'tenant:' || tenant,
+                              'tenant:' || tenant || '/task:' || task]) AS i
+            WHERE skiplock.key_limited(i) AND NOT (i = ANY(coalesce(keys, '{}')))
+        ) AS a
+    ) s
+$$;
+
+-- A fair queue's next jobs: round-robin over its fair keys. The keys are found
+-- by a loose index scan of jobs_fair_idx (one descent per key), from a random
+-- point of the key space and wrapping around, at most n keys: when more keys
+-- have work than a claim takes, each claim serves another part of them. Each
+-- key gives up to weight × ceil(n / keys) jobs in claim order (priority,
+-- run_at, id); rr is a job's round (its position in its key ÷ weight).
+CREATE FUNCTION skiplock.fair_candidates(q text, n integer)
+RETURNS TABLE (id uuid, rr bigint, priority smallint, run_at timestamptz)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    start text := substr(md5(random()::text), 1, 8);
+    fkeys text[];
+    more text[];
+BEGIN
+    WITH RECURSIVE g (k, i) AS (
+        (SELECT f.fair_key, 1 FROM skiplock.jobs f
+         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key >= start
+         ORDER BY f.fair_key LIMIT 1)
+        UNION ALL
+        SELECT (SELECT f.fair_key FROM skiplock.jobs f
+                WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
+                  AND f.fair_key > g.k
+                ORDER BY f.fair_key LIMIT 1), g.i + 1
+        FROM g WHERE g.k IS NOT NULL AND g.i < n
+    )
+    SELECT array_agg(g.k) INTO fkeys FROM g WHERE g.k IS NOT NULL;
+    IF coalesce(cardinality(fkeys), 0) < n THEN
+        WITH RECURSIVE g (k, i) AS (
+            (SELECT f.fair_key, 1 FROM skiplock.jobs f
+             WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key < start
+             ORDER BY f.fair_key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT f.fair_key FROM skiplock.jobs f
+                    WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
+                      AND f.fair_key > g.k AND f.fair_key < start
+                    ORDER BY f.fair_key LIMIT 1), g.i + 1
+            FROM g WHERE g.k IS NOT NULL AND g.i < n - coalesce(cardinality(fkeys), 0)
+        )
+        SELECT array_agg(g.k) INTO more FROM g WHERE g.k IS NOT NULL;
+        fkeys := coalesce(fkeys, '{}') || coalesce(more, '{}');
+    END IF;
+    IF cardinality(fkeys) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT c.id, (row_number() OVER (PARTITION BY c.k ORDER BY c.priority, c.run_at, c.id) - 1)
+                 / c.w, c.priority, c.run_at
+    FROM (
+        SELECT w.k, coalesce(fw.weight, 1) AS w, quota.n_rows
+        FROM unnest(fkeys) AS w (k)
+        LEFT JOIN skiplock.fair_weights fw ON fw.queue = q AND fw.fair_key = w.k
+        CROSS JOIN LATERAL (
+            SELECT coalesce(fw.weight, 1) * ceil(n::float8 / cardinality(fkeys))::integer AS n_rows
+        ) quota
+    ) grp
+    CROSS JOIN LATERAL (
+        SELECT grp.k, grp.w, f.id, f.priority, f.run_at
+        FROM skiplock.jobs f
+        WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key = grp.k
+          AND f.run_at <= now() AND (f.expires_at IS NULL OR f.expires_at > now())
+        ORDER BY f.priority, f.run_at, f.id
+        LIMIT grp.n_rows
+        FOR UPDATE SKIP LOCKED
+    ) c;
+END;
+$$;
+
+-- The claim: lease up to n due jobs of the given queues to a worker. Paused
+-- queues are left out. A plain queue gives its jobs in claim order (priority,
+-- run_at, id) from jobs_claim_idx; a fair queue round-robin across fair keys
+-- (fair_candidates). With no limit defined anywhere, that is the claim: one
+-- statement. Otherwise the candidates (up to 2n + 16) are locked first, then
+-- each limited key among them is locked with pg_try_advisory_xact_lock (at most
+-- 256 keys per claim; a key another claimer holds is skipped: its jobs stay
+-- queued for the next claim), then a new statement — a new snapshot, which
+-- sees every claim of those keys committed before the locks were granted —
+-- counts the running jobs of each key (jobs_limit_keys_idx) and the starts in
+-- each rate window (limit_starts), and admits candidates in claim order while
+-- every key of theirs has room. A candidate refused by one key still uses a
+-- place of its other keys in this claim (never too many: at worst one job
+-- fewer now). Starts of rate-limited keys are logged. The claimed rows are
+-- returned, running with a fresh lease token, and announced.
+CREATE FUNCTION skiplock.claim(queues text[], n integer, lease_seconds float8, worker text)
+RETURNS SETOF skiplock.jobs
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    plain text[];
+    fair text[];
+    take integer;
+    cand uuid[];
+    lkeys text[];
+    locked text[];
+    bkeys text[];
+    bleft integer[];
+    admitted uuid[];
+    ts timestamptz;
+BEGIN
+    SELECT array_agg(w.q) FILTER (WHERE NOT coalesce(s.fair, false)),
+           array_agg(w.q) FILTER (WHERE s.fair)
+    INTO plain, fair
+    FROM unnest(queues) AS w (q)
+    LEFT JOIN skiplock.queues s ON s.name = w.q
+    WHERE NOT coalesce(s.paused, false);
+    IF plain IS NULL AND fair IS NULL THEN
+        RETURN;
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM skiplock.limits) THEN
+        RETURN QUERY
+        WITH picked AS (
+            SELECT c.id FROM (
+                SELECT p.id, 0::bigint AS rr, p.priority, p.run_at
+                FROM unnest(plain) AS wanted (queue)
+                CROSS JOIN LATERAL (
+                    SELECT j.id, j.priority, j.run_at
+                    FROM skiplock.jobs j
+                    WHERE j.state = 'queued' AND j.queue = wanted.queue AND j.run_at <= now()
+                      AND (j.expires_at IS NULL OR j.expires_at > now())
+                    ORDER BY j.priority, j.run_at, j.id
+                    LIMIT n
+                    FOR UPDATE SKIP LOCKED
+                ) p
+                UNION ALL
+                SELECT f.id, f.rr, f.priority, f.run_at
+                FROM unnest(fair) AS wanted (queue)
+                CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, n) f
+            ) c
+            ORDER BY c.rr, c.priority, c.run_at, c.id
+            LIMIT n
+        ), claimed AS (
+            UPDATE skiplock.jobs j SET
+                state = 'running',
+                attempt = j.attempt + 1,
+                lease_token = gen_random_uuid(),
+                lease_expires_at = now() + make_interval(secs => lease_seconds),
+                worker_id = worker,
+                started_at = now(),
+                updated_at = now()
+            WHERE j.id = ANY(ARRAY(SELECT picked.id FROM picked))
+            RETURNING j.*
+        ), announced AS (
+            SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress))
+            FROM claimed ch
+        )
+        SELECT ch.* FROM claimed ch, announced;
+        RETURN;
+    END IF;
+
+    take := 2 * n + 16;
+    SELECT array_agg(c.id ORDER BY c.rr, c.priority, c.run_at, c.id) INTO cand
+    FROM (
+        SELECT c.id, c.rr, c.priority, c.run_at FROM (
+            SELECT p.id, 0::bigint AS rr, p.priority, p.run_at
+            FROM unnest(plain) AS wanted (queue)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.run_at
+                FROM skiplock.jobs j
+                WHERE j.state = 'queued' AND j.queue = wanted.queue AND j.run_at <= now()
+                  AND (j.expires_at IS NULL OR j.expires_at > now())
+                ORDER BY j.priority, j.run_at, j.id
+                LIMIT take
+                FOR UPDATE SKIP LOCKED
+            ) p
+            UNION ALL
+            SELECT f.id, f.rr, f.priority, f.run_at
+            FROM unnest(fair) AS wanted (queue)
+            CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take) f
+        ) c
+        ORDER BY c.rr, c.priority, c.run_at, c.id
+        LIMIT take
+    ) c;
+    IF cand IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The limited keys among the candidates, and the ones we could lock.
+    SELECT array_agg(k ORDER BY k) INTO lkeys
+    FROM (
+        SELECT DISTINCT k
+        FROM skiplock.jobs j, unnest(j.limit_keys) AS k
+        WHERE j.id = ANY(cand) AND j.limit_keys IS NOT NULL AND skiplock.key_limited(k)
+    ) s;
+    IF lkeys IS NOT NULL THEN
+        SELECT array_agg(k) INTO locked
+        FROM unnest(lkeys[1:256]) AS k
+        WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(k));
+
+        ts := clock_timestamp();
+        SELECT coalesce(array_agg(b.k), '{}'), coalesce(array_agg(b.room), '{}')
+        INTO bkeys, bleft
+        FROM (
+            SELECT k, greatest(min(least(
+                       CASE WHEN l.max_running IS NULL THEN 2147483647
+                            ELSE l.max_running - (
+                                SELECT count(*) FROM skiplock.jobs r
+                                WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
+                                  AND r.limit_keys @> ARRAY[k])::integer END,
+                       CASE WHEN l.max_starts IS NULL THEN 2147483647
+                            ELSE l.max_starts - (
+                                SELECT count(*) FROM skiplock.limit_starts s
+                                WHERE s.key = k
+                                  AND s.started_at > ts - make_interval(secs => l.per_seconds))::integer
+                       END)), 0) AS room
+            FROM unnest(locked) AS k
+            JOIN skiplock.limits l ON l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)
+            GROUP BY k
+        ) b;
+    END IF;
+
+    -- Admit in claim order: a candidate is refused when one of its limited
+    -- keys has no room left for it (its place among the candidates of that key
+    -- is past the key's room; an unlocked key has none).
+    WITH c AS (
+        SELECT c.id, c.ord FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
+    ), refused AS (
+        SELECT DISTINCT r.id
+        FROM (
+            SELECT c.id,
+                   row_number() OVER (PARTITION BY k ORDER BY c.ord) AS place,
+                   coalesce(bleft[array_position(bkeys, k)], 0) AS room
+            FROM c
+            JOIN skiplock.jobs j ON j.id = c.id
+            CROSS JOIN LATERAL unnest(j.limit_keys) AS k
+            WHERE j.limit_keys IS NOT NULL AND k = ANY(coalesce(lkeys, '{}'))
+        ) r
+        WHERE r.place > r.room
+    )
+    SELECT array_agg(a.id ORDER BY a.ord) INTO admitted
+    FROM (
+        SELECT c.id, c.ord FROM c
+        WHERE c.id NOT IN (SELECT refused.id FROM refused)
+        ORDER BY c.ord
+        LIMIT n
+    ) a;
+    IF admitted IS NULL THEN
+        RETURN;
+    END IF;
+
+    INSERT INTO skiplock.limit_starts (key, started_at, job_id)
+    SELECT k, ts, j.id
+    FROM skiplock.jobs j
+    CROSS JOIN LATERAL unnest(j.limit_keys) AS k
+    WHERE j.id = ANY(admitted) AND j.limit_keys IS NOT NULL AND k = ANY(locked)
+      AND EXISTS (SELECT 1 FROM skiplock.limits l
+                  WHERE l.max_starts IS NOT NULL
+                    AND (l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)));
+
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE skiplock.jobs j SET
+            state = 'running',
+            attempt = j.attempt + 1,
+            lease_token = gen_random_uuid(),
+            lease_expires_at = now() + make_interval(secs => lease_seconds),
+            worker_id = worker,
+            started_at = now(),
+            updated_at = now()
+        WHERE j.id = ANY(admitted)
+        RETURNING j.*
+    ), announced AS (
+        SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress))
+        FROM claimed ch
+    )
+    SELECT ch.* FROM claimed ch, announced;
+END;
+$$;
+
+COMMENT ON FUNCTION skiplock.claim(text[], integer, float8, text) IS
+    'Lease up to n due jobs of the given queues to worker: claim order in plain queues, '
+    'round-robin over fair keys in fair queues, paused queues left out, every limit of '
+    'skiplock.limits kept exactly. Returns the claimed rows (running, fresh lease token).';
