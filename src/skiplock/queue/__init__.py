@@ -5,11 +5,13 @@ from skiplock.queue.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
+    InvalidSetting,
     JobNotFound,
     JobStateConflict,
     SchemaMismatch,
     SkiplockError,
 )
+from skiplock.queue.flow import FairWeight, Limit, QueueSettings
 from skiplock.queue.migrate import check_schema, migrate
 from skiplock.queue.models import ALL_TENANTS, AllTenants, Job, JobError, JobSpec, Page
 from skiplock.queue.states import TERMINAL_STATES, JobState
@@ -21,15 +23,19 @@ __all__ = [
     "AllTenants",
     "Client",
     "DatabaseUnavailable",
+    "FairWeight",
     "IdempotencyConflict",
     "InvalidJob",
+    "InvalidSetting",
     "Job",
     "JobError",
     "JobNotFound",
     "JobSpec",
     "JobState",
     "JobStateConflict",
+    "Limit",
     "Page",
+    "QueueSettings",
     "SchemaMismatch",
     "SkiplockError",
     "Store",

@@ -20,9 +20,18 @@ from skiplock.queue.errors import (
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidJob,
+    InvalidSetting,
     JobNotFound,
     JobStateConflict,
     SkiplockError,
+)
+from skiplock.queue.flow import (
+    FairWeight,
+    Limit,
+    QueueSettings,
+    check_limit,
+    check_queue_name,
+    may_match_implicit_key,
 )
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
@@ -36,6 +45,8 @@ log = structlog.get_logger("skiplock.client")
 _IDEMPOTENCY_ROUNDS = 3
 ENQUEUE_ATTEMPTS = 3
 """How many times an enqueue on the client's pool is sent when its connection fails."""
+_BACKFILL_BATCH = 10_000  # fair keys given per statement when a queue is made fair
+_OLDER_TRANSACTIONS_WAIT = 5.0  # seconds a setting waits for older writers before a backfill
 _RESEND_PAUSE = 0.1  # seconds before the second send; x4 before each later one
 
 
@@ -421,6 +432,120 @@ class Client:
                     why = f" and has used all {current.attempt} attempts a job may have"
                 raise JobStateConflict(current.id, current.state.value, "retry", why)
         raise JobNotFound(job_id)
+
+    # -- flow control (docs/flow-control.md) ------------------------------
+
+    async def set_limit(
+        self,
+        pattern: str,
+        *,
+        max_running: int | None = None,
+        max_starts: int | None = None,
+        per: timedelta | float | None = None,
+    ) -> Limit:
+        """Create or change the limit of the keys ``pattern`` matches (see
+        :mod:`skiplock.queue.flow`): at most ``max_running`` of their jobs running at
+        once, and/or at most ``max_starts`` starting in any window of ``per`` seconds,
+        each distinct key on its own budget. Fleet-wide from the next claim, no restart.
+
+        A pattern that can match an implicit key (``queue:``, ``task:``, ``tenant:``)
+        also gives that key to the jobs already queued or running, after every
+        transaction older than the change has ended (so a job enqueued meanwhile is not
+        missed; at most 5 s of waiting, then logged). Raises :class:`InvalidSetting`.
+        """
+        pattern, running, starts, seconds = check_limit(pattern, max_running, max_starts, per)
+        with _unavailable("set_limit", None):
+            async with self.pool.acquire() as conn:
+                limit, xid = await self.store.set_limit(conn, pattern, running, starts, seconds)
+                if may_match_implicit_key(pattern):
+                    await self._await_older_transactions(conn, xid, "set_limit")
+                    await self.store.apply_limit_keys(conn, pattern)
+        return limit
+
+    async def remove_limit(self, pattern: str) -> bool:
+        """Delete the limit of ``pattern``; whether there was one. Jobs waiting on it
+        may start at once."""
+        with _unavailable("remove_limit", None):
+            return await self.store.remove_limit(self.pool, pattern)
+
+    async def limits(self) -> builtins.list[Limit]:
+        """Every limit, by pattern."""
+        with _unavailable("limits", None):
+            return await self.store.list_limits(self.pool)
+
+    async def pause(self, queue: str) -> QueueSettings:
+        """Pause ``queue`` fleet-wide: no job of it starts from the next claim on;
+        workers give back the jobs of it they hold but have not started (at once when
+        they are listening, else at their next poll). Running jobs finish."""
+        with _unavailable("pause", None):
+            settings, _ = await self.store.set_queue(
+                self.pool, check_queue_name(queue), paused=True, fair=None
+            )
+        return settings
+
+    async def resume(self, queue: str) -> QueueSettings:
+        """Resume a paused queue; its workers claim at once."""
+        with _unavailable("resume", None):
+            settings, _ = await self.store.set_queue(
+                self.pool, check_queue_name(queue), paused=False, fair=None
+            )
+        return settings
+
+    async def set_fair(self, queue: str, fair: bool = True) -> QueueSettings:
+        """Make ``queue`` fair: its jobs are claimed in weighted round-robin across
+        fair keys (a job's ``fairness_key``, else its tenant), so one key's backlog
+        does not hold back another's jobs. ``fair=False``: claim order again. Jobs
+        already queued get their tenant as fair key (after every older transaction
+        has ended, as :meth:`set_limit` does)."""
+        with _unavailable("set_fair", None):
+            async with self.pool.acquire() as conn:
+                settings, xid = await self.store.set_queue(
+                    conn, check_queue_name(queue), paused=None, fair=bool(fair)
+                )
+                if fair:
+                    await self._await_older_transactions(conn, xid, "set_fair")
+                    while await self.store.apply_fair_keys(conn, queue, _BACKFILL_BATCH):
+                        pass
+        return settings
+
+    async def set_fair_weight(self, queue: str, fair_key: str, weight: int | None) -> None:
+        """Give ``fair_key`` ``weight`` jobs per round in the fair queue ``queue``
+        (1 to 1000; None: back to the default, 1)."""
+        check_queue_name(queue)
+        if not isinstance(fair_key, str) or not 0 < len(fair_key) <= 256:
+            raise InvalidSetting("fair_key must be a non-empty string of at most 256 characters")
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000
+        ):
+            raise InvalidSetting("weight must be an integer between 1 and 1000, or None")
+        with _unavailable("set_fair_weight", None):
+            await self.store.set_fair_weight(self.pool, queue, fair_key, weight)
+
+    async def fair_weights(self) -> builtins.list[FairWeight]:
+        """Every fair key's weight that is not the default."""
+        with _unavailable("fair_weights", None):
+            return await self.store.list_fair_weights(self.pool)
+
+    async def queues(self) -> builtins.list[QueueSettings]:
+        """The queues with switches set (a queue not listed is neither paused nor fair)."""
+        with _unavailable("queues", None):
+            return await self.store.list_queues(self.pool)
+
+    async def _await_older_transactions(self, conn: Executor, xid: str, operation: str) -> None:
+        """Wait (at most a few seconds) until no other session runs a transaction or
+        snapshot older than ``xid``: a write of theirs could not have seen its change."""
+        pause = 0.002
+        with anyio.move_on_after(_OLDER_TRANSACTIONS_WAIT) as waited:
+            while await self.store.older_transactions(conn, xid):
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        if waited.cancelled_caught:
+            log.warning(
+                "older_transactions_still_running",
+                operation=operation,
+                waited=_OLDER_TRANSACTIONS_WAIT,
+                hint="a job they enqueue misses the new setting until the workers' sweep",
+            )
 
 
 def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID | None:

@@ -12,6 +12,7 @@ __all__ = [
     "DatabaseUnavailable",
     "IdempotencyConflict",
     "InvalidJob",
+    "InvalidSetting",
     "JobNotFound",
     "JobStateConflict",
     "SchemaMismatch",
@@ -25,6 +26,11 @@ class SkiplockError(Exception):
 
 class InvalidJob(SkiplockError, ValueError):
     """A job description was rejected before anything was written."""
+
+
+class InvalidSetting(SkiplockError, ValueError):
+    """A flow-control setting (a limit, a queue switch, a weight) was rejected before
+    anything was written."""
 
 
 class JobNotFound(SkiplockError, LookupError):

@@ -20,6 +20,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from skiplock import sql
+from skiplock.queue.flow import FairWeight, Limit, QueueSettings
 from skiplock.queue.jsoncodec import loads
 from skiplock.queue.models import Job, JobError, JobSpec, request_fingerprints
 from skiplock.queue.states import JobState
@@ -215,6 +216,12 @@ def _job(row: asyncpg.Record) -> Job:
         row["timeout_seconds"],
         row["request_fingerprint"],
         bool(row.get("result_omitted", False)),
+    )
+
+
+def _limit(row: asyncpg.Record) -> Limit:
+    return Limit(
+        row["pattern"], row["max_running"], row["max_starts"], row["per_seconds"], row["updated_at"]
     )
 
 
@@ -712,6 +719,69 @@ class Store:
             self._q("purge_finished"), limit, succeeded_after, failed_after, cancelled_after
         )
         return int(deleted)
+
+    # -- flow control (migration 0010) -------------------------------------
+
+    async def set_limit(
+        self,
+        ex: Executor,
+        pattern: str,
+        max_running: int | None,
+        max_starts: int | None,
+        per_seconds: float | None,
+    ) -> tuple[Limit, str]:
+        """Store a limit; returns it and the writing transaction's id."""
+        row = await ex.fetchrow(self._q("set_limit"), pattern, max_running, max_starts, per_seconds)
+        assert row is not None
+        return _limit(row), row["xid"]
+
+    async def remove_limit(self, ex: Executor, pattern: str) -> bool:
+        return await ex.fetchrow(self._q("remove_limit"), pattern) is not None
+
+    async def list_limits(self, ex: Executor) -> list[Limit]:
+        return [_limit(r) for r in await ex.fetch(self._q("list_limits"))]
+
+    async def apply_limit_keys(self, ex: Executor, pattern: str) -> int:
+        """Give queued and running jobs the implicit keys the limit of ``pattern`` matches."""
+        return int(await ex.fetchval(self._q("apply_limit_keys"), pattern))
+
+    async def set_queue(
+        self, ex: Executor, name: str, *, paused: bool | None, fair: bool | None
+    ) -> tuple[QueueSettings, str]:
+        """Store a queue's switches (None keeps one); returns them and the writing
+        transaction's id."""
+        row = await ex.fetchrow(self._q("set_queue"), name, paused, fair)
+        assert row is not None
+        return QueueSettings(row["name"], row["paused"], row["fair"], row["updated_at"]), row["xid"]
+
+    async def list_queues(self, ex: Executor) -> list[QueueSettings]:
+        rows = await ex.fetch(self._q("list_queues"))
+        return [QueueSettings(r["name"], r["paused"], r["fair"], r["updated_at"]) for r in rows]
+
+    async def paused_queues(self, ex: Executor, queues: Sequence[str]) -> set[str]:
+        return {r["name"] for r in await ex.fetch(self._q("paused_queues"), list(queues))}
+
+    async def apply_fair_keys(self, ex: Executor, queue: str | None, limit: int) -> int:
+        """Give queued jobs of fair queues (or of ``queue``) without a fair key their tenant."""
+        return int(await ex.fetchval(self._q("apply_fair_keys"), queue, limit))
+
+    async def set_fair_weight(
+        self, ex: Executor, queue: str, fair_key: str, weight: int | None
+    ) -> FairWeight | None:
+        row = await ex.fetchrow(self._q("set_fair_weight"), queue, fair_key, weight)
+        return None if row is None else FairWeight(row["queue"], row["fair_key"], row["weight"])
+
+    async def list_fair_weights(self, ex: Executor) -> list[FairWeight]:
+        rows = await ex.fetch(self._q("list_fair_weights"))
+        return [FairWeight(r["queue"], r["fair_key"], r["weight"]) for r in rows]
+
+    async def prune_limit_starts(self, ex: Executor, limit: int) -> int:
+        """Delete at most ``limit`` logged starts older than every rate window."""
+        return int(await ex.fetchval(self._q("prune_limit_starts"), limit))
+
+    async def older_transactions(self, ex: Executor, xid: str) -> int:
+        """Other sessions' transactions or snapshots older than transaction ``xid``."""
+        return int(await ex.fetchval(self._q("older_transactions"), xid))
 
     # -- the status API ---------------------------------------------------
 

@@ -68,6 +68,9 @@ class Claimer:
         """Set to claim now rather than at the next poll."""
         self._allowed = asyncio.Event()
         self._allowed.set()
+        # queue -> when (perf_counter) its pause was announced: a claim sent before
+        # that may return jobs of it, which are given back instead of started.
+        self._paused_at: dict[str, float] = {}
 
     def stop(self) -> None:
         """Claim no more; :meth:`run` returns."""
@@ -91,6 +94,29 @@ class Claimer:
         # '*': too many queues to list in one payload (migration 0005): all of them.
         if payload == "*" or self._queue_set.intersection(payload.split(",")):
             self.wake.set()
+
+    def on_flow_notification(self, payload: str) -> None:
+        """A NOTIFY on ``<schema>.flow``: ``paused:<queue>`` gives back the jobs of
+        that queue claimed but not started."""
+        kind, _, queue = payload.partition(":")
+        if kind == "paused" and queue in self._queue_set:
+            self._paused_at[queue] = time.perf_counter()
+            given = self._executor.release_waiting({queue})
+            self._shared.log.info("queue_paused", queue=queue, released=given)
+
+    async def _check_paused(self) -> None:
+        """At a poll, for a worker that may have missed a notification: give back the
+        waiting jobs of paused queues."""
+        shared = self._shared
+        if not self._table.waiting:
+            return
+        try:
+            with anyio.fail_after(shared.settings.db_timeout):
+                paused = await shared.store.paused_queues(shared.pool, self._queues)
+        except TRANSIENT_DB_ERRORS:
+            return  # the claim that follows reports the outage
+        if paused:
+            self._executor.release_waiting(paused)
 
     async def run(self) -> None:
         """Claim until stopped."""
@@ -148,13 +174,20 @@ class Claimer:
             shared.health.db_ok()
             by_poll = False
             backoff = 0.1
+            paused_at = self._paused_at
             for job in jobs:
                 assert job.lease_token is not None
-                self._executor.start(Lease(job=job, token=job.lease_token, deadline=deadline), loop)
+                lease = Lease(job=job, token=job.lease_token, deadline=deadline)
+                if paused_at and paused_at.get(job.queue, 0.0) > claim_started:
+                    self._executor.release(lease, loop)
+                else:
+                    self._executor.start(lease, loop)
             if jobs:
                 shared.log.debug("jobs_claimed", count=len(jobs))
             if len(jobs) < limit:
                 by_poll = not await self._sleep_or_wake(s.poll * random.uniform(0.8, 1.2))
+                if by_poll:
+                    await self._check_paused()
 
     async def _release_orphans(self) -> bool:
         """Give back the rows a lost claim reply left under this worker; whether done."""

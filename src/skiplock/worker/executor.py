@@ -82,6 +82,29 @@ class Executor:
         self._table.tasks.add(task)
         task.add_done_callback(partial(self._done, lease))
 
+    def release(self, lease: Lease, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold ``lease`` and give its job back without running it (its queue was
+        paused after the claim began): queued again, the attempt not counted."""
+        self._table.hold(lease)
+        self._table.cancel(lease, "paused")
+        self._spawn(lease, loop)
+
+    def release_waiting(self, queues: set[str]) -> int:
+        """Give back the jobs of ``queues`` waiting for a handler slot (their queue
+        was paused); returns how many."""
+        table = self._table
+        loop = self._shared.loop
+        if loop is None or not table.waiting:
+            return 0
+        kept = [lease for lease in table.waiting if lease.job.queue not in queues]
+        given = [lease for lease in table.waiting if lease.job.queue in queues]
+        table.waiting.clear()
+        table.waiting.extend(kept)
+        for lease in given:
+            table.cancel(lease, "paused")
+            self._spawn(lease, loop)
+        return len(given)
+
     def stop(self) -> None:
         """The worker stops: jobs waiting for a handler slot are released without
         running (and so are any claimed from now on)."""
@@ -227,8 +250,8 @@ class Executor:
         if reason == "lease_lost":
             ctx.log.warning("job_abandoned", reason="lease_lost", seconds=elapsed)
             return None
-        if reason == "shutdown":
-            ctx.log.info("job_released", seconds=elapsed)
+        if reason == "shutdown" or reason == "paused":
+            ctx.log.info("job_released", reason=reason, seconds=elapsed)
             return outcomes.completion(lease, "release")
         if reason == "cancel_requested":
             ctx.log.info("job_cancelled", seconds=elapsed)

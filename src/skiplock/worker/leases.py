@@ -28,7 +28,7 @@ from skiplock.worker.sizer import ClaimSizer
 
 __all__ = ["CancelReason", "Lease", "LeaseTable"]
 
-CancelReason = Literal["cancel_requested", "lease_lost", "shutdown"]
+CancelReason = Literal["cancel_requested", "lease_lost", "shutdown", "paused"]
 
 RECANCEL_SECONDS = 0.1  # a handler that swallowed a cancel is cancelled again this often
 # A lease no heartbeat renewed is given up locally this share of its length before

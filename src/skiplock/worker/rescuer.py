@@ -11,7 +11,13 @@ Every few seconds (jittered), ``rescue_expired`` (sql/queries/rescue_expired.sql
 takes back jobs whose lease expired on any worker, for what the database
 cannot see (a hung but connected worker, a partition, an unregistered one).
 
-Both put jobs back to ``queued``, or end them ``failed`` when no attempt is
+With the expired-lease rescue, the flow-control upkeep (migration 0010):
+``prune_limit_starts`` deletes logged starts older than every rate window, and
+about every minute ``apply_fair_keys`` gives the queued jobs of fair queues
+that have no fair key one (jobs enqueued by a transaction that had not yet
+seen its queue made fair).
+
+Both rescues put jobs back to ``queued``, or end them ``failed`` when no attempt is
 left (``cancelled`` when their cancel was requested), in batches of
 :data:`RESCUE_BATCH`, with ``SKIP LOCKED`` so the rescuers of many workers
 never block each other.
@@ -49,6 +55,8 @@ __all__ = [
 RESCUE_BATCH = 500
 REFUSED_RETRY_SECONDS = 60.0  # a refused row is tried again after this (an operator may fix it)
 MAX_REFUSED = 1000  # refused rows left out at once; the oldest is tried again first
+UPKEEP_BATCH = 10_000  # rows per flow-control upkeep statement
+FAIR_SWEEP_SECONDS = 60.0  # between sweeps for fair queues' jobs without a fair key (0.5–1×)
 DEAD_WORKER_CHECK = 1.0  # seconds between dead-worker checks (0.5–1× jittered)
 
 
@@ -62,18 +70,37 @@ class Rescuer:
         self._refused_workers: dict[str, float] = {}
 
     async def run(self) -> None:
-        """Rescue every ``rescue`` seconds (0.5–1× jittered), forever."""
+        """Rescue every ``rescue`` seconds (0.5–1× jittered), forever; with it, the
+        flow-control upkeep (:meth:`_flow_upkeep`)."""
         shared = self._shared
         s = shared.settings
+        next_sweep = time.monotonic() + FAIR_SWEEP_SECONDS * random.uniform(0.5, 1.0)
         while True:
             await anyio.sleep(s.rescue * random.uniform(0.5, 1.0))
             shared.health.alive("rescuer")
             try:
                 await self._rescue_all()
+                sweep = time.monotonic() >= next_sweep
+                if sweep:
+                    next_sweep = time.monotonic() + FAIR_SWEEP_SECONDS * random.uniform(0.5, 1.0)
+                await self._flow_upkeep(sweep_fair_keys=sweep)
             except TRANSIENT_DB_ERRORS as exc:
                 shared.metrics.db_error("rescue")
                 shared.health.db_failed(exc)
                 shared.log.warning("rescue_failed", error=repr(exc))
+
+    async def _flow_upkeep(self, *, sweep_fair_keys: bool) -> None:
+        """Delete logged starts older than every rate window; now and then, give the
+        queued jobs of fair queues that have none a fair key (a job enqueued by a
+        transaction that had not seen its queue made fair)."""
+        shared = self._shared
+        with anyio.fail_after(shared.settings.db_timeout):
+            while await shared.store.prune_limit_starts(shared.pool, UPKEEP_BATCH) >= UPKEEP_BATCH:
+                pass
+            if sweep_fair_keys:
+                given = await shared.store.apply_fair_keys(shared.pool, None, UPKEEP_BATCH)
+                if given:
+                    shared.log.info("fair_keys_given", count=given)
 
     async def watch_workers(self) -> None:
         """Every :data:`DEAD_WORKER_CHECK` seconds (0.5–1× jittered), rescue the jobs

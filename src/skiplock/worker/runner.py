@@ -357,6 +357,7 @@ class Worker:
             {
                 f"{schema}.queue": self._claimer.on_queue_notification,
                 f"{schema}.cancel": self._heartbeat.on_cancel_notification,
+                f"{schema}.flow": self._claimer.on_flow_notification,
             },
             on_connected=caught_up,
             on_disconnected=lost,

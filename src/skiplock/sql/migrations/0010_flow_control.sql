@@ -85,6 +85,9 @@ CREATE TABLE skiplock.limit_starts (
 
 CREATE INDEX limit_starts_key_idx ON skiplock.limit_starts (key, started_at);
 
+-- Pruning finds the oldest rows here: the log is appended in time order.
+CREATE INDEX limit_starts_at_idx ON skiplock.limit_starts USING brin (started_at);
+
 -- Per-queue switches. A queue without a row is not paused and not fair.
 CREATE TABLE skiplock.queues (
     name       text PRIMARY KEY,
@@ -134,8 +137,9 @@ $$;
 -- by a loose index scan of jobs_fair_idx (one descent per key), from a random
 -- point of the key space and wrapping around, at most n keys: when more keys
 -- have work than a claim takes, each claim serves another part of them. Each
--- key gives up to weight × ceil(n / keys) jobs in claim order (priority,
--- run_at, id); rr is a job's round (its position in its key ÷ weight).
+-- key gives up to weight × ceil(2n / keys) jobs (at most n) in claim order
+-- (priority, run_at, id), twice its share so that keys with few jobs leave no
+-- hole in the claim; rr is a job's round (its position in its key ÷ weight).
 CREATE FUNCTION skiplock.fair_candidates(q text, n integer)
 RETURNS TABLE (id uuid, rr bigint, priority smallint, run_at timestamptz)
 LANGUAGE plpgsql VOLATILE
@@ -183,7 +187,8 @@ BEGIN
         FROM unnest(fkeys) AS w (k)
         LEFT JOIN skiplock.fair_weights fw ON fw.queue = q AND fw.fair_key = w.k
         CROSS JOIN LATERAL (
-            SELECT coalesce(fw.weight, 1) * ceil(n::float8 / cardinality(fkeys))::integer AS n_rows
+            SELECT least(n, coalesce(fw.weight, 1) * ceil(2 * n::float8 / cardinality(fkeys))::integer)
+                AS n_rows
         ) quota
     ) grp
     CROSS JOIN LATERAL (
@@ -209,9 +214,7 @@ $$;
 -- sees every claim of those keys committed before the locks were granted —
 -- counts the running jobs of each key (jobs_limit_keys_idx) and the starts in
 -- each rate window (limit_starts), and admits candidates in claim order while
--- every key of theirs has room. A candidate refused by one key still uses a
--- place of its other keys in this claim (never too many: at worst one job
--- fewer now). Starts of rate-limited keys are logged. The claimed rows are
+-- every key of theirs has room. Starts of rate-limited keys are logged. The claimed rows are
 -- returned, running with a fresh lease token, and announced.
 CREATE FUNCTION skiplock.claim(queues text[], n integer, lease_seconds float8, worker text)
 RETURNS SETOF skiplock.jobs
@@ -228,6 +231,11 @@ DECLARE
     bleft integer[];
     admitted uuid[];
     ts timestamptz;
+    cid uuid;
+    ckeys text[];
+    kk text;
+    i integer;
+    fits boolean;
 BEGIN
     SELECT array_agg(w.q) FILTER (WHERE NOT coalesce(s.fair, false)),
            array_agg(w.q) FILTER (WHERE s.fair)
@@ -341,35 +349,43 @@ BEGIN
         ) b;
     END IF;
 
-    -- Admit in claim order: a candidate is refused when one of its limited
-    -- keys has no room left for it (its place among the candidates of that key
-    -- is past the key's room; an unlocked key has none).
-    WITH c AS (
-        SELECT c.id, c.ord FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
-    ), refused AS (
-        SELECT DISTINCT r.id
-        FROM (
-            SELECT c.id,
-                   row_number() OVER (PARTITION BY k ORDER BY c.ord) AS place,
-                   coalesce(bleft[array_position(bkeys, k)], 0) AS room
-            FROM c
-            JOIN skiplock.jobs j ON j.id = c.id
-            CROSS JOIN LATERAL unnest(j.limit_keys) AS k
-            WHERE j.limit_keys IS NOT NULL AND k = ANY(coalesce(lkeys, '{}'))
-        ) r
-        WHERE r.place > r.room
-    )
-    SELECT array_agg(a.id ORDER BY a.ord) INTO admitted
-    FROM (
-        SELECT c.id, c.ord FROM c
-        WHERE c.id NOT IN (SELECT refused.id FROM refused)
+    -- Admit in claim order: a candidate starts when every limited key of its has
+    -- room left (an unlocked key has none), and then uses one place of each.
+    admitted := '{}';
+    FOR cid, ckeys IN
+        SELECT c.id, j.limit_keys
+        FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
+        JOIN skiplock.jobs j ON j.id = c.id
         ORDER BY c.ord
-        LIMIT n
-    ) a;
-    IF admitted IS NULL THEN
+    LOOP
+        fits := true;
+        IF ckeys IS NOT NULL AND lkeys IS NOT NULL THEN
+            FOREACH kk IN ARRAY ckeys LOOP
+                IF kk = ANY(lkeys) THEN
+                    i := array_position(bkeys, kk);
+                    IF i IS NULL OR bleft[i] <= 0 THEN
+                        fits := false;
+                        EXIT;
+                    END IF;
+                END IF;
+            END LOOP;
+            IF fits THEN
+                FOREACH kk IN ARRAY ckeys LOOP
+                    i := array_position(bkeys, kk);
+                    IF i IS NOT NULL THEN
+                        bleft[i] := bleft[i] - 1;
+                    END IF;
+                END LOOP;
+            END IF;
+        END IF;
+        IF fits THEN
+            admitted := admitted || cid;
+            EXIT WHEN cardinality(admitted) >= n;
+        END IF;
+    END LOOP;
+    IF cardinality(admitted) = 0 THEN
         RETURN;
     END IF;
-
     INSERT INTO skiplock.limit_starts (key, started_at, job_id)
     SELECT k, ts, j.id
     FROM skiplock.jobs j

@@ -11,7 +11,9 @@
 --   float8[], $7 final progress real[] (NULL keeps), $8 final message text[],
 --   $9 final ETA seconds float8[].
 -- Result: the ids written; a missing id is a lost lease. The changes are
--- announced (skiplock.announce, 0009): new state, and the queue of a job queued again.
+-- announced (skiplock.announce, 0009): new state, and the queue of a job queued
+-- again or of one that held limit keys (its slots are free: jobs waiting on a
+-- limit may start now).
 -- The fence is the lease token alone: jobs_lease_token_check (0006) makes a non-NULL token
 -- mean 'running'. Adding `state = 'running'` would let the planner walk the
 -- partial lease index, whose dead entries (every finished job's) pile up
@@ -46,10 +48,10 @@ WITH changed AS (
         AS c (id, lease_token, outcome, result, error, delay, progress, message, eta)
     WHERE j.id = c.id AND j.lease_token = c.lease_token
       AND (c.outcome <> 'cancelled' OR j.cancel_requested)
-    RETURNING j.id, j.state, j.progress, j.queue
+    RETURNING j.id, j.state, j.progress, j.queue, j.limit_keys
 ), announced AS (
     SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress),
-        array_agg(ch.queue) FILTER (WHERE ch.state = 'queued'))
+        array_agg(ch.queue) FILTER (WHERE ch.state = 'queued' OR ch.limit_keys IS NOT NULL))
     FROM changed ch
 )
 SELECT ch.id FROM changed ch, announced

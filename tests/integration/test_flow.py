@@ -1,0 +1,306 @@
+"""Flow control on a real database: limits, rate limits, pause, fair claims (migration 0010).
+
+The claims here are ``claim_jobs`` calls (the worker's own statement), so what
+is asserted is what any worker would be given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from skiplock import Client, InvalidSetting, JobContext, JobSpec, JobState, TaskRegistry, Worker
+from skiplock.queue.store import Completion
+from skiplock.worker.retention import RetentionPolicy, purge_sweep
+from skiplock.worker.sizer import ClaimSizer
+from tests.helpers import wait_for, wait_for_state
+from tests.worker_helpers import fast_settings, running
+
+LEASE = 30.0
+
+
+async def _enqueue_keyed(
+    client: Client, keys: list[list[str] | None], **spec: Any
+) -> list[uuid.UUID]:
+    """Enqueue one job per entry of ``keys`` and give each those limit keys (in order)."""
+    jobs = await client.enqueue_many([JobSpec(task="t", **spec) for _ in keys])
+    for job, k in zip(jobs, keys, strict=True):
+        await client.pool.execute(
+            "UPDATE skiplock.jobs SET limit_keys = $2 WHERE id = $1", job.id, k
+        )
+    return [j.id for j in jobs]
+
+
+async def _claim(client: Client, n: int, queues: list[str] | None = None) -> list[Any]:
+    return await client.store.claim_jobs(client.pool, queues or ["default"], n, LEASE, "w1")
+
+
+async def _succeed(client: Client, jobs: list[Any]) -> None:
+    done = await client.store.complete_jobs(
+        client.pool, [Completion(j.id, j.lease_token, "succeeded", "null") for j in jobs]
+    )
+    assert len(done) == len(jobs)
+
+
+# -- concurrency limits --------------------------------------------------------
+
+
+async def test_a_key_never_runs_more_than_its_limit_and_waits_queued(client: Client) -> None:
+    """With 'user:*' at 2 running, user 1's third job stays queued (not rejected) until one
+    of its two running jobs ends; user 2's jobs are not held back by user 1's."""
+    await client.set_limit("user:*", max_running=2)
+    ids = await _enqueue_keyed(client, [["user:1"]] * 3 + [["user:2"]] * 2)
+    first = await _claim(client, 10)
+    assert sorted(j.id for j in first) == sorted(ids[:2] + ids[3:])
+    assert await _claim(client, 10) == []
+    third = await client.get(ids[2])
+    assert third.state is JobState.QUEUED
+
+    await _succeed(client, [j for j in first if j.id == ids[0]])
+    again = await _claim(client, 10)
+    assert [j.id for j in again] == [ids[2]]
+
+
+async def test_every_limit_on_every_key_of_a_job_applies(client: Client) -> None:
+    """A job with keys user:1 and provider:x starts only when both have room; a pattern and
+    an exact key matching the same key both apply (the stricter wins)."""
+    await client.set_limit("user:*", max_running=5)
+    await client.set_limit("user:1", max_running=1)
+    await client.set_limit("provider:x", max_running=2)
+    ids = await _enqueue_keyed(
+        client,
+        [
+            ["user:1", "provider:x"],
+            ["user:1", "provider:x"],
+            ["user:2", "provider:x"],
+            ["user:3", "provider:x"],
+        ],
+    )
+    claimed = await _claim(client, 10)
+    # user:1 admits one; provider:x two in claim order: the first and the third.
+    assert sorted(j.id for j in claimed) == sorted([ids[0], ids[2]])
+    await client.remove_limit("provider:x")
+    assert sorted(j.id for j in await _claim(client, 10)) == [ids[3]]
+
+
+async def test_max_running_zero_holds_every_job_of_the_key(client: Client) -> None:
+    await client.set_limit("tenant-held", max_running=0)
+    ids = await _enqueue_keyed(client, [["tenant-held"], None])
+    assert [j.id for j in await _claim(client, 10)] == [ids[1]]
+
+
+async def test_a_key_another_claimer_is_admitting_is_skipped_not_waited_for(
+    client: Client, db_dsn: str
+) -> None:
+    """While another transaction holds a key's admission lock, a claim leaves that key's
+    jobs queued and returns the others at once (no waiting, no deadlock)."""
+    await client.set_limit("k:*", max_running=5)
+    ids = await _enqueue_keyed(client, [["k:busy"], ["k:free"]])
+    other = await asyncpg.connect(db_dsn)
+    try:
+        async with other.transaction():
+            await other.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('skiplock.limits'), hashtext('k:busy'))"
+            )
+            assert [j.id for j in await _claim(client, 10)] == [ids[1]]
+        assert [j.id for j in await _claim(client, 10)] == [ids[0]]
+    finally:
+        await other.close()
+
+
+async def test_a_limit_on_a_task_is_given_to_the_jobs_already_queued(client: Client) -> None:
+    """set_limit on an implicit key (task:<task>) gives that key to the queued jobs, so a
+    limit set on a backlog holds it at once."""
+    await client.enqueue_many([JobSpec(task="report") for _ in range(4)])
+    limit = await client.set_limit("task:report", max_running=1)
+    assert (limit.pattern, limit.max_running, limit.max_starts) == ("task:report", 1, None)
+    keys = await client.pool.fetch("SELECT limit_keys FROM skiplock.jobs")
+    assert [r["limit_keys"] for r in keys] == [["task:report"]] * 4
+    assert len(await _claim(client, 10)) == 1
+    assert await _claim(client, 10) == []
+
+
+async def test_limits_are_listed_changed_and_removed(client: Client) -> None:
+    await client.set_limit("b:*", max_running=3)
+    await client.set_limit("a", max_starts=10, per=3600)
+    await client.set_limit("b:*", max_running=4, max_starts=1, per=1.5)
+    assert [
+        (x.pattern, x.max_running, x.max_starts, x.per_seconds) for x in await client.limits()
+    ] == [
+        ("a", None, 10, 3600.0),
+        ("b:*", 4, 1, 1.5),
+    ]
+    assert await client.remove_limit("a") is True
+    assert await client.remove_limit("a") is False
+    assert [x.pattern for x in await client.limits()] == ["b:*"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pattern": ""}, "pattern"),
+        ({"pattern": "k"}, "give max_running"),
+        ({"pattern": "k", "max_running": -1}, "max_running"),
+        ({"pattern": "k", "max_running": True}, "max_running"),
+        ({"pattern": "k", "max_starts": 5}, "go together"),
+        ({"pattern": "k", "max_starts": 5, "per": 0}, "per"),
+        ({"pattern": "k", "max_starts": 5, "per": float("nan")}, "per"),
+        ({"pattern": "k", "max_starts": 5, "per": 40 * 86400}, "per"),
+    ],
+)
+async def test_a_bad_limit_is_refused_and_nothing_is_written(
+    client: Client, kwargs: dict[str, Any], message: str
+) -> None:
+    pattern = kwargs.pop("pattern")
+    with pytest.raises(InvalidSetting, match=message):
+        await client.set_limit(pattern, **kwargs)
+    assert await client.limits() == []
+
+
+# -- rate limits ---------------------------------------------------------------
+
+
+async def test_a_rate_limit_counts_starts_in_its_window_and_survives_retention(
+    client: Client,
+) -> None:
+    """3 starts per hour: three jobs start, the fourth waits — also after the three
+    finished and retention deleted them (starts are logged apart from the jobs)."""
+    await client.set_limit("api:*", max_starts=3, per=3600)
+    ids = await _enqueue_keyed(client, [["api:1"]] * 4)
+    first = await _claim(client, 10)
+    assert sorted(j.id for j in first) == sorted(ids[:3])
+    await _succeed(client, first)
+    purged = await purge_sweep(
+        client.pool,
+        client.store,
+        RetentionPolicy(succeeded_after=0.0, failed_after=0.0, cancelled_after=0.0),
+    )
+    assert purged == 3
+    assert await _claim(client, 10) == []
+    assert await client.pool.fetchval("SELECT count(*) FROM skiplock.limit_starts") == 3
+
+    # The window moves: starts older than it no longer count.
+    await client.pool.execute(
+        "UPDATE skiplock.limit_starts SET started_at = started_at - interval '61 minutes'"
+    )
+    assert [j.id for j in await _claim(client, 10)] == [ids[3]]
+
+
+async def test_old_starts_are_pruned_beyond_every_window(client: Client) -> None:
+    await client.set_limit("api:*", max_starts=100, per=60)
+    await _enqueue_keyed(client, [["api:1"]] * 3)
+    assert len(await _claim(client, 10)) == 3
+    await client.pool.execute(
+        "UPDATE skiplock.limit_starts SET started_at = started_at - interval '2 minutes'"
+        " WHERE job_id IN (SELECT job_id FROM skiplock.limit_starts LIMIT 2)"
+    )
+    assert await client.store.prune_limit_starts(client.pool, 1000) == 2
+    assert await client.pool.fetchval("SELECT count(*) FROM skiplock.limit_starts") == 1
+
+
+# -- pause ---------------------------------------------------------------------
+
+
+async def test_a_paused_queue_gives_no_job_until_resumed(client: Client) -> None:
+    await client.enqueue("t", queue="a")
+    await client.enqueue("t", queue="b")
+    settings = await client.pause("a")
+    assert (settings.name, settings.paused, settings.fair) == ("a", True, False)
+    assert [j.queue for j in await _claim(client, 10, ["a", "b"])] == ["b"]
+    await client.resume("a")
+    assert [j.queue for j in await _claim(client, 10, ["a", "b"])] == ["a"]
+    assert [(q.name, q.paused) for q in await client.queues()] == [("a", False)]
+
+
+class _FixedPrefetch(ClaimSizer):
+    """A sizer that always prefetches ``prefetch`` jobs (the test decides, not timing)."""
+
+    def claimed(self, asked: int, got: int, seconds: float) -> None:
+        pass
+
+
+async def test_pausing_gives_back_the_jobs_a_worker_holds_but_has_not_started(
+    client: Client, db_dsn: str
+) -> None:
+    """A worker running one job at a time holds four more waiting for its slot; pausing the
+    queue gives those four back (queued, attempt not counted) at once — long before the
+    worker's 30 s poll — and the running one finishes; none of the four starts."""
+    tasks = TaskRegistry()
+    started: list[uuid.UUID] = []
+    go = asyncio.Event()
+
+    @tasks.task()
+    async def t(ctx: JobContext) -> None:
+        started.append(ctx.id)
+        await go.wait()
+
+    await client.enqueue_many([JobSpec(task="t") for _ in range(5)])
+    worker = Worker(tasks, db_dsn, fast_settings(concurrency=1, max_leases=5, poll=30.0))
+    sizer = _FixedPrefetch(1, 5)
+    sizer.prefetch = 4
+    worker._table.sizer = sizer
+    async with running(worker):
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM skiplock.jobs WHERE state = 'running'"
+            ),
+            lambda n: n == 5 and len(started) == 1,
+            what="one job running and four claimed ahead",
+        )
+        await client.pause("default")
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM skiplock.jobs WHERE state = 'queued' AND attempt = 0"
+            ),
+            lambda n: n == 4,
+            timeout=5.0,
+            what="the four waiting jobs given back",
+        )
+        go.set()
+        done = await wait_for_state(client, started[0], JobState.SUCCEEDED)
+        assert done.attempt == 1
+    assert len(started) == 1
+
+
+# -- fair queues ---------------------------------------------------------------
+
+
+async def test_a_fair_queue_serves_a_small_tenant_beside_a_big_backlog(client: Client) -> None:
+    """Tenant A has 200 queued jobs, then B enqueues one: a plain claim of 5 gives A's
+    oldest; once the queue is fair, the next claim of 5 includes B's job."""
+    await client.enqueue_many([JobSpec(task="t", tenant="A") for _ in range(200)])
+    b = await client.enqueue("t", tenant="B")
+    assert {j.tenant for j in await _claim(client, 5)} == {"A"}
+    settings = await client.set_fair("default")
+    assert settings.fair is True
+    claimed = await _claim(client, 5)
+    assert b.id in {j.id for j in claimed}
+    assert len(claimed) == 5
+
+
+async def test_fair_weights_share_a_claim(client: Client) -> None:
+    """Weights 3 and 1: a claim of 8 gives six of A's jobs and two of B's."""
+    await client.enqueue_many([JobSpec(task="t", tenant="A") for _ in range(20)])
+    await client.enqueue_many([JobSpec(task="t", tenant="B") for _ in range(20)])
+    await client.set_fair("default")
+    await client.set_fair_weight("default", "A", 3)
+    claimed = await _claim(client, 8)
+    assert sorted(j.tenant for j in claimed) == ["A"] * 6 + ["B"] * 2
+    assert [(w.fair_key, w.weight) for w in await client.fair_weights()] == [("A", 3)]
+
+
+async def test_jobs_enqueued_into_a_fair_queue_without_a_fair_key_are_swept(
+    client: Client,
+) -> None:
+    """A job that reached a fair queue without a fair key (its transaction had not seen the
+    switch) is given one by the workers' sweep and is claimed."""
+    await client.set_fair("default")
+    job = await client.enqueue("t")
+    await client.pool.execute("UPDATE skiplock.jobs SET fair_key = NULL WHERE id = $1", job.id)
+    assert await _claim(client, 5) == []
+    assert await client.store.apply_fair_keys(client.pool, None, 100) == 1
+    assert [j.id for j in await _claim(client, 5)] == [job.id]
