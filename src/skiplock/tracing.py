@@ -199,9 +199,9 @@ class JobSpan:
 
     def set_outcome(self, outcome: str | None, error_json: str | None = None) -> None:
         """Record how the attempt ended: ``succeeded``, ``failed``, ``retry``, ``cancelled``,
-        ``release``, or None (lease lost: nothing written). ``failed`` and ``retry`` set an
-        ERROR status described by ``error_json`` (the attempt's error entry, ``type`` and
-        ``message``), if given."""
+        ``release``, ``snooze``, or None (lease lost: nothing written). ``failed`` and
+        ``retry`` set an ERROR status described by ``error_json`` (the attempt's error entry,
+        ``type`` and ``message``), if given."""
         if self._otel is None or self._span is None:
             return
         self._span.set_attribute("skiplock.outcome", outcome or "abandoned")

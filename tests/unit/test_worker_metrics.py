@@ -118,13 +118,16 @@ def test_duration_buckets_span_a_millisecond_to_an_hour() -> None:
         ("cancelled", "cancelled"),
         ("released", "released"),
         ("release", "released"),
+        ("snoozed", "snoozed"),
+        ("snooze", "snoozed"),
         ("abandoned", "abandoned"),
     ],
 )
 def test_finished_accepts_every_outcome_and_the_completion_spellings(
     given: str, counted: str
 ) -> None:
-    """Every documented outcome counts; the Completion outcomes retry/release map to theirs."""
+    """Every documented outcome counts; the Completion outcomes retry/release/snooze map to
+    theirs."""
     m = WorkerMetrics("w")
     m.started("t")
     m.finished("t", given, 0.01)

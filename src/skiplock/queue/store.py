@@ -52,7 +52,7 @@ PURGE_FAILED_AFTER = 7 * 86_400.0
 PURGE_CANCELLED_AFTER = 7 * 86_400.0
 """Default age in seconds after which a cancelled job may be purged (7 days)."""
 
-Outcome = Literal["succeeded", "failed", "cancelled", "retry", "release"]
+Outcome = Literal["succeeded", "failed", "cancelled", "retry", "release", "snooze"]
 
 
 @dataclass(frozen=True, slots=True)

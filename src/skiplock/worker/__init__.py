@@ -5,7 +5,7 @@ from skiplock._extras import require
 require("worker")  # names the extra to install, before the imports that need it
 
 from skiplock.worker.context import JobContext
-from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.errors import Cancelled, Fail, Retry, Snooze
 from skiplock.worker.presence import WorkerIdInUse
 from skiplock.worker.registry import Task, TaskRegistry
 from skiplock.worker.retry import RetryPolicy
@@ -17,6 +17,7 @@ __all__ = [
     "JobContext",
     "Retry",
     "RetryPolicy",
+    "Snooze",
     "Task",
     "TaskRegistry",
     "Worker",

@@ -6,12 +6,12 @@ import math
 import uuid
 from collections.abc import Callable, Generator
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from skiplock.queue.models import Job
-from skiplock.worker.errors import MAX_DELAY_SECONDS, Cancelled
+from skiplock.worker.errors import MAX_DELAY_SECONDS, Cancelled, Snooze
 
 __all__ = ["JobContext", "ProgressReport", "clean_text"]
 
@@ -57,6 +57,8 @@ class JobContext:
       without it in sync ones.
     - ``cancelled`` / ``raise_if_cancelled()``: async handlers are cancelled
       for you; sync handlers (running in threads) should check these.
+    - ``snooze(delay)``: put the job back in the queue to run again after
+      ``delay``, without spending an attempt (raises :class:`Snooze`).
     - ``log``: a structlog logger bound to the job id, task, attempt and tenant.
     """
 
@@ -104,7 +106,7 @@ class JobContext:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """The job's metadata labels."""
+        """The job's metadata labels (``"_snoozed"``: how often the job snoozed, once it has)."""
         return self.job.meta
 
     @property
@@ -121,6 +123,13 @@ class JobContext:
         """Raise :class:`Cancelled` when the job must stop (for sync handlers)."""
         if self._cancelled:
             raise Cancelled(self.cancel_reason or "cancelled")
+
+    def snooze(self, delay: float | timedelta) -> NoReturn:
+        """Put the job back in the queue to run again after ``delay`` (seconds or a
+        timedelta), without spending an attempt: raises :class:`Snooze`, so nothing
+        after the call runs. A bad ``delay`` raises ``TypeError`` or ``ValueError``
+        instead, which fails the attempt like any other exception."""
+        raise Snooze(delay)
 
     def progress(
         self,

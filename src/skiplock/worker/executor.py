@@ -29,7 +29,7 @@ from skiplock.queue.store import Completion
 from skiplock.tracing import job_span, record_exception
 from skiplock.worker.completer import Completer
 from skiplock.worker.context import JobContext
-from skiplock.worker.errors import Cancelled, Fail, Retry
+from skiplock.worker.errors import Cancelled, Fail, Retry, Snooze
 from skiplock.worker.leases import Lease, LeaseTable
 from skiplock.worker.outcomes import Outcomes, exc_message
 from skiplock.worker.progress import ProgressFlusher
@@ -273,6 +273,9 @@ class Executor:
             return outcomes.failure(
                 lease, None, "Retry", error.reason, retryable=True, task=task, delay=error.delay
             )
+        if isinstance(error, Snooze):  # raised before any timeout (checked above)
+            ctx.log.info("job_snoozed", delay=error.delay, seconds=elapsed)
+            return outcomes.snooze(lease, error.delay)
         if error is not None:
             ctx.log.warning("job_errored", error=exc_message(error), seconds=elapsed)
             return outcomes.failure(

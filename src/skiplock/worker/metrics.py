@@ -24,8 +24,8 @@ Every name starts with ``skiplock_worker_``:
 | ``last_heartbeat_timestamp_seconds`` | gauge | | Unix time of the last good heartbeat pass |
 
 - ``outcome``: ``succeeded``, ``failed``, ``retried``, ``cancelled``,
-  ``released`` (shutdown), ``abandoned`` (lease lost or worker killed: nothing
-  written);
+  ``released`` (shutdown, unknown task), ``snoozed`` (the handler raised
+  ``Snooze``), ``abandoned`` (lease lost or worker killed: nothing written);
 - ``write``: ``completion``, ``progress``, ``heartbeat``;
 - ``operation``: ``claim``, ``complete``, ``progress``, ``heartbeat``,
   ``rescue``, ``listen``, ``presence``, ``retention``.
@@ -78,13 +78,22 @@ MAX_TASK_LABELS: Final = 500
 """Distinct ``task`` label values kept before the rest are counted as :data:`OTHER_TASK`."""
 OTHER_TASK: Final = "__other__"
 
-JOB_OUTCOMES: Final = ("succeeded", "failed", "retried", "cancelled", "released", "abandoned")
+JOB_OUTCOMES: Final = (
+    "succeeded",
+    "failed",
+    "retried",
+    "cancelled",
+    "released",
+    "snoozed",
+    "abandoned",
+)
 """``outcome`` label values of ``skiplock_worker_jobs_finished_total``."""
 # Store.Completion outcomes are accepted too, under their metric names.
 _OUTCOME_ALIASES: Final[Mapping[str, str]] = {
     **{o: o for o in JOB_OUTCOMES},
     "retry": "retried",
     "release": "released",
+    "snooze": "snoozed",
 }
 LEASE_WRITES: Final = ("completion", "progress", "heartbeat")
 """``write`` label values of ``skiplock_worker_lease_losses_total``."""
@@ -265,8 +274,9 @@ class WorkerMetrics:
     def finished(self, task: str, outcome: str, seconds: float | None) -> None:
         """The attempt started by :meth:`started` ended with ``outcome``.
 
-        ``outcome`` is one of :data:`JOB_OUTCOMES` (``retry`` and ``release``,
-        the completion outcomes, are accepted as ``retried`` and ``released``);
+        ``outcome`` is one of :data:`JOB_OUTCOMES` (``retry``, ``release`` and
+        ``snooze``, the completion outcomes, are accepted as ``retried``,
+        ``released`` and ``snoozed``);
         ``seconds`` is the handler's run time, or None when it never ran.
         """
         name = _OUTCOME_ALIASES.get(outcome)

@@ -5,7 +5,8 @@ completer. A completion carries the handler's latest progress report, so the
 final value always reaches the row. The retry decision lives in
 :meth:`Outcomes.failure`: a retryable error with attempts left goes back to
 ``queued`` after the task's backoff (or the delay the handler asked for),
-anything else ends ``failed``.
+anything else ends ``failed``. A snooze (:meth:`Outcomes.snooze`) is no
+failure: the job is queued again without counting the attempt.
 """
 
 from __future__ import annotations
@@ -134,6 +135,12 @@ class Outcomes:
                 delay = task.retry.delay(job.attempt) if task is not None else 0.0
             return self.completion(lease, "retry", error_json=error, delay=delay)
         return self.completion(lease, "failed", error_json=error)
+
+    def snooze(self, lease: Lease, delay: float) -> Completion:
+        """The handler snoozed: queued again after ``delay``, the attempt given back,
+        no error entry, progress kept, ``meta["_snoozed"]`` counted (by
+        ``complete_jobs``)."""
+        return self.completion(lease, "snooze", delay=delay)
 
     def unknown_task(self, lease: Lease) -> Completion:
         """No handler for the job's task here: release it uncounted, held back, or fail.

@@ -1,9 +1,12 @@
 -- complete_jobs: record the outcome of several attempts in one statement, each
 -- fenced by its lease token, so a late write from a lost lease changes nothing.
 -- Outcomes: 'succeeded' (result), 'failed' (error appended), 'cancelled',
--- 'retry' (queued again after delay, error appended), 'release' (queued now,
--- the attempt not counted: graceful shutdown). A retry or release of a job whose
--- cancel was requested meanwhile ends it 'cancelled' instead: the cancel is kept.
+-- 'retry' (queued again after delay, error appended), 'release' (queued again
+-- after delay, the attempt not counted: graceful shutdown, unknown task),
+-- 'snooze' (a release the handler asked for: also counted in meta._snoozed,
+-- a JSON number, 1 when absent or not a number). A retry, release or snooze
+-- of a job whose cancel was requested meanwhile ends it 'cancelled' instead:
+-- the cancel is kept (and meta is left alone).
 -- 'cancelled' is written only when the job's cancel was requested (a forged
 -- NOTIFY cannot end a job): otherwise the row is left alone and not returned.
 -- Parameters: $1 ids uuid[], $2 lease tokens uuid[], $3 outcomes text[],
@@ -21,15 +24,21 @@
 WITH changed AS (
     UPDATE skiplock.jobs j SET
         state = CASE
-            WHEN c.outcome IN ('retry', 'release') AND j.cancel_requested THEN 'cancelled'
-            WHEN c.outcome IN ('retry', 'release') THEN 'queued'
+            WHEN c.outcome IN ('retry', 'release', 'snooze') AND j.cancel_requested THEN 'cancelled'
+            WHEN c.outcome IN ('retry', 'release', 'snooze') THEN 'queued'
             ELSE c.outcome
         END::skiplock.job_state,
-        attempt = CASE WHEN c.outcome = 'release' THEN j.attempt - 1 ELSE j.attempt END,
+        attempt = CASE WHEN c.outcome IN ('release', 'snooze') THEN j.attempt - 1
+                       ELSE j.attempt END,
+        meta = CASE WHEN c.outcome = 'snooze' AND NOT j.cancel_requested
+                    THEN j.meta || jsonb_build_object('_snoozed',
+                        CASE WHEN jsonb_typeof(j.meta -> '_snoozed') = 'number'
+                             THEN (j.meta ->> '_snoozed')::numeric + 1 ELSE 1 END)
+                    ELSE j.meta END,
         result = CASE WHEN c.outcome = 'succeeded' THEN c.result::jsonb ELSE j.result END,
         errors = CASE WHEN c.error IS NULL THEN j.errors
                       ELSE j.errors || jsonb_build_array(c.error::jsonb) END,
-        run_at = CASE WHEN c.outcome IN ('retry', 'release') AND NOT j.cancel_requested
+        run_at = CASE WHEN c.outcome IN ('retry', 'release', 'snooze') AND NOT j.cancel_requested
                       THEN now() + make_interval(secs => coalesce(c.delay, 0))
                       ELSE j.run_at END,
         finished_at = CASE WHEN c.outcome IN ('succeeded', 'failed', 'cancelled')
