@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -24,13 +25,15 @@ LEASE = 30.0
 
 
 async def _enqueue_keyed(
-    client: Client, keys: list[list[str] | None], **spec: Any
+    client: Client, keys: Sequence[Sequence[str] | None], **spec: Any
 ) -> list[uuid.UUID]:
     """Enqueue one job per entry of ``keys`` and give each those limit keys (in order)."""
     jobs = await client.enqueue_many([JobSpec(task="t", **spec) for _ in keys])
     for job, k in zip(jobs, keys, strict=True):
         await client.pool.execute(
-            "UPDATE skiplock.jobs SET limit_keys = $2 WHERE id = $1", job.id, k
+            "UPDATE skiplock.jobs SET limit_keys = $2 WHERE id = $1",
+            job.id,
+            None if k is None else list(k),
         )
     return [j.id for j in jobs]
 
@@ -58,6 +61,7 @@ async def test_a_key_never_runs_more_than_its_limit_and_waits_queued(client: Cli
     assert sorted(j.id for j in first) == sorted(ids[:2] + ids[3:])
     assert await _claim(client, 10) == []
     third = await client.get(ids[2])
+    assert third is not None
     assert third.state is JobState.QUEUED
 
     await _succeed(client, [j for j in first if j.id == ids[0]])
