@@ -214,7 +214,8 @@ $$;
 -- sees every claim of those keys committed before the locks were granted —
 -- counts the running jobs of each key (jobs_limit_keys_idx) and the starts in
 -- each rate window (limit_starts), and admits candidates in claim order while
--- every key of theirs has room. Starts of rate-limited keys are logged. The claimed rows are
+-- every key of theirs has room. Starts of rate-limited keys are logged, and a
+-- job's started_at is then the time of its admission (the log's time). The claimed rows are
 -- returned, running with a fresh lease token, and announced.
 CREATE FUNCTION skiplock.claim(queues text[], n integer, lease_seconds float8, worker text)
 RETURNS SETOF skiplock.jobs
@@ -233,9 +234,10 @@ DECLARE
     ts timestamptz;
     cid uuid;
     ckeys text[];
-    kk text;
+    cpos integer[];
     i integer;
     fits boolean;
+    rated boolean := false;
 BEGIN
     SELECT array_agg(w.q) FILTER (WHERE NOT coalesce(s.fair, false)),
            array_agg(w.q) FILTER (WHERE s.fair)
@@ -289,13 +291,13 @@ BEGIN
     END IF;
 
     take := 2 * n + 16;
-    SELECT array_agg(c.id ORDER BY c.rr, c.priority, c.run_at, c.id) INTO cand
-    FROM (
-        SELECT c.id, c.rr, c.priority, c.run_at FROM (
-            SELECT p.id, 0::bigint AS rr, p.priority, p.run_at
+    -- The candidates, locked, in claim order, and the distinct keys they carry.
+    WITH c AS (
+        SELECT c.id, c.keys, c.rr, c.priority, c.run_at FROM (
+            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, p.run_at
             FROM unnest(plain) AS wanted (queue)
             CROSS JOIN LATERAL (
-                SELECT j.id, j.priority, j.run_at
+                SELECT j.id, j.limit_keys, j.priority, j.run_at
                 FROM skiplock.jobs j
                 WHERE j.state = 'queued' AND j.queue = wanted.queue AND j.run_at <= now()
                   AND (j.expires_at IS NULL OR j.expires_at > now())
@@ -304,77 +306,98 @@ BEGIN
                 FOR UPDATE SKIP LOCKED
             ) p
             UNION ALL
-            SELECT f.id, f.rr, f.priority, f.run_at
+            SELECT f.id, j.limit_keys, f.rr, f.priority, f.run_at
             FROM unnest(fair) AS wanted (queue)
             CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take) f
+            JOIN skiplock.jobs j ON j.id = f.id
         ) c
         ORDER BY c.rr, c.priority, c.run_at, c.id
         LIMIT take
-    ) c;
+    )
+    SELECT (SELECT array_agg(c.id ORDER BY c.rr, c.priority, c.run_at, c.id) FROM c),
+           (SELECT array_agg(DISTINCT k) FROM c, unnest(c.keys) AS k WHERE c.keys IS NOT NULL)
+    INTO cand, ckeys;
     IF cand IS NULL THEN
         RETURN;
     END IF;
 
-    -- The limited keys among the candidates, and the ones we could lock.
-    SELECT array_agg(k ORDER BY k) INTO lkeys
-    FROM (
-        SELECT DISTINCT k
-        FROM skiplock.jobs j, unnest(j.limit_keys) AS k
-        WHERE j.id = ANY(cand) AND j.limit_keys IS NOT NULL AND skiplock.key_limited(k)
-    ) s;
+    IF ckeys IS NOT NULL THEN
+        -- The limited keys among them (sorted), and those whose lock we got.
+        SELECT array_agg(d.k ORDER BY d.k) INTO lkeys
+        FROM unnest(ckeys) AS d (k)
+        WHERE EXISTS (SELECT 1 FROM skiplock.limits l
+                      WHERE l.pattern = d.k OR (l.wildcard AND d.k LIKE l.like_pattern));
+    END IF;
     IF lkeys IS NOT NULL THEN
         SELECT array_agg(k) INTO locked
         FROM unnest(lkeys[1:256]) AS k
         WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(k));
 
+        -- A new statement, a new snapshot: every claim of these keys committed
+        -- before their locks were granted is seen. The running jobs of all locked
+        -- keys are counted in one pass (jobs_limit_keys_idx), the starts per key
+        -- and window only for keys with a rate limit.
         ts := clock_timestamp();
-        SELECT coalesce(array_agg(b.k), '{}'), coalesce(array_agg(b.room), '{}')
-        INTO bkeys, bleft
+        WITH running AS (
+            SELECT k, count(*)::integer AS c
+            FROM skiplock.jobs r
+            CROSS JOIN LATERAL unnest(r.limit_keys) AS k
+            WHERE r.state = 'running' AND r.limit_keys IS NOT NULL AND r.limit_keys && locked
+              AND k = ANY(locked)
+            GROUP BY k
+        )
+        SELECT coalesce(array_agg(b.k), '{}'), coalesce(array_agg(b.room), '{}'),
+               coalesce(bool_or(b.rated), false)
+        INTO bkeys, bleft, rated
         FROM (
-            SELECT k, greatest(min(least(
+            SELECT lk.k, greatest(min(least(
                        CASE WHEN l.max_running IS NULL THEN 2147483647
-                            ELSE l.max_running - (
-                                SELECT count(*) FROM skiplock.jobs r
-                                WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
-                                  AND r.limit_keys @> ARRAY[k])::integer END,
+                            ELSE l.max_running - coalesce(rn.c, 0) END,
                        CASE WHEN l.max_starts IS NULL THEN 2147483647
                             ELSE l.max_starts - (
                                 SELECT count(*) FROM skiplock.limit_starts s
-                                WHERE s.key = k
+                                WHERE s.key = lk.k
                                   AND s.started_at > ts - make_interval(secs => l.per_seconds))::integer
-                       END)), 0) AS room
-            FROM unnest(locked) AS k
-            JOIN skiplock.limits l ON l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)
-            GROUP BY k
+                       END)), 0) AS room,
+                   bool_or(l.max_starts IS NOT NULL) AS rated
+            FROM unnest(locked) AS lk (k)
+            JOIN skiplock.limits l ON l.pattern = lk.k OR (l.wildcard AND lk.k LIKE l.like_pattern)
+            LEFT JOIN running rn ON rn.k = lk.k
+            GROUP BY lk.k
         ) b;
     END IF;
 
     -- Admit in claim order: a candidate starts when every limited key of its has
-    -- room left (an unlocked key has none), and then uses one place of each.
+    -- room left (a key whose lock another claimer holds has none), and then uses
+    -- one place of each. Each candidate comes with the positions of its limited
+    -- keys in bkeys/bleft (0: no room), so the loop does no search.
     admitted := '{}';
-    FOR cid, ckeys IN
-        SELECT c.id, j.limit_keys
+    IF lkeys IS NULL THEN
+        admitted := cand[1:n];  -- no candidate carries a limited key
+    END IF;
+    FOR cid, cpos IN
+        SELECT c.id,
+               array_agg(coalesce(b.pos, 0)::integer) FILTER (WHERE lk.k IS NOT NULL)
         FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
         JOIN skiplock.jobs j ON j.id = c.id
+        LEFT JOIN LATERAL unnest(j.limit_keys) AS jk (k) ON true
+        LEFT JOIN unnest(lkeys) AS lk (k) ON lk.k = jk.k
+        LEFT JOIN unnest(bkeys) WITH ORDINALITY AS b (k, pos) ON b.k = jk.k
+        WHERE lkeys IS NOT NULL
+        GROUP BY c.id, c.ord
         ORDER BY c.ord
     LOOP
         fits := true;
-        IF ckeys IS NOT NULL AND lkeys IS NOT NULL THEN
-            FOREACH kk IN ARRAY ckeys LOOP
-                IF kk = ANY(lkeys) THEN
-                    i := array_position(bkeys, kk);
-                    IF i IS NULL OR bleft[i] <= 0 THEN
-                        fits := false;
-                        EXIT;
-                    END IF;
+        IF cpos IS NOT NULL THEN
+            FOREACH i IN ARRAY cpos LOOP
+                IF i = 0 OR bleft[i] <= 0 THEN
+                    fits := false;
+                    EXIT;
                 END IF;
             END LOOP;
             IF fits THEN
-                FOREACH kk IN ARRAY ckeys LOOP
-                    i := array_position(bkeys, kk);
-                    IF i IS NOT NULL THEN
-                        bleft[i] := bleft[i] - 1;
-                    END IF;
+                FOREACH i IN ARRAY cpos LOOP
+                    bleft[i] := bleft[i] - 1;
                 END LOOP;
             END IF;
         END IF;
@@ -386,14 +409,17 @@ BEGIN
     IF cardinality(admitted) = 0 THEN
         RETURN;
     END IF;
-    INSERT INTO skiplock.limit_starts (key, started_at, job_id)
-    SELECT k, ts, j.id
-    FROM skiplock.jobs j
-    CROSS JOIN LATERAL unnest(j.limit_keys) AS k
-    WHERE j.id = ANY(admitted) AND j.limit_keys IS NOT NULL AND k = ANY(locked)
-      AND EXISTS (SELECT 1 FROM skiplock.limits l
-                  WHERE l.max_starts IS NOT NULL
-                    AND (l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)));
+
+    IF rated THEN
+        INSERT INTO skiplock.limit_starts (key, started_at, job_id)
+        SELECT k, ts, j.id
+        FROM skiplock.jobs j
+        CROSS JOIN LATERAL unnest(j.limit_keys) AS k
+        WHERE j.id = ANY(admitted) AND j.limit_keys IS NOT NULL AND k = ANY(locked)
+          AND EXISTS (SELECT 1 FROM skiplock.limits l
+                      WHERE l.max_starts IS NOT NULL
+                        AND (l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)));
+    END IF;
 
     RETURN QUERY
     WITH claimed AS (
@@ -403,7 +429,7 @@ BEGIN
             lease_token = gen_random_uuid(),
             lease_expires_at = now() + make_interval(secs => lease_seconds),
             worker_id = worker,
-            started_at = now(),
+            started_at = coalesce(ts, now()),
             updated_at = now()
         WHERE j.id = ANY(admitted)
         RETURNING j.*
