@@ -308,3 +308,44 @@ async def test_jobs_enqueued_into_a_fair_queue_without_a_fair_key_are_swept(
     assert await _claim(client, 5) == []
     assert await client.store.apply_fair_keys(client.pool, None, 100) == 1
     assert [j.id for j in await _claim(client, 5)] == [job.id]
+
+
+# -- limits declared in code ---------------------------------------------------
+
+
+async def test_a_task_declares_its_limit_and_a_run_time_change_survives_restarts(
+    client: Client, db_dsn: str
+) -> None:
+    """``@tasks.task(max_running=1)``: a starting worker writes the limit of task:<name>
+    and gives the key to the jobs already queued, which then run one at a time; a limit
+    changed at run time is not overwritten by the next worker's start."""
+    tasks = TaskRegistry()
+    running_now: list[uuid.UUID] = []
+    most = [0]
+
+    @tasks.task(max_running=1)
+    async def report(ctx: JobContext) -> None:
+        running_now.append(ctx.id)
+        most[0] = max(most[0], len(running_now))
+        await asyncio.sleep(0.02)  # the job's work, overlapping others if the limit failed
+        running_now.remove(ctx.id)
+
+    jobs = await client.enqueue_many([JobSpec(task="report") for _ in range(6)])
+    async with running(Worker(tasks, db_dsn, fast_settings(concurrency=4))):
+        for job in jobs:
+            await wait_for_state(client, job.id, JobState.SUCCEEDED)
+    assert most[0] == 1
+    assert [(x.pattern, x.max_running) for x in await client.limits()] == [("task:report", 1)]
+
+    await client.set_limit("task:report", max_running=3)
+    async with running(Worker(tasks, db_dsn, fast_settings())):
+        pass
+    assert [(x.pattern, x.max_running) for x in await client.limits()] == [("task:report", 3)]
+
+
+def test_a_bad_declared_limit_is_refused_at_registration() -> None:
+    tasks = TaskRegistry()
+    with pytest.raises(InvalidSetting, match="max_starts and per go together"):
+
+        @tasks.task(max_starts=5)
+        async def t(ctx: JobContext) -> None: ...

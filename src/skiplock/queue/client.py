@@ -38,7 +38,13 @@ from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE, Executor, Store, open_pool
 
-__all__ = ["ENQUEUE_ATTEMPTS", "Client", "decode_cursor", "encode_cursor"]
+__all__ = [
+    "ENQUEUE_ATTEMPTS",
+    "Client",
+    "await_older_transactions",
+    "decode_cursor",
+    "encode_cursor",
+]
 
 log = structlog.get_logger("skiplock.client")
 
@@ -458,7 +464,7 @@ class Client:
             async with self.pool.acquire() as conn:
                 limit, xid = await self.store.set_limit(conn, pattern, running, starts, seconds)
                 if may_match_implicit_key(pattern):
-                    await self._await_older_transactions(conn, xid, "set_limit")
+                    await await_older_transactions(self.store, conn, xid, "set_limit")
                     await self.store.apply_limit_keys(conn, pattern)
         return limit
 
@@ -503,7 +509,7 @@ class Client:
                     conn, check_queue_name(queue), paused=None, fair=bool(fair)
                 )
                 if fair:
-                    await self._await_older_transactions(conn, xid, "set_fair")
+                    await await_older_transactions(self.store, conn, xid, "set_fair")
                     while await self.store.apply_fair_keys(conn, queue, _BACKFILL_BATCH):
                         pass
         return settings
@@ -531,21 +537,22 @@ class Client:
         with _unavailable("queues", None):
             return await self.store.list_queues(self.pool)
 
-    async def _await_older_transactions(self, conn: Executor, xid: str, operation: str) -> None:
-        """Wait (at most a few seconds) until no other session runs a transaction or
-        snapshot older than ``xid``: a write of theirs could not have seen its change."""
-        pause = 0.002
-        with anyio.move_on_after(_OLDER_TRANSACTIONS_WAIT) as waited:
-            while await self.store.older_transactions(conn, xid):
-                await anyio.sleep(pause)
-                pause = min(pause * 2, 0.1)
-        if waited.cancelled_caught:
-            log.warning(
-                "older_transactions_still_running",
-                operation=operation,
-                waited=_OLDER_TRANSACTIONS_WAIT,
-                hint="a job they enqueue misses the new setting until the workers' sweep",
-            )
+
+async def await_older_transactions(store: Store, conn: Executor, xid: str, operation: str) -> None:
+    """Wait (at most a few seconds) until no other session runs a transaction or
+    snapshot older than ``xid``: a write of theirs could not have seen its change."""
+    pause = 0.002
+    with anyio.move_on_after(_OLDER_TRANSACTIONS_WAIT) as waited:
+        while await store.older_transactions(conn, xid):
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+    if waited.cancelled_caught:
+        log.warning(
+            "older_transactions_still_running",
+            operation=operation,
+            waited=_OLDER_TRANSACTIONS_WAIT,
+            hint="a job they enqueue misses the new setting until the workers' sweep",
+        )
 
 
 def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID | None:

@@ -735,6 +735,21 @@ class Store:
         assert row is not None
         return _limit(row), row["xid"]
 
+    async def declare_limit(
+        self,
+        ex: Executor,
+        pattern: str,
+        max_running: int | None,
+        max_starts: int | None,
+        per_seconds: float | None,
+    ) -> tuple[Limit, str] | None:
+        """Store a limit unless the pattern has one; returns it and the writing
+        transaction's id, or None when one was there."""
+        row = await ex.fetchrow(
+            self._q("declare_limit"), pattern, max_running, max_starts, per_seconds
+        )
+        return None if row is None else (_limit(row), row["xid"])
+
     async def remove_limit(self, ex: Executor, pattern: str) -> bool:
         return await ex.fetchrow(self._q("remove_limit"), pattern) is not None
 

@@ -41,6 +41,7 @@ import anyio
 import asyncpg
 import structlog
 
+from skiplock.queue.client import await_older_transactions
 from skiplock.queue.listener import listen_dsn, listen_forever
 from skiplock.queue.migrate import check_schema
 from skiplock.queue.store import Store, open_pool
@@ -231,6 +232,7 @@ class Worker:
             await check_schema(pool, schema=s.schema)
             self.health.schema_checked()
             self.health.db_ok()
+            await self._declare_limits(pool)
             if s.statement_cache_size == 0 and s.listen_url is None:
                 self._log.warning("listen_url_unset", **_LISTEN_URL_UNSET)
             await self._presence.register()
@@ -266,6 +268,23 @@ class Worker:
             shared.attach(None)
             await pool.close()
             self._log.info("worker_stopped")
+
+    async def _declare_limits(self, pool: asyncpg.Pool[Any]) -> None:
+        """Write the limits the tasks declare (``TaskRegistry.task(max_running=...)``)
+        whose key has none yet, and give that key to the task's waiting jobs."""
+        store = self._shared.store
+        for task in self.registry:
+            limit = task.limit
+            if limit is None:
+                continue
+            async with pool.acquire() as conn:
+                written = await store.declare_limit(
+                    conn, limit.pattern, limit.max_running, limit.max_starts, limit.per_seconds
+                )
+                if written is not None:
+                    await await_older_transactions(store, conn, written[1], "declare_limit")
+                    await store.apply_limit_keys(conn, limit.pattern)
+                    self._log.info("limit_declared", pattern=limit.pattern)
 
     async def _start_ops(self, loops: anyio.abc.TaskGroup, pool: asyncpg.Pool[Any]) -> None:
         """Probe server, probe file and retention loop, as the settings ask."""
