@@ -11,7 +11,15 @@ from skiplock.queue.errors import (
     SkiplockError,
 )
 from skiplock.queue.migrate import check_schema, migrate
-from skiplock.queue.models import ALL_TENANTS, AllTenants, Job, JobError, JobSpec, Page
+from skiplock.queue.models import (
+    ALL_TENANTS,
+    AllTenants,
+    Job,
+    JobError,
+    JobSpec,
+    OnDuplicate,
+    Page,
+)
 from skiplock.queue.states import TERMINAL_STATES, JobState
 from skiplock.queue.store import Store
 
@@ -29,6 +37,7 @@ __all__ = [
     "JobSpec",
     "JobState",
     "JobStateConflict",
+    "OnDuplicate",
     "Page",
     "SchemaMismatch",
     "SkiplockError",

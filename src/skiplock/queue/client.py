@@ -25,7 +25,7 @@ from skiplock.queue.errors import (
     SkiplockError,
 )
 from skiplock.queue.jsoncodec import dumps
-from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
+from skiplock.queue.models import Job, JobSpec, OnDuplicate, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE, Executor, Store, open_pool
 
@@ -153,6 +153,12 @@ class Client:
         meta: Mapping[str, Any] | None = None,
         expires_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        limit_keys: Sequence[str] | None = None,
+        fairness_key: str | None = None,
+        unique: bool = False,
+        unique_key: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        debounce: timedelta | float | None = None,
         connection: Executor | None = None,
     ) -> Job:
         """Enqueue one job and return it (the fields are those of :class:`JobSpec`).
@@ -163,6 +169,11 @@ class Client:
         expiry, timeout) raises :class:`IdempotencyConflict`. A ``delay`` is
         compared as given, not as the ``run_at`` it makes. Bad input raises :class:`InvalidJob` and
         writes nothing.
+
+        A unique job (``unique``, ``unique_key`` or ``debounce``; see :class:`JobSpec`)
+        whose key a queued or running job of the tenant holds returns that job, after
+        ``on_duplicate``, with ``duplicate`` True: nothing new is written. An
+        idempotency key is resolved first.
         """
         spec = JobSpec(
             task=task,
@@ -177,6 +188,12 @@ class Client:
             meta={} if meta is None else meta,
             expires_at=expires_at,
             timeout=timeout,
+            limit_keys=limit_keys,
+            fairness_key=fairness_key,
+            unique=unique,
+            unique_key=unique_key,
+            on_duplicate=on_duplicate,
+            debounce=debounce,
         )
         (job,) = await self._send(
             [spec], connection, "enqueue", resend_safe=idempotency_key is not None
@@ -190,6 +207,9 @@ class Client:
 
         Specs carrying an idempotency key that already exists resolve to the
         existing job (or raise :class:`IdempotencyConflict`), as in :meth:`enqueue`.
+        A unique spec whose key is held returns the holder (``duplicate`` True, an id
+        other than the spec's); two specs of the batch with the same key act as if
+        enqueued one after the other.
 
         On the client's pool, a send whose connection fails is sent again by itself
         (up to :data:`ENQUEUE_ATTEMPTS` times): the specs' client-made ids make that
@@ -232,7 +252,9 @@ class Client:
     async def _insert(
         self, batch: builtins.list[JobSpec], connection: Executor | None
     ) -> builtins.list[Job]:
-        if _pooled(connection) and all(s.idempotency_key is None for s in batch):
+        if _pooled(connection) and all(
+            s.idempotency_key is None and s.stored_unique_key is None for s in batch
+        ):
             # Without keys only an id can conflict: a batch sent again. One statement that
             # inserts every job or fails whole (nothing written) needs no transaction and
             # no conflict handling; a duplicate id goes the way below, which resolves it.
@@ -274,7 +296,8 @@ class Client:
                 break
         if pending:
             raise SkiplockError(
-                "could not resolve idempotency keys held by a concurrent transaction; retry"
+                "could not resolve idempotency or unique keys held by a concurrent "
+                "transaction; retry"
             )
         return [found[s.id] for s in batch]
 
@@ -299,6 +322,12 @@ class Client:
                 found[spec.id] = same_id
                 continue
             holder = by_key.get((spec.tenant, spec.idempotency_key))
+            if holder is None and spec.stored_unique_key is not None:
+                # In input order: a batch's duplicates apply one after the other.
+                holder = await self.store.resolve_unique(ex, spec)
+                if holder is not None:
+                    found[spec.id] = holder
+                    continue
             if holder is None:
                 still.append(spec)  # the holder vanished meanwhile: insert again
                 continue
