@@ -204,22 +204,24 @@ async def test_concurrent_enqueues_of_one_key_make_one_job(db_dsn: str) -> None:
             assert len({j.id for j in jobs}) == 1
             assert sum(not j.duplicate for j in jobs) == 1
             assert len(await _active(clients[0], key)) == 1
-        # a batch each, all at once, two keys per batch in either order
-        batches = await asyncio.gather(
-            *(
-                c.enqueue_many(
-                    [JobSpec("t", unique_key="b1"), JobSpec("t", unique_key="b2")][
-                        :: 1 - 2 * (i % 2)
-                    ]
+        # a batch each, all at once, three keys per batch in either order: one job per key
+        for round_ in range(3):
+            keys = [f"b{round_}-{k}" for k in range(3)]
+            batches = await asyncio.gather(
+                *(
+                    c.enqueue_many(
+                        [
+                            JobSpec("t", unique_key=k, on_duplicate="extend")
+                            for k in (keys if i % 2 else keys[::-1])
+                        ]
+                    )
+                    for i, c in enumerate(clients)
                 )
-                for i, c in enumerate(clients[:4])
-            ),
-            return_exceptions=True,
-        )
-        ok = [b for b in batches if not isinstance(b, BaseException)]
-        assert ok, batches
-        assert len(await _active(clients[0], "b1")) == 1
-        assert len(await _active(clients[0], "b2")) == 1
+            )
+            for position in range(3):
+                assert len({b[position].id for b in batches[::2]}) == 1
+            for key in keys:
+                assert len(await _active(clients[0], key)) == 1
     finally:
         for c in clients:
             await c.close()

@@ -314,6 +314,7 @@ class Client:
             for j in (await self.store.get_by_idempotency_keys(ex, keyed) if keyed else [])
         }
         still: builtins.list[JobSpec] = []
+        unique: builtins.list[JobSpec] = []
         for spec in pending:
             same_id = by_id.get(spec.id)
             if same_id is not None:  # the same spec sent again (e.g. after a network error)
@@ -323,17 +324,23 @@ class Client:
                 continue
             holder = by_key.get((spec.tenant, spec.idempotency_key))
             if holder is None and spec.stored_unique_key is not None:
-                # In input order: a batch's duplicates apply one after the other.
-                holder = await self.store.resolve_unique(ex, spec)
-                if holder is not None:
-                    found[spec.id] = holder
-                    continue
+                unique.append(spec)
+                continue
             if holder is None:
                 still.append(spec)  # the holder vanished meanwhile: insert again
                 continue
             if not _same_request(spec, holder):
                 raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", holder.id)
             found[spec.id] = holder
+        # Duplicates of unique keys, by (tenant, key) as the insert takes them (no deadlock
+        # between batches), each key's in input order: applied one after the other.
+        unique.sort(key=lambda s: (s.tenant, s.stored_unique_key or ""))
+        for spec in unique:
+            holder = await self.store.resolve_unique(ex, spec)
+            if holder is None:
+                still.append(spec)  # the holder ended meanwhile: insert again
+            else:
+                found[spec.id] = holder
         return still
 
     async def get(

@@ -402,6 +402,19 @@ def _enqueue_arguments(specs: Sequence[JobSpec], fingerprints: list[str]) -> lis
     return arguments
 
 
+def _unique_key_order(specs: Sequence[JobSpec]) -> list[int] | None:
+    """The order to insert a batch holding unique keys in: by (tenant, key), stable (so
+    two specs of one key keep theirs), every batch taking the keys' index entries in
+    the same order, which keeps concurrent batches of the same keys from deadlocking.
+    None when no spec is unique (the batch goes as given)."""
+    if all(s.stored_unique_key is None for s in specs):
+        return None
+    return sorted(
+        range(len(specs)),
+        key=lambda i: (specs[i].tenant, specs[i].stored_unique_key or ""),
+    )
+
+
 def _keys_json(keys: tuple[str, ...]) -> str:
     return orjson.dumps(keys).decode()
 
@@ -498,7 +511,9 @@ class Store:
         self, ex: Executor, specs: Sequence[JobSpec], *, strict: bool = False
     ) -> list[Job | None]:
         """Insert ``specs``; the job made for each, in input order, None for a spec
-        skipped because its id or (tenant, idempotency key) is already taken.
+        skipped because its id, (tenant, idempotency key) or (tenant, unique key) is
+        already taken (see :meth:`resolve_unique`). A batch holding unique keys is
+        inserted in (tenant, key) order.
 
         ``strict``: without ``ON CONFLICT DO NOTHING``, so a taken id or key raises
         ``asyncpg.UniqueViolationError`` and nothing is written (PostgreSQL writes
@@ -506,6 +521,18 @@ class Store:
         """
         if len(specs) == 1:
             return [await self.enqueue_one(ex, specs[0], strict=strict)]
+        order = _unique_key_order(specs)
+        if order is None:
+            return await self._insert_batch(ex, specs, strict)
+        made = await self._insert_batch(ex, [specs[i] for i in order], strict)
+        jobs: list[Job | None] = [None] * len(specs)
+        for position, index in enumerate(order):
+            jobs[index] = made[position]
+        return jobs
+
+    async def _insert_batch(
+        self, ex: Executor, specs: Sequence[JobSpec], strict: bool
+    ) -> list[Job | None]:
         fingerprints = request_fingerprints(specs)
         query = self._enqueue_strict if strict else self._q("enqueue_many")
         row = await ex.fetchrow(query, *_enqueue_arguments(specs, fingerprints))
