@@ -409,3 +409,66 @@ async def test_apikey_create_refuses_a_bad_expiry(db_dsn: str, client: Client) -
         assert result.exit_code == 2, (bad, result.output)
         assert says in result.output, (bad, result.output)
     assert await client.pool.fetchval("SELECT count(*) FROM skiplock.api_keys") == 0
+
+
+async def test_enqueue_with_flow_control_options(
+    db_dsn: str, client: Client, tmp_path: Path
+) -> None:
+    """`enqueue --limit-key --fairness-key --unique-key --on-duplicate --debounce` (and the
+    same keys in --file); a duplicate returns the job holding the key; bad keys exit 2."""
+    made = _json(
+        await _run(
+            db_dsn,
+            "enqueue",
+            "report",
+            "--limit-key",
+            "user:1",
+            "--limit-key",
+            "gpu",
+            "--fairness-key",
+            "f",
+            "--unique-key",
+            "u",
+            "--json",
+        )
+    )
+    assert made["limit_keys"] == ["user:1", "gpu"]
+    assert (made["fair_key"], made["unique_key"]) == ("f", "u")
+    again = await _run(
+        db_dsn,
+        "enqueue",
+        "report",
+        "--unique-key",
+        "u",
+        "--on-duplicate",
+        "extend",
+        "--delay",
+        "60",
+    )
+    assert again.exit_code == 0, again.output
+    assert made["id"] in again.output
+    assert "duplicate" in again.output
+    job = await client.get(made["id"])
+    assert job is not None
+    assert job.run_at > job.created_at + timedelta(seconds=59)
+
+    debounced = [
+        _json(await _run(db_dsn, "enqueue", "digest", "--debounce", "30", "--json"))
+        for _ in range(2)
+    ]
+    assert debounced[0]["id"] == debounced[1]["id"]
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"task": "a", "limit_keys": ["k"], "unique": true}\n')
+    done = _json(await _run(db_dsn, "enqueue", "--file", str(path), "--json"))
+    (listed,) = done["ids"]
+    from_file = await client.get(listed)
+    assert from_file is not None
+    assert from_file.limit_keys == ("k",)
+    assert from_file.unique_key is not None
+
+    before = await _count(client)
+    reserved = await _run(db_dsn, "enqueue", "report", "--limit-key", "tenant:other")
+    assert reserved.exit_code == 2, reserved.output
+    assert "reserved prefix" in reserved.output
+    assert await _count(client) == before

@@ -13,12 +13,21 @@ from skiplock.queue.models import request_fingerprints
 from skiplock.queue.store import Store, _enqueue_arguments, _queued_job, _without_conflict_clause
 
 _SHARED = ("queue", "task", "args", "priority", "max_attempts", "tenant", "meta", "fingerprint")
-_NULLABLE = ("run_at", "delay", "idempotency_key", "expires_at", "timeout")
+_NULLABLE = (
+    "run_at",
+    "delay",
+    "idempotency_key",
+    "expires_at",
+    "timeout",
+    "limit_keys",
+    "fair_key",
+    "unique_key",
+)
 
 
 def _named(specs: list[JobSpec]) -> dict[str, object]:
     arguments = _enqueue_arguments(specs, request_fingerprints(specs))
-    assert len(arguments) == 22  # $1 … $22 of enqueue_many.sql
+    assert len(arguments) == 25  # $1 … $25 of enqueue_many.sql
     named: dict[str, object] = {"id": arguments[0]}
     for i, name in enumerate(_SHARED):
         named[name] = arguments[1 + 2 * i]
@@ -66,6 +75,19 @@ def test_a_mixed_batch_sends_what_varies_per_job() -> None:
     assert named["timeout"] == [None, 5.0]
     assert named["delay"] == []
     assert named["expires_at"] == []
+    assert named["limit_keys"] == named["fair_key"] == named["unique_key"] == []
+
+
+def test_flow_control_columns_are_sent_per_job_only_when_some_job_has_them() -> None:
+    """Limit keys go as JSON text per job, fairness and unique keys as text per job."""
+    specs = [
+        JobSpec("a", limit_keys=["user:1", "gpu"], fairness_key="f", unique_key="u"),
+        JobSpec("a"),
+    ]
+    named = _named(specs)
+    assert named["limit_keys"] == ['["user:1","gpu"]', None]
+    assert named["fair_key"] == ["f", None]
+    assert named["unique_key"] == ["u", None]
 
 
 def test_a_queued_job_is_the_job_as_stored() -> None:
@@ -83,6 +105,9 @@ def test_a_queued_job_is_the_job_as_stored() -> None:
         expires_at=expires,
         timeout=3,
         delay=5,
+        limit_keys=["user:1"],
+        fairness_key="f",
+        unique_key="u",
     )
     run_at = datetime(2030, 1, 1, tzinfo=UTC)
     created = datetime(2029, 12, 31, tzinfo=UTC)
@@ -116,11 +141,18 @@ def test_a_queued_job_is_the_job_as_stored() -> None:
         expires_at=expires,
         timeout_seconds=3.0,
         request_fingerprint=spec.fingerprint,
+        limit_keys=("user:1",),
+        fair_key="f",
+        unique_key="u",
     )
     assert built == expected
     # every slot is set (a missing one raises AttributeError here)
     assert dataclasses.astuple(built) == dataclasses.astuple(expected)
     assert built.args is not spec.args  # decoded from the JSON text, the caller's object untouched
+    stored = _queued_job(spec, spec.fingerprint, run_at, created, (("user:1", "tenant:acme"), "g"))
+    assert stored == dataclasses.replace(
+        expected, limit_keys=("user:1", "tenant:acme"), fair_key="g"
+    )
 
 
 @pytest.mark.parametrize(

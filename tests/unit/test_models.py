@@ -308,3 +308,95 @@ def test_replace_validates_and_encodes_again() -> None:
     assert other == JobSpec("t", args={"a": 2}, id=spec.id)
     with pytest.raises(InvalidJob, match=r"^priority must be between"):
         dataclasses.replace(spec, priority=40_000)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"limit_keys": "user:1"}, "limit_keys must be a list"),
+        ({"limit_keys": []}, "1 to 16 keys"),
+        ({"limit_keys": [f"k{i}" for i in range(17)]}, "1 to 16 keys"),
+        ({"limit_keys": [""]}, "a limit key must be"),
+        ({"limit_keys": ["a" * 257]}, "a limit key must be"),
+        ({"limit_keys": ["a\x00b"]}, "a limit key must be"),
+        ({"limit_keys": [1]}, "a limit key must be"),
+        ({"limit_keys": ["a", "a"]}, "must not repeat"),
+        ({"limit_keys": ["tenant:other"]}, "reserved prefix"),
+        ({"limit_keys": ["queue:q"]}, "reserved prefix"),
+        ({"limit_keys": ["task:t"]}, "reserved prefix"),
+        ({"fairness_key": ""}, "fairness_key must be"),
+        ({"unique_key": "x" * 257}, "unique_key must be"),
+        ({"unique": "yes"}, "unique must be true or false"),
+        ({"unique": True, "on_duplicate": "merge"}, "on_duplicate must be"),
+        ({"on_duplicate": "replace"}, "on_duplicate is for unique jobs"),
+        ({"debounce": -1}, "debounce must be"),
+        ({"debounce": float("nan")}, "debounce must be"),
+        ({"debounce": "5"}, "debounce must be"),
+        ({"debounce": 5, "delay": 1}, "debounce or run_at/delay"),
+        ({"debounce": 5, "on_duplicate": "keep"}, "not 'keep'"),
+    ],
+    ids=repr,
+)
+def test_flow_control_options_validated(fields: dict[str, Any], message: str) -> None:
+    """Bad limit, fairness and unique options are refused before anything is written."""
+    with pytest.raises(InvalidJob, match=message):
+        JobSpec("t", **fields)
+
+
+def test_limit_keys_may_hold_sixteen_keys_and_use_other_prefixes() -> None:
+    """Sixteen distinct keys, kept in order as a tuple; other prefixes are the caller's."""
+    keys = [f"user:{i}" for i in range(15)] + ["tenants:x"]
+    assert JobSpec("t", limit_keys=keys).limit_keys == tuple(keys)
+
+
+def test_unique_key_derived_from_task_and_canonical_args() -> None:
+    """unique=True hashes task and args (key order aside); an explicit key is used as given."""
+    a = JobSpec("t", args={"x": 1, "y": 2}, unique=True)
+    b = JobSpec("t", args={"y": 2, "x": 1}, unique=True)
+    assert a.stored_unique_key == b.stored_unique_key
+    assert a.stored_unique_key is not None
+    assert len(a.stored_unique_key) == 64
+    assert JobSpec("u", args={"x": 1, "y": 2}, unique=True).stored_unique_key != a.stored_unique_key
+    assert JobSpec("t", args={"x": 2, "y": 2}, unique=True).stored_unique_key != a.stored_unique_key
+    assert JobSpec("t", unique_key="k").stored_unique_key == "k"
+    assert JobSpec("t").stored_unique_key is None
+    assert JobSpec("t", unique=True).on_duplicate == "keep"
+
+
+def test_debounce_is_unique_extend_and_delayed() -> None:
+    """debounce: a unique job, delayed by it, extending its duplicate (or replacing it)."""
+    spec = JobSpec("t", args={"a": 1}, debounce=timedelta(seconds=2))
+    assert spec.stored_unique_key == JobSpec("t", args={"a": 1}, unique=True).stored_unique_key
+    assert spec.on_duplicate == "extend"
+    assert spec.delay_seconds == 2.0
+    assert JobSpec("t", debounce=2, on_duplicate="replace").on_duplicate == "replace"
+
+
+def test_replace_keeps_flow_options_and_derives_the_key_again() -> None:
+    """dataclasses.replace of a unique spec with other args gets the new args' key."""
+    spec = JobSpec("t", args={"a": 1}, unique=True, on_duplicate="replace", limit_keys=["k"])
+    other = dataclasses.replace(spec, args={"a": 2})
+    assert other.stored_unique_key == JobSpec("t", args={"a": 2}, unique=True).stored_unique_key
+    assert other.on_duplicate == "replace"
+    assert other.limit_keys == ("k",)
+    assert dataclasses.replace(JobSpec("t"), priority=1).on_duplicate == "keep"
+
+
+def test_flow_options_enter_the_fingerprint_only_when_set() -> None:
+    """Each option changes the fingerprint; a request without them keeps its old one."""
+    base = JobSpec("t", args={"a": 1})
+    variants = [
+        JobSpec("t", args={"a": 1}, limit_keys=["k"]),
+        JobSpec("t", args={"a": 1}, limit_keys=["k", "l"]),
+        JobSpec("t", args={"a": 1}, fairness_key="f"),
+        JobSpec("t", args={"a": 1}, unique=True),
+        JobSpec("t", args={"a": 1}, unique=True, on_duplicate="replace"),
+        JobSpec("t", args={"a": 1}, unique_key="u"),
+        JobSpec("t", args={"a": 1}, debounce=3),
+        JobSpec("t", args={"a": 1}, debounce=3, on_duplicate="replace"),
+    ]
+    prints = [base.fingerprint] + [v.fingerprint for v in variants]
+    assert len(set(prints)) == len(prints)
+    assert request_fingerprints([dataclasses.replace(v, id=uuid.uuid4()) for v in variants]) == [
+        v.fingerprint for v in variants
+    ]

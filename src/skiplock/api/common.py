@@ -174,6 +174,9 @@ def document(request: Request, job: Job) -> dict[str, Any]:
     # A document served through a share token links to the routes its holder can use.
     links = job_links(job.id, base) if token is None else share_links(token, base)
     doc = job_document(job, now=datetime.now(UTC), links=links)
+    if token is not None:
+        # The keys may name the tenant (tenant:<x>, the default fair key): not for a link.
+        doc["limit_keys"] = doc["fair_key"] = doc["unique_key"] = None
     principal = getattr(request.state, "principal", None)
     if isinstance(principal, Principal) and principal.is_admin:
         doc["tenant"] = job.tenant  # an admin key sees every tenant's jobs: say whose

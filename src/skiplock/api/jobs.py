@@ -47,7 +47,8 @@ def _creating_tenant(request: Request, principal: Principal) -> str:
 
 
 async def create_job(request: Request) -> Response:
-    """``POST /v1/jobs``: create a job of an exposed task (``Idempotency-Key`` honoured)."""
+    """``POST /v1/jobs``: create a job of an exposed task (``Idempotency-Key`` honoured;
+    a unique job whose key is held answers 200 with the job holding it)."""
     principal = await authorize(request, "write")
     state = state_of(request)
     client, _, _ = state.ready()
@@ -95,6 +96,12 @@ async def create_job(request: Request) -> Response:
             meta=body.meta,
             expires_at=body.expires_at,
             timeout=body.timeout_seconds,
+            limit_keys=body.limit_keys,
+            fairness_key=body.fairness_key,
+            unique=body.unique,
+            unique_key=body.unique_key,
+            on_duplicate=body.on_duplicate,
+            debounce=body.debounce,
         )
         (job,) = await client.enqueue_many([spec])
     except IdempotencyConflict:
@@ -105,7 +112,9 @@ async def create_job(request: Request) -> Response:
         ) from None
     except InvalidJob as exc:
         raise HTTPProblem(422, str(exc), code="invalid-body") from None
-    created = job.id == spec.id  # ids are made client-side: ours means we inserted it
+    # ids are made client-side: ours means we inserted it (else an idempotent resend or
+    # the job holding the unique key: 200)
+    created = job.id == spec.id
     doc = document(request, job)
     headers = {"Location": doc["links"]["self"], "ETag": etag(job)}
     return model_response(JobDocument, doc, 201 if created else 200, headers)

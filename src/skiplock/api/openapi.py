@@ -195,7 +195,11 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
                 },
                 "responses": {
                     "201": _json(JobDocument, "Created."),
-                    "200": _json(JobDocument, "The job this Idempotency-Key already created."),
+                    "200": _json(
+                        JobDocument,
+                        "The job this Idempotency-Key already created, or the queued or "
+                        "running job holding the unique key (after on_duplicate).",
+                    ),
                     **_AUTH_ERRORS,
                     "408": _problem("The body did not arrive in time."),
                     "409": _problem("Idempotency-Key reused with a different body."),

@@ -61,6 +61,42 @@ class CreateJobBody(BaseModel):
         le=366 * 24 * 3600,
         description="Seconds one attempt may run, instead of the task's own timeout.",
     )
+    limit_keys: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="Keys whose limits apply to the job (e.g. user:42); distinct, and not "
+        "starting with the reserved queue:, task: or tenant:.",
+    )
+    fairness_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The group a fair queue claims round-robin (default: the tenant).",
+    )
+    unique: bool = Field(
+        default=False,
+        description="At most one queued or running job of the tenant with this task and args.",
+    )
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="At most one queued or running job of the tenant holds this key.",
+    )
+    on_duplicate: Literal["keep", "replace", "extend"] | None = Field(
+        default=None,
+        description="When a queued or running job holds the unique key (the answer is then "
+        "200 with that job): keep it (default), replace its args, meta, priority and run "
+        "time, or extend (move) its run time. A running job is never changed.",
+    )
+    debounce: float | None = Field(
+        default=None,
+        ge=0,
+        le=366 * 24 * 3600,
+        description="Seconds: a unique job (by unique_key, else task and args) that runs this "
+        "long after the last of a burst of creations; on_duplicate extend (or replace).",
+    )
 
 
 class ErrorInfo(_Out):
@@ -123,6 +159,20 @@ class JobDocument(_Out):
     )
     timeout_seconds: float | None = Field(
         default=None, description="Seconds one attempt may run (null: the task's own timeout)."
+    )
+    limit_keys: list[str] | None = Field(
+        default=None,
+        description="Keys whose limits apply to the job: the ones given and the implicit "
+        "queue:, task:, tenant: keys a limit matched (null: none; hidden in share links).",
+    )
+    fair_key: str | None = Field(
+        default=None,
+        description="The group a fair queue claims round-robin (null: none; hidden in share "
+        "links).",
+    )
+    unique_key: str | None = Field(
+        default=None,
+        description="The job's unique key (null: not unique; hidden in share links).",
     )
     links: JobLinks
     tenant: str | None = Field(

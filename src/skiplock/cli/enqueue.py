@@ -26,6 +26,7 @@ from skiplock.queue import (
     InvalidJob,
     Job,
     JobSpec,
+    OnDuplicate,
 )
 
 
@@ -55,6 +56,12 @@ _SPEC_KEYS = frozenset(
         "meta",
         "expires_at",
         "timeout",
+        "limit_keys",
+        "fairness_key",
+        "unique",
+        "unique_key",
+        "on_duplicate",
+        "debounce",
     }
 )
 
@@ -126,6 +133,32 @@ def _chunks(specs: list[JobSpec], size: int) -> Iterator[list[JobSpec]]:
     help="Seconds one attempt may run, instead of the task's own timeout.",
 )
 @click.option(
+    "--limit-key",
+    "limit_keys",
+    multiple=True,
+    help="A key whose limits apply to the job (e.g. user:42); repeat for more (up to 16).",
+)
+@click.option("--fairness-key", default=None, help="The group a fair queue claims round-robin.")
+@click.option(
+    "--unique", is_flag=True, help="At most one queued or running job with this task and args."
+)
+@click.option(
+    "--unique-key", default=None, help="At most one queued or running job holds this key."
+)
+@click.option(
+    "--on-duplicate",
+    type=click.Choice(["keep", "replace", "extend"]),
+    default=None,
+    help="When the unique key is held: keep that job (default), replace its args, meta,"
+    " priority and run time, or extend (move) its run time.",
+)
+@click.option(
+    "--debounce",
+    type=click.FloatRange(0),
+    default=None,
+    help="Unique, and run SECONDS after the last enqueue of a burst.",
+)
+@click.option(
     "--file",
     "file_path",
     type=click.Path(dir_okay=False, allow_dash=True),
@@ -147,6 +180,12 @@ def enqueue_cmd(
     meta_json: str | None,
     expires: datetime | None,
     timeout: float | None,
+    limit_keys: tuple[str, ...],
+    fairness_key: str | None,
+    unique: bool,
+    unique_key: str | None,
+    on_duplicate: OnDuplicate | None,
+    debounce: float | None,
     file_path: str | None,
     as_json: bool,
 ) -> None:
@@ -155,10 +194,19 @@ def enqueue_cmd(
     if (task is None) == (file_path is None):
         fail("give a TASK or --file, not both", EXIT_USAGE)
     if file_path is not None:
-        if expires is not None or timeout is not None:
+        if (
+            expires is not None
+            or timeout is not None
+            or limit_keys
+            or fairness_key is not None
+            or unique
+            or unique_key is not None
+            or on_duplicate is not None
+            or debounce is not None
+        ):
             fail(
-                "--expires and --timeout are for one TASK; give expires_at and timeout"
-                " per line in --file",
+                "--expires, --timeout and the flow-control options are for one TASK; give"
+                " them per line in --file",
                 EXIT_USAGE,
             )
         specs = _read_specs(file_path)
@@ -178,6 +226,12 @@ def enqueue_cmd(
             meta=_parse_object(meta_json, "--meta"),
             expires_at=expires,
             timeout=timeout,
+            limit_keys=limit_keys or None,
+            fairness_key=fairness_key,
+            unique=unique,
+            unique_key=unique_key,
+            on_duplicate=on_duplicate,
+            debounce=debounce,
         )
     except InvalidJob as exc:
         fail(str(exc), EXIT_USAGE)
@@ -190,7 +244,10 @@ def enqueue_cmd(
     if as_json:
         echo_json(job_json(job))
     else:
-        click.echo(f"{job.id}  {job.task}  {job.state.value}  run_at {job.run_at.isoformat()}")
+        found = "  (duplicate: already held the unique key)" if job.duplicate else ""
+        click.echo(
+            f"{job.id}  {job.task}  {job.state.value}  run_at {job.run_at.isoformat()}{found}"
+        )
 
 
 def _enqueue_file(settings: Settings, specs: list[JobSpec], as_json: bool) -> None:

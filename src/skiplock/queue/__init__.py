@@ -13,7 +13,15 @@ from skiplock.queue.errors import (
 )
 from skiplock.queue.flow import FairWeight, Limit, QueueSettings
 from skiplock.queue.migrate import check_schema, migrate
-from skiplock.queue.models import ALL_TENANTS, AllTenants, Job, JobError, JobSpec, Page
+from skiplock.queue.models import (
+    ALL_TENANTS,
+    AllTenants,
+    Job,
+    JobError,
+    JobSpec,
+    OnDuplicate,
+    Page,
+)
 from skiplock.queue.states import TERMINAL_STATES, JobState
 from skiplock.queue.store import Store
 
@@ -34,6 +42,7 @@ __all__ = [
     "JobState",
     "JobStateConflict",
     "Limit",
+    "OnDuplicate",
     "Page",
     "QueueSettings",
     "SchemaMismatch",

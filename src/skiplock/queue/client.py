@@ -34,7 +34,7 @@ from skiplock.queue.flow import (
     may_match_implicit_key,
 )
 from skiplock.queue.jsoncodec import dumps
-from skiplock.queue.models import Job, JobSpec, Page, TenantScope, tenant_filter
+from skiplock.queue.models import Job, JobSpec, OnDuplicate, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
 from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE, Executor, Store, open_pool
 
@@ -170,6 +170,12 @@ class Client:
         meta: Mapping[str, Any] | None = None,
         expires_at: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the job's timeout, not this call's
+        limit_keys: Sequence[str] | None = None,
+        fairness_key: str | None = None,
+        unique: bool = False,
+        unique_key: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        debounce: timedelta | float | None = None,
         connection: Executor | None = None,
     ) -> Job:
         """Enqueue one job and return it (the fields are those of :class:`JobSpec`).
@@ -180,6 +186,11 @@ class Client:
         expiry, timeout) raises :class:`IdempotencyConflict`. A ``delay`` is
         compared as given, not as the ``run_at`` it makes. Bad input raises :class:`InvalidJob` and
         writes nothing.
+
+        A unique job (``unique``, ``unique_key`` or ``debounce``; see :class:`JobSpec`)
+        whose key a queued or running job of the tenant holds returns that job, after
+        ``on_duplicate``, with ``duplicate`` True: nothing new is written. An
+        idempotency key is resolved first.
         """
         spec = JobSpec(
             task=task,
@@ -194,6 +205,12 @@ class Client:
             meta={} if meta is None else meta,
             expires_at=expires_at,
             timeout=timeout,
+            limit_keys=limit_keys,
+            fairness_key=fairness_key,
+            unique=unique,
+            unique_key=unique_key,
+            on_duplicate=on_duplicate,
+            debounce=debounce,
         )
         (job,) = await self._send(
             [spec], connection, "enqueue", resend_safe=idempotency_key is not None
@@ -207,6 +224,9 @@ class Client:
 
         Specs carrying an idempotency key that already exists resolve to the
         existing job (or raise :class:`IdempotencyConflict`), as in :meth:`enqueue`.
+        A unique spec whose key is held returns the holder (``duplicate`` True, an id
+        other than the spec's); two specs of the batch with the same key act as if
+        enqueued one after the other.
 
         On the client's pool, a send whose connection fails is sent again by itself
         (up to :data:`ENQUEUE_ATTEMPTS` times): the specs' client-made ids make that
@@ -249,7 +269,9 @@ class Client:
     async def _insert(
         self, batch: builtins.list[JobSpec], connection: Executor | None
     ) -> builtins.list[Job]:
-        if _pooled(connection) and all(s.idempotency_key is None for s in batch):
+        if _pooled(connection) and all(
+            s.idempotency_key is None and s.stored_unique_key is None for s in batch
+        ):
             # Without keys only an id can conflict: a batch sent again. One statement that
             # inserts every job or fails whole (nothing written) needs no transaction and
             # no conflict handling; a duplicate id goes the way below, which resolves it.
@@ -291,7 +313,8 @@ class Client:
                 break
         if pending:
             raise SkiplockError(
-                "could not resolve idempotency keys held by a concurrent transaction; retry"
+                "could not resolve idempotency or unique keys held by a concurrent "
+                "transaction; retry"
             )
         return [found[s.id] for s in batch]
 
@@ -308,6 +331,7 @@ class Client:
             for j in (await self.store.get_by_idempotency_keys(ex, keyed) if keyed else [])
         }
         still: builtins.list[JobSpec] = []
+        unique: builtins.list[JobSpec] = []
         for spec in pending:
             same_id = by_id.get(spec.id)
             if same_id is not None:  # the same spec sent again (e.g. after a network error)
@@ -316,12 +340,24 @@ class Client:
                 found[spec.id] = same_id
                 continue
             holder = by_key.get((spec.tenant, spec.idempotency_key))
+            if holder is None and spec.stored_unique_key is not None:
+                unique.append(spec)
+                continue
             if holder is None:
                 still.append(spec)  # the holder vanished meanwhile: insert again
                 continue
             if not _same_request(spec, holder):
                 raise IdempotencyConflict(spec.tenant, spec.idempotency_key or "", holder.id)
             found[spec.id] = holder
+        # Duplicates of unique keys, by (tenant, key) as the insert takes them (no deadlock
+        # between batches), each key's in input order: applied one after the other.
+        unique.sort(key=lambda s: (s.tenant, s.stored_unique_key or ""))
+        for spec in unique:
+            holder = await self.store.resolve_unique(ex, spec)
+            if holder is None:
+                still.append(spec)  # the holder ended meanwhile: insert again
+            else:
+                found[spec.id] = holder
         return still
 
     async def get(

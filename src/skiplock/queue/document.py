@@ -58,7 +58,8 @@ def job_document(
     died, froze or was cut off): its progress and ETA are stale until a rescuer
     takes it back. ``result`` is set only when the job succeeded; ``error`` (the error the job
     failed with) only when it failed; ``errors`` is every failed attempt,
-    oldest first, whatever the state.
+    oldest first, whatever the state. ``limit_keys``, ``fair_key`` and
+    ``unique_key`` are the job's flow-control keys (docs/flow-control.md).
     """
     error = job.error
     doc: dict[str, Any] = {
@@ -87,6 +88,9 @@ def job_document(
         "finished_at": _ts(job.finished_at),
         "expires_at": _ts(job.expires_at),
         "timeout_seconds": job.timeout_seconds,
+        "limit_keys": None if job.limit_keys is None else list(job.limit_keys),
+        "fair_key": job.fair_key,
+        "unique_key": job.unique_key,
     }
     if operator:
         doc["tenant"] = job.tenant

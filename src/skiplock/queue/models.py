@@ -26,12 +26,19 @@ __all__ = [
     "Job",
     "JobError",
     "JobSpec",
+    "OnDuplicate",
     "Page",
     "TenantScope",
     "request_fingerprints",
     "tenant_filter",
 ]
 
+OnDuplicate: TypeAlias = Literal["keep", "replace", "extend"]
+"""What enqueueing a unique job does when a queued or running job holds its key."""
+
+_ON_DUPLICATE: Final = ("keep", "replace", "extend")
+_RESERVED_KEY_PREFIXES: Final = ("queue:", "task:", "tenant:")
+_MAX_LIMIT_KEYS = 16
 _SMALLINT = (-32768, 32767)
 _TENANT_MAX = 256
 _MAX_DELAY = timedelta.max.total_seconds() / 2  # beyond it no expiry could follow the delay
@@ -150,6 +157,17 @@ class Job:
     result_omitted: bool = False
     """True when a listing left the result out for its size (``result`` is None then)."""
 
+    limit_keys: tuple[str, ...] | None = None
+    """The keys whose limits apply to the job: the ones given, then the implicit
+    ``queue:``/``task:``/``tenant:`` keys a limit matched at enqueue (None: none)."""
+    fair_key: str | None = None
+    """The group a fair queue claims round-robin (None: claimed in plain order)."""
+    unique_key: str | None = None
+    """At most one queued or running job of the tenant holds it (None: not unique)."""
+    duplicate: bool = False
+    """Set only on what an enqueue returns: True when the job was not made by that
+    enqueue but already held its unique key (kept, replaced or extended)."""
+
     @property
     def error(self) -> JobError | None:
         """The error the job failed with: set only when the job failed.
@@ -211,6 +229,24 @@ class JobSpec:
 
     ``id`` defaults to a new time-ordered UUIDv7 (:func:`skiplock.queue.ids.uuid7`),
     made here rather than by the database so a batch matches its input.
+
+    Flow control (docs/flow-control.md): ``limit_keys`` (up to 16 distinct keys,
+    e.g. ``user:42``) are the keys whose limits (``skiplock.limits``) apply to
+    the job; the prefixes ``queue:``, ``task:`` and ``tenant:`` are reserved for
+    the implicit keys the database adds. ``fairness_key``: the group a fair
+    queue claims round-robin (default: the tenant, when the queue is fair).
+
+    Unique jobs: with ``unique=True`` (key: a hash of task and arguments) or a
+    ``unique_key``, at most one queued or running job of the tenant holds the
+    key. Enqueueing a duplicate returns the job holding it (``Job.duplicate``
+    is then True, and its id is not this spec's), after ``on_duplicate``:
+    ``"keep"`` (the default) leaves it as it is; ``"replace"`` gives a queued
+    one this spec's args, meta, priority, run time and max_attempts;
+    ``"extend"`` moves a queued one's run time to this spec's. A running
+    holder is never changed. ``debounce`` (seconds or timedelta) makes the job
+    unique, delays it by that much, and makes ``on_duplicate`` ``"extend"``
+    (or ``"replace"`` when asked): the job runs ``debounce`` after the last
+    enqueue of a burst.
     """
 
     task: str
@@ -226,6 +262,14 @@ class JobSpec:
     expires_at: datetime | None = None
     timeout: float | None = None
     id: uuid.UUID = field(default_factory=uuid7)
+    limit_keys: tuple[str, ...] | None = None
+    fairness_key: str | None = None
+    unique: bool = False
+    unique_key: str | None = None
+    """The key as given (:attr:`stored_unique_key`: the one the job gets)."""
+    on_duplicate: OnDuplicate = "keep"
+    """As applied: ``"extend"`` for a debounced job unless ``"replace"`` was asked."""
+    debounce: timedelta | float | None = None
     args_json: str = field(init=False, repr=False, compare=False)
     meta_json: str = field(init=False, repr=False, compare=False)
     _request_meta_json: str = field(init=False, repr=False, compare=False)
@@ -233,6 +277,7 @@ class JobSpec:
     _delay_seconds: float | None = field(init=False, repr=False, compare=False)
     _fingerprint: str | None = field(init=False, repr=False, compare=False)
     """:attr:`fingerprint`, computed on first use (a batch shares it between equal requests)."""
+    _unique_key: str | None = field(init=False, repr=False, compare=False)
 
     # Written out rather than generated: the generated __init__ of a frozen dataclass
     # and a __post_init__ cost more than the checks themselves (a bulk enqueue builds
@@ -252,6 +297,12 @@ class JobSpec:
         expires_at: datetime | None = None,
         timeout: float | None = None,
         id: uuid.UUID | None = None,
+        limit_keys: Sequence[str] | None = None,
+        fairness_key: str | None = None,
+        unique: bool = False,
+        unique_key: str | None = None,
+        on_duplicate: OnDuplicate | None = None,
+        debounce: timedelta | float | None = None,
     ) -> None:
         if not isinstance(task, str) or not 0 < len(task) <= 256 or "\x00" in task:
             _check_name(task, "task", 256)
@@ -289,6 +340,23 @@ class JobSpec:
             delay_seconds = _seconds(delay)
             if delay_seconds is None or not math.isfinite(delay_seconds) or delay_seconds < 0:
                 raise InvalidJob("delay must be a non-negative number of seconds or timedelta")
+        keys: tuple[str, ...] | None = None
+        mode: OnDuplicate = "keep"
+        if (
+            limit_keys is not None
+            or fairness_key is not None
+            or unique
+            or unique_key is not None
+            or on_duplicate is not None
+            or debounce is not None
+        ):
+            keys, mode, debounce_seconds = _check_flow(
+                limit_keys, fairness_key, unique, unique_key, on_duplicate, debounce
+            )
+            if debounce_seconds is not None:
+                if run_at is not None or delay is not None:
+                    raise InvalidJob("give debounce or run_at/delay, not both")
+                delay_seconds = debounce_seconds
         if timeout is not None or expires_at is not None:
             _check_expiry_and_timeout(run_at, delay_seconds, expires_at, timeout)
         if id is None:
@@ -296,6 +364,9 @@ class JobSpec:
         elif not isinstance(id, uuid.UUID):
             raise InvalidJob("id must be a uuid.UUID")
         args_json = _json_object(args, "args")
+        stored_key = unique_key
+        if stored_key is None and (unique or debounce is not None):
+            stored_key = _derived_unique_key(task, args_json)
         # meta is kept as a dict of its own, plus the current span's W3C context under
         # meta["_trace"] (a no-op without OpenTelemetry): the worker continues the trace.
         given = {} if meta is _NO_MAPPING else dict(meta)
@@ -314,11 +385,18 @@ class JobSpec:
         _set_expires_at(self, expires_at)
         _set_timeout(self, timeout)
         _set_id(self, id)
+        _set_limit_keys(self, keys)
+        _set_fairness_key(self, fairness_key)
+        _set_unique(self, unique)
+        _set_unique_key(self, unique_key)
+        _set_on_duplicate(self, mode)
+        _set_debounce(self, debounce)
         _set_args_json(self, args_json)
         _set_meta_json(self, request_meta_json if traced is given else _json_object(traced, "meta"))
         _set_request_meta_json(self, request_meta_json)
         _set_delay_seconds(self, delay_seconds)
         _set_fingerprint(self, None)
+        _set_unique_key_stored(self, stored_key)
 
     @property
     def fingerprint(self) -> str:
@@ -329,6 +407,12 @@ class JobSpec:
             fingerprint = _request_fingerprint(self)
             _set_fingerprint(self, fingerprint)
         return fingerprint
+
+    @property
+    def stored_unique_key(self) -> str | None:
+        """The job's unique key: ``unique_key``, or with ``unique`` (or ``debounce``)
+        and no key given, SHA-256 (hex) of the task and its canonical arguments."""
+        return self._unique_key
 
     @property
     def timeout_seconds(self) -> float | None:
@@ -357,11 +441,18 @@ class JobSpec:
     _set_expires_at,
     _set_timeout,
     _set_id,
+    _set_limit_keys,
+    _set_fairness_key,
+    _set_unique,
+    _set_unique_key,
+    _set_on_duplicate,
+    _set_debounce,
     _set_args_json,
     _set_meta_json,
     _set_request_meta_json,
     _set_delay_seconds,
     _set_fingerprint,
+    _set_unique_key_stored,
 ) = (JobSpec.__dict__[name].__set__ for name in JobSpec.__slots__)
 assert JobSpec.__slots__ == (
     "task",
@@ -377,12 +468,78 @@ assert JobSpec.__slots__ == (
     "expires_at",
     "timeout",
     "id",
+    "limit_keys",
+    "fairness_key",
+    "unique",
+    "unique_key",
+    "on_duplicate",
+    "debounce",
     "args_json",
     "meta_json",
     "_request_meta_json",
     "_delay_seconds",
     "_fingerprint",
+    "_unique_key",
 ), "the setters above follow JobSpec's fields"
+
+
+def _check_flow(
+    limit_keys: Sequence[str] | None,
+    fairness_key: str | None,
+    unique: bool,
+    unique_key: str | None,
+    on_duplicate: OnDuplicate | None,
+    debounce: timedelta | float | None,
+) -> tuple[tuple[str, ...] | None, OnDuplicate, float | None]:
+    """Check the flow-control options: (limit keys, on_duplicate, debounce seconds)."""
+    keys: tuple[str, ...] | None = None
+    if limit_keys is not None:
+        if isinstance(limit_keys, str) or not isinstance(limit_keys, Sequence):
+            raise InvalidJob("limit_keys must be a list of strings")
+        keys = tuple(limit_keys)
+        if not 1 <= len(keys) <= _MAX_LIMIT_KEYS:
+            raise InvalidJob(f"limit_keys must hold 1 to {_MAX_LIMIT_KEYS} keys")
+        for key in keys:
+            _check_name(key, "a limit key", 256)
+            if key.startswith(_RESERVED_KEY_PREFIXES):
+                raise InvalidJob(
+                    f"limit key {key!r} uses a reserved prefix (queue:, task:, tenant:): "
+                    "those keys are added by the database when a limit matches them"
+                )
+        if len(set(keys)) != len(keys):
+            raise InvalidJob("limit_keys must not repeat a key")
+    if fairness_key is not None:
+        _check_name(fairness_key, "fairness_key", 256)
+    if not isinstance(unique, bool):
+        raise InvalidJob("unique must be true or false")
+    if unique_key is not None:
+        _check_name(unique_key, "unique_key", 256)
+    debounce_seconds: float | None = None
+    if debounce is not None:
+        debounce_seconds = _seconds(debounce)
+        if (
+            debounce_seconds is None
+            or not math.isfinite(debounce_seconds)
+            or not 0 <= debounce_seconds < _MAX_DELAY
+        ):
+            raise InvalidJob("debounce must be a non-negative number of seconds or timedelta")
+    if on_duplicate is not None and on_duplicate not in _ON_DUPLICATE:
+        raise InvalidJob("on_duplicate must be 'keep', 'replace' or 'extend'")
+    if debounce_seconds is not None:
+        if on_duplicate == "keep":
+            raise InvalidJob("a debounced job extends (or replaces) its duplicate: not 'keep'")
+        mode: OnDuplicate = on_duplicate or "extend"
+    else:
+        if on_duplicate not in (None, "keep") and not unique and unique_key is None:
+            raise InvalidJob("on_duplicate is for unique jobs: give unique, unique_key or debounce")
+        mode = on_duplicate or "keep"
+    return keys, mode, debounce_seconds
+
+
+def _derived_unique_key(task: str, args_json: str) -> str:
+    """The key of ``unique=True``: SHA-256 (hex) of the task and its canonical arguments."""
+    canonical = orjson.dumps(_load_object(args_json), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(task.encode() + b"\x00" + canonical).hexdigest()
 
 
 def _seconds(delay: timedelta | float) -> float | None:
@@ -443,6 +600,17 @@ def _request_fingerprint(spec: JobSpec) -> str:
         "expires_at": _utc_iso(spec.expires_at),
         "timeout": spec.timeout_seconds,
     }
+    # Flow-control fields enter only when set: the fingerprint of a request without
+    # them is what it was before they existed.
+    if spec.limit_keys is not None:
+        request["limit_keys"] = list(spec.limit_keys)
+    if spec.fairness_key is not None:
+        request["fairness_key"] = spec.fairness_key
+    if spec._unique_key is not None:
+        request["unique_key"] = spec._unique_key
+        request["on_duplicate"] = spec.on_duplicate
+    if spec.debounce is not None:
+        request["debounce"] = _seconds(spec.debounce)
     canonical = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
@@ -474,6 +642,11 @@ def request_fingerprints(specs: Sequence[JobSpec]) -> list[str]:
                 spec._request_meta_json,
                 spec.expires_at,
                 spec.timeout_seconds,
+                spec.limit_keys,
+                spec.fairness_key,
+                spec._unique_key,
+                spec.on_duplicate,
+                spec.debounce,
             )
             fingerprint = known.get(key)
             if fingerprint is None:

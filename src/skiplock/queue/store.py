@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from skiplock import sql
@@ -175,7 +176,8 @@ _JOB_FIELDS = (
     "progress_message", "eta", "result", "errors", "tenant", "idempotency_key",
     "meta", "cancel_requested", "created_at", "updated_at", "started_at",
     "finished_at", "stalled", "expires_at", "timeout_seconds",
-    "request_fingerprint", "result_omitted",
+    "request_fingerprint", "result_omitted", "limit_keys", "fair_key", "unique_key",
+    "duplicate",
 )  # fmt: skip
 if tuple(f.name for f in fields(Job)) != _JOB_FIELDS:  # pragma: no cover - a developer's slip
     raise RuntimeError("store._JOB_FIELDS no longer follows Job's fields")
@@ -184,6 +186,7 @@ if tuple(f.name for f in fields(Job)) != _JOB_FIELDS:  # pragma: no cover - a de
 def _job(row: asyncpg.Record) -> Job:
     result = row["result"]
     errors = row["errors"]
+    limit_keys = row.get("limit_keys")
     return Job(
         row["id"],
         row["queue"],
@@ -216,6 +219,11 @@ def _job(row: asyncpg.Record) -> Job:
         row["timeout_seconds"],
         row["request_fingerprint"],
         bool(row.get("result_omitted", False)),
+        None if limit_keys is None else tuple(limit_keys),
+        row.get("fair_key"),
+        row.get("unique_key"),
+        # duplicate: only resolve_unique returns it (what an enqueue found, not made).
+        bool(row.get("duplicate", False)),
     )
 
 
@@ -225,9 +233,26 @@ def _limit(row: asyncpg.Record) -> Limit:
     )
 
 
-def _queued_job_builder() -> Callable[[JobSpec, str, datetime, datetime], Job]:
-    """``queued_job(spec, fingerprint, run_at, created_at)``: the row ``enqueue_many``
-    just inserted for ``spec``, as a :class:`Job`, without reading it back.
+StoredKeys: TypeAlias = "tuple[tuple[str, ...] | None, str | None]"
+"""(limit_keys, fair_key) as the database stored them for a new job."""
+
+
+class _QueuedJob(Protocol):
+    def __call__(
+        self,
+        spec: JobSpec,
+        fingerprint: str,
+        run_at: datetime,
+        created_at: datetime,
+        stored: StoredKeys | None = None,
+    ) -> Job: ...
+
+
+def _queued_job_builder() -> _QueuedJob:
+    """``queued_job(spec, fingerprint, run_at, created_at, stored)``: the row
+    ``enqueue_many`` just inserted for ``spec``, as a :class:`Job`, without reading it
+    back; ``stored``: its (limit_keys, fair_key) when the database gave it other ones
+    than the spec's (implicit keys, a fair queue's default), else None.
 
     A bulk enqueue makes thousands of these: each slot is set through its own
     descriptor (as ``Job.__init__`` would, in half the time). Every field of
@@ -265,9 +290,19 @@ def _queued_job_builder() -> Callable[[JobSpec, str, datetime, datetime], Job]:
     timeout_seconds = slot["timeout_seconds"]
     request_fingerprint = slot["request_fingerprint"]
     result_omitted = slot["result_omitted"]
+    limit_keys = slot["limit_keys"]
+    fair_key = slot["fair_key"]
+    unique_key = slot["unique_key"]
+    duplicate = slot["duplicate"]
     queued = JobState.QUEUED
 
-    def queued_job(spec: JobSpec, fingerprint: str, run_at: datetime, created_at: datetime) -> Job:
+    def queued_job(
+        spec: JobSpec,
+        fingerprint: str,
+        run_at: datetime,
+        created_at: datetime,
+        stored: StoredKeys | None = None,
+    ) -> Job:
         job: Job = new(Job)
         id_(job, spec.id)
         queue(job, spec.queue)
@@ -304,6 +339,14 @@ def _queued_job_builder() -> Callable[[JobSpec, str, datetime, datetime], Job]:
         timeout_seconds(job, None if timeout is None else float(timeout))
         request_fingerprint(job, fingerprint)
         result_omitted(job, False)
+        if stored is None:
+            limit_keys(job, spec.limit_keys)
+            fair_key(job, spec.fairness_key)
+        else:
+            limit_keys(job, stored[0])
+            fair_key(job, stored[1])
+        unique_key(job, spec.stored_unique_key)
+        duplicate(job, False)
         return job
 
     return queued_job
@@ -359,8 +402,38 @@ def _enqueue_arguments(specs: Sequence[JobSpec], fingerprints: list[str]) -> lis
         _each_or_none([s.idempotency_key for s in specs]),
         _each_or_none([s.expires_at for s in specs]),
         _each_or_none([s.timeout_seconds for s in specs]),
+        _each_or_none([None if s.limit_keys is None else _keys_json(s.limit_keys) for s in specs]),
+        _each_or_none([s.fairness_key for s in specs]),
+        _each_or_none([s.stored_unique_key for s in specs]),
     )
     return arguments
+
+
+def _unique_key_order(specs: Sequence[JobSpec]) -> list[int] | None:
+    """The order to insert a batch holding unique keys in: by (tenant, key), stable (so
+    two specs of one key keep theirs), every batch taking the keys' index entries in
+    the same order, which keeps concurrent batches of the same keys from deadlocking.
+    None when no spec is unique (the batch goes as given)."""
+    if all(s.stored_unique_key is None for s in specs):
+        return None
+    return sorted(
+        range(len(specs)),
+        key=lambda i: (specs[i].tenant, specs[i].stored_unique_key or ""),
+    )
+
+
+def _keys_json(keys: tuple[str, ...]) -> str:
+    return orjson.dumps(keys).decode()
+
+
+def _stored_keys(keys: str | None) -> dict[uuid.UUID, StoredKeys]:
+    """``enqueue_many``'s ``keys`` column: {id: (limit_keys, fair_key)}."""
+    if keys is None:
+        return {}
+    return {
+        uuid.UUID(job_id): (None if limits is None else tuple(limits), fair)
+        for job_id, limits, fair in loads(keys)
+    }
 
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
@@ -445,7 +518,9 @@ class Store:
         self, ex: Executor, specs: Sequence[JobSpec], *, strict: bool = False
     ) -> list[Job | None]:
         """Insert ``specs``; the job made for each, in input order, None for a spec
-        skipped because its id or (tenant, idempotency key) is already taken.
+        skipped because its id, (tenant, idempotency key) or (tenant, unique key) is
+        already taken (see :meth:`resolve_unique`). A batch holding unique keys is
+        inserted in (tenant, key) order.
 
         ``strict``: without ``ON CONFLICT DO NOTHING``, so a taken id or key raises
         ``asyncpg.UniqueViolationError`` and nothing is written (PostgreSQL writes
@@ -453,12 +528,30 @@ class Store:
         """
         if len(specs) == 1:
             return [await self.enqueue_one(ex, specs[0], strict=strict)]
+        order = _unique_key_order(specs)
+        if order is None:
+            return await self._insert_batch(ex, specs, strict)
+        made = await self._insert_batch(ex, [specs[i] for i in order], strict)
+        jobs: list[Job | None] = [None] * len(specs)
+        for position, index in enumerate(order):
+            jobs[index] = made[position]
+        return jobs
+
+    async def _insert_batch(
+        self, ex: Executor, specs: Sequence[JobSpec], strict: bool
+    ) -> list[Job | None]:
         fingerprints = request_fingerprints(specs)
         query = self._enqueue_strict if strict else self._q("enqueue_many")
         row = await ex.fetchrow(query, *_enqueue_arguments(specs, fingerprints))
         assert row is not None  # one row, an aggregate
-        created_at, ids, run_ats = row
+        created_at, ids, run_ats, keys = row
+        stored = _stored_keys(keys)
         if ids is None:  # every job inserted, each due at its creation
+            if stored:
+                return [
+                    _queued_job(spec, fingerprint, created_at, created_at, stored.get(spec.id))
+                    for spec, fingerprint in zip(specs, fingerprints, strict=True)
+                ]
             return [
                 _queued_job(spec, fingerprint, created_at, created_at)
                 for spec, fingerprint in zip(specs, fingerprints, strict=True)
@@ -477,7 +570,9 @@ class Store:
                 found = index[job_id]
             else:
                 found = at
-            jobs[found] = _queued_job(specs[found], fingerprints[found], run_at, created_at)
+            jobs[found] = _queued_job(
+                specs[found], fingerprints[found], run_at, created_at, stored.get(job_id)
+            )
         return jobs
 
     async def enqueue_one(self, ex: Executor, spec: JobSpec, *, strict: bool = False) -> Job | None:
@@ -500,8 +595,35 @@ class Store:
             spec.expires_at,
             spec.timeout_seconds,
             fingerprint,
+            None if spec.limit_keys is None else list(spec.limit_keys),
+            spec.fairness_key,
+            spec.stored_unique_key,
         )
-        return None if row is None else _queued_job(spec, fingerprint, row[1], row[2])
+        if row is None:
+            return None
+        limit_keys = row[3]
+        if limit_keys is None and row[4] is None:
+            return _queued_job(spec, fingerprint, row[1], row[2])
+        stored = (None if limit_keys is None else tuple(limit_keys), row[4])
+        return _queued_job(spec, fingerprint, row[1], row[2], stored)
+
+    async def resolve_unique(self, ex: Executor, spec: JobSpec) -> Job | None:
+        """Apply ``spec.on_duplicate`` to the queued or running job holding the spec's
+        (tenant, unique key), and return it (``duplicate`` True); None when no job holds
+        it any more (insert again)."""
+        row = await ex.fetchrow(
+            self._q("resolve_unique"),
+            spec.tenant,
+            spec.stored_unique_key,
+            spec.on_duplicate,
+            spec.args_json,
+            spec.meta_json,
+            spec.priority,
+            spec.run_at,
+            spec.delay_seconds,
+            spec.max_attempts,
+        )
+        return None if row is None else _job(row)
 
     async def get_by_idempotency_keys(
         self, ex: Executor, keys: Iterable[tuple[str, str]]

@@ -16,7 +16,7 @@ SELECT j.id, j.queue, j.task, j.args, j.state, j.priority, j.run_at, j.attempt,
        CASE WHEN o.result_omitted THEN NULL ELSE j.result END AS result,
        j.errors, j.tenant, j.idempotency_key, j.meta, j.cancel_requested,
        j.created_at, j.updated_at, j.started_at, j.finished_at, j.expires_at,
-       j.timeout_seconds, j.request_fingerprint,
+       j.timeout_seconds, j.request_fingerprint, j.limit_keys, j.fair_key, j.unique_key,
        (j.state = 'running' AND j.lease_expires_at < now()) AS stalled,
        o.result_omitted
 FROM skiplock.jobs j
