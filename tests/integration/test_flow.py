@@ -27,14 +27,8 @@ LEASE = 30.0
 async def _enqueue_keyed(
     client: Client, keys: Sequence[Sequence[str] | None], **spec: Any
 ) -> list[uuid.UUID]:
-    """Enqueue one job per entry of ``keys`` and give each those limit keys (in order)."""
-    jobs = await client.enqueue_many([JobSpec(task="t", **spec) for _ in keys])
-    for job, k in zip(jobs, keys, strict=True):
-        await client.pool.execute(
-            "UPDATE skiplock.jobs SET limit_keys = $2 WHERE id = $1",
-            job.id,
-            None if k is None else list(k),
-        )
+    """Enqueue one job per entry of ``keys``, with those limit keys, in order."""
+    jobs = await client.enqueue_many([JobSpec(task="t", limit_keys=k, **spec) for k in keys])
     return [j.id for j in jobs]
 
 
