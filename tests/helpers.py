@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import anyio
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from skiplock import ALL_TENANTS, Client, Job, JobState
+from skiplock import ALL_TENANTS, Client, Job, JobSpec, JobState
+from skiplock.queue import Store
 
 T = TypeVar("T")
 
@@ -75,3 +78,29 @@ CREATE OR REPLACE FUNCTION skiplock.announce(
     queued_queues text[] DEFAULT NULL, cancelling uuid[] DEFAULT NULL
 ) RETURNS integer LANGUAGE sql VOLATILE AS 'SELECT 0'
 """
+
+
+async def enqueue_keyed(
+    conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
+    specs: Sequence[JobSpec],
+    keys: Sequence[Sequence[str]],
+    *,
+    schema: str = "skiplock",
+) -> list[uuid.UUID]:
+    """Enqueue ``specs``, each with the limit keys of the same place in ``keys``, in one
+    transaction, so no worker ever sees one of these jobs without its keys; their ids.
+
+    The keys are written by SQL until ``JobSpec(limit_keys=…)`` exists; then this
+    helper becomes ``enqueue_many`` of specs carrying them.
+    """
+    if len(specs) != len(keys):
+        raise ValueError("one list of keys per spec")
+    async with conn.transaction():
+        jobs = await Store(schema).enqueue_many(conn, specs, strict=True)
+        ids = [job.id for job in jobs if job is not None]
+        assert len(ids) == len(specs)
+        await conn.executemany(
+            f"UPDATE {schema}.jobs SET limit_keys = $2 WHERE id = $1",  # noqa: S608 - our schema
+            [(job_id, list(k)) for job_id, k in zip(ids, keys, strict=True)],
+        )
+    return ids

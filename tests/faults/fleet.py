@@ -284,6 +284,7 @@ class Fleet:
     def __init__(self, dsn: str, log_dir: Path) -> None:
         self.dsn = dsn
         self.log_dir = log_dir
+        self.app = APP  # the workers' TaskRegistry (module:attribute)
         self._supervisors: list[asyncio.Task[None]] = []
         self._workers: list[WorkerProcess] = []
         self._apis: list[ApiProcess] = []
@@ -291,14 +292,15 @@ class Fleet:
         self._closing = False
 
     async def start(self, name: str, **options: float | str) -> WorkerProcess:
-        """Start ``skiplock worker --app tests.apps.faulty:tasks`` as ``name`` (FAST timings)."""
+        """Start ``skiplock worker --app <app>`` as ``name`` (FAST timings); the app is
+        :attr:`app`, ``tests.apps.faulty:tasks`` unless the test sets another."""
         return await self.start_via(self.dsn, name, **options)
 
     async def start_via(self, dsn: str, name: str, **options: float | str) -> WorkerProcess:
         """Like :meth:`start`, connecting to ``dsn`` (a proxy, say) instead of the fleet's."""
         worker_dsn = with_application_name(dsn, f"skiplock-worker-{name}")
         worker = await start_worker_process(
-            name, worker_dsn, self.log_dir, app=APP, **{**FAST, **options}
+            name, worker_dsn, self.log_dir, app=self.app, **{**FAST, **options}
         )
         self._workers.append(worker)
         return worker
