@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -87,20 +88,11 @@ async def enqueue_keyed(
     *,
     schema: str = "skiplock",
 ) -> list[uuid.UUID]:
-    """Enqueue ``specs``, each with the limit keys of the same place in ``keys``, in one
-    transaction, so no worker ever sees one of these jobs without its keys; their ids.
-
-    The keys are written by SQL until ``JobSpec(limit_keys=…)`` exists; then this
-    helper becomes ``enqueue_many`` of specs carrying them.
-    """
+    """Enqueue ``specs``, each with the limit keys of the same place in ``keys``; their ids."""
     if len(specs) != len(keys):
         raise ValueError("one list of keys per spec")
-    async with conn.transaction():
-        jobs = await Store(schema).enqueue_many(conn, specs, strict=True)
-        ids = [job.id for job in jobs if job is not None]
-        assert len(ids) == len(specs)
-        await conn.executemany(
-            f"UPDATE {schema}.jobs SET limit_keys = $2 WHERE id = $1",  # noqa: S608 - our schema
-            [(job_id, list(k)) for job_id, k in zip(ids, keys, strict=True)],
-        )
+    keyed = [dataclasses.replace(s, limit_keys=tuple(k)) for s, k in zip(specs, keys, strict=True)]
+    jobs = await Store(schema).enqueue_many(conn, keyed, strict=True)
+    ids = [job.id for job in jobs if job is not None]
+    assert len(ids) == len(specs)
     return ids
