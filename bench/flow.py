@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from bench import jobs as queue_jobs
-from bench.common import SCHEMA, percentile
+from bench.common import SCHEMA, backend_cpu_seconds, cpu_seconds, note, percentile
 from bench.worker import WorkerProcess
 from skiplock import Client
 
@@ -87,6 +87,63 @@ async def limited_throughput(dsn: str, jobs: int, keys: int | None) -> dict[str,
     result = await queue_jobs.throughput(dsn, jobs, fill=fill)
     result["keys"] = keys
     return result
+
+
+_SUCCEEDED = f"""
+SELECT count(*) >= $1 FROM {SCHEMA}.jobs WHERE state = 'succeeded'
+"""  # noqa: S608 - the schema is a constant
+
+# The rate of the first $1 completions: from the first claim to the $1-th completion.
+_FIRST_SPAN = f"""
+SELECT extract(epoch FROM
+    (SELECT finished_at FROM {SCHEMA}.jobs WHERE state = 'succeeded'
+     ORDER BY finished_at OFFSET $1 - 1 LIMIT 1)
+    - (SELECT min(started_at) FROM {SCHEMA}.jobs))::float8 AS seconds,
+    (SELECT count(*) FROM {SCHEMA}.jobs WHERE state = 'succeeded') AS succeeded
+"""  # noqa: S608 - the schema is a constant
+
+
+async def backlog_throughput(
+    dsn: str, backlog: int, measured: int, keys: int | None
+) -> dict[str, Any]:
+    """Like :func:`limited_throughput` on a backlog of ``backlog`` jobs (``keys`` keys),
+    timed over its first ``measured`` completions only: the claim's cost with that many
+    distinct keys queued, without waiting for the whole backlog to drain. CPU per job:
+    over the jobs that ended before the worker was stopped."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if keys is not None:
+            async with await Client.connect(dsn, max_size=1) as client:
+                await client.set_limit(LIMIT_PATTERN, max_running=MAX_RUNNING)
+        await conn.execute(_FILL_KEYED, backlog, keys)
+        await conn.execute(f"VACUUM ANALYZE {SCHEMA}.jobs")
+        worker = await WorkerProcess.start(dsn)
+        try:
+            worker_cpu = cpu_seconds(worker.pid)
+            server_cpu = await backend_cpu_seconds(conn)
+            deadline = time.monotonic() + WAIT_PATIENCE + measured / 100
+            while not await conn.fetchval(_SUCCEEDED, measured):
+                if worker.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{measured:,} jobs not done (worker: {worker.proc.poll()})")
+                await asyncio.sleep(0.1)
+            worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+            server_cpu = await backend_cpu_seconds(conn) - server_cpu
+        finally:
+            await worker.stop()
+        span = await conn.fetchrow(_FIRST_SPAN, measured)
+    finally:
+        await conn.close()
+    assert span is not None
+    done = int(span["succeeded"])
+    return {
+        "jobs": measured,
+        "backlog": backlog,
+        "keys": keys,
+        "seconds": span["seconds"],
+        "jobs_per_s": measured / span["seconds"],
+        "worker_cpu_us_per_job": worker_cpu / done * 1e6,
+        "server_cpu_us_per_job": server_cpu / done * 1e6,
+    }
 
 
 # -- fair queue -------------------------------------------------------------------
@@ -313,14 +370,19 @@ async def one_run(server: Any, sizes: Any) -> dict[str, Any]:
     :class:`bench.common.Server`) at ``sizes`` (:class:`bench.__main__.Sizes`)."""
     empty = await server.template("empty")
     run: dict[str, Any] = {}
-    for name, jobs, keys in (
-        ("unlimited", sizes.flow_jobs, None),
-        ("limited", sizes.flow_jobs, sizes.flow_keys),
-        ("many_unlimited", sizes.flow_many_keys, None),
-        ("many_keys", sizes.flow_many_keys, sizes.flow_many_keys),
-    ):
+    began = time.monotonic()
+
+    def done(what: str) -> None:
+        note(f"flow: {what} after {time.monotonic() - began:.0f} s")
+
+    for name, keys in (("unlimited", None), ("limited", sizes.flow_keys)):
         async with server.fresh_database(empty) as dsn:
-            run[name] = await limited_throughput(dsn, jobs, keys)
+            run[name] = await limited_throughput(dsn, sizes.flow_jobs, keys)
+        done(f"{name}: {run[name]['jobs_per_s']:.0f} jobs/s")
+    for name, keys in (("many_unlimited", None), ("many_keys", sizes.flow_many_keys)):
+        async with server.fresh_database(empty) as dsn:
+            run[name] = await backlog_throughput(dsn, sizes.flow_many_keys, sizes.flow_jobs, keys)
+        done(f"{name}: {run[name]['jobs_per_s']:.0f} jobs/s")
     run["limited_throughput_ratio"] = run["limited"]["jobs_per_s"] / run["unlimited"]["jobs_per_s"]
     many = run["many_keys"]["jobs_per_s"] / run["many_unlimited"]["jobs_per_s"]
     run["many_keys_claim_ratio"] = many
@@ -328,8 +390,11 @@ async def one_run(server: Any, sizes: Any) -> dict[str, Any]:
         run["fair"] = await fair_wait(
             dsn, sizes.flow_fair_backlog, sizes.flow_fair_probes, sizes.flow_fair_gap
         )
+    done(f"fair: p95 {run['fair']['p95']:.0f} ms")
     async with server.fresh_database(empty) as dsn:
         run["rate"] = await rate_limit(dsn, sizes.flow_rate_seconds)
+    done(f"rate: {run['rate']['starts_per_s']:.1f} starts/s")
     async with server.fresh_database(empty) as dsn:
         run["pause"] = await pause_effect(dsn, sizes.flow_pause_cycles, sizes.flow_pause_backlog)
+    done(f"pause: p95 {run['pause']['p95']:.0f} ms")
     return run
