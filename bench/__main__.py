@@ -13,6 +13,7 @@ same run, and show each figure beside the lean loop's and as a ratio to it
     python -m bench --only throughput,pickup --throughput-jobs 200000
     python -m bench --json                   # one JSON document instead of the table
     python -m bench --only designs           # storage designs compared (bench/designs.py)
+    python -m bench --only flow              # flow control (bench/flow.py)
 
 The server is ``--dsn`` (or ``SKIPLOCK_BENCH_DATABASE_URL``, else
 ``SKIPLOCK_DATABASE_URL``): databases are created on it for each run and
