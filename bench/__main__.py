@@ -13,6 +13,7 @@ same run, and show each figure beside the lean loop's and as a ratio to it
     python -m bench --only throughput,pickup --throughput-jobs 200000
     python -m bench --json                   # one JSON document instead of the table
     python -m bench --only designs           # storage designs compared (bench/designs.py)
+    python -m bench --only flow              # flow control (bench/flow.py)
 
 The server is ``--dsn`` (or ``SKIPLOCK_BENCH_DATABASE_URL``, else
 ``SKIPLOCK_DATABASE_URL``): databases are created on it for each run and
@@ -36,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import api, designs, jobs, lean_bench, pgbench
+from bench import api, designs, flow, jobs, lean_bench, pgbench
 from bench.common import (
     Server,
     default_dsn,
@@ -70,6 +71,15 @@ class Sizes:
     memory_jobs: int = 100_000
     designs_rows: int = designs.ROWS
     designs_seconds: int = designs.SECONDS
+    flow_jobs: int = 10_000
+    flow_keys: int = 1_000
+    flow_many_keys: int = 100_000  # queued jobs, one per key; flow_jobs of them timed
+    flow_fair_backlog: int = 100_000
+    flow_fair_probes: int = 100
+    flow_fair_gap: float = 0.05
+    flow_rate_seconds: float = 60.0
+    flow_pause_cycles: int = 20
+    flow_pause_backlog: int = 50_000
 
 
 QUICK = Sizes(
@@ -87,6 +97,14 @@ QUICK = Sizes(
     memory_jobs=1_000,
     designs_rows=2_000,
     designs_seconds=1,
+    flow_jobs=500,
+    flow_keys=50,
+    flow_many_keys=1_000,
+    flow_fair_backlog=5_000,
+    flow_fair_probes=10,
+    flow_rate_seconds=3.0,
+    flow_pause_cycles=3,
+    flow_pause_backlog=5_000,
 )
 
 MB = 1024 * 1024
@@ -185,6 +203,11 @@ async def _memory(server: Server, sizes: Sizes) -> Run:
         return await jobs.throughput(dsn, sizes.memory_jobs)
 
 
+async def _flow(server: Server, sizes: Sizes) -> Run:
+    # Each figure on a fresh database; a ratio's reference in the same run.
+    return await flow.one_run(server, sizes)
+
+
 async def _designs(server: Server, sizes: Sizes) -> Run:
     # One run = every design once, so that --runs interleaves them.
     return await designs.one_round(server, sizes.designs_rows, sizes.designs_seconds)
@@ -201,6 +224,7 @@ BENCHMARKS: dict[str, Bench] = {
     "api": _api,
     "pgbench": _pgbench,
     "memory": _memory,
+    "flow": _flow,
     "designs": _designs,
 }
 # A benchmark's figures may be relative to others': those run too.
@@ -305,28 +329,39 @@ class _Rows:
         check: Callable[[float], bool] | None = None,
         *,
         lean_of: str | None = None,
+        at: tuple[str, ...] = (),
     ) -> None:
         """The figure ``key`` of ``bench``'s runs beside the lean loop's ``key``.
 
-        The lean loop's runs are those of ``lean_of`` (default: ``bench``).
+        The lean loop's runs are those of ``lean_of`` (default: ``bench``). ``at``:
+        the path to ``key`` inside a run (``("limited",)``: ``run["limited"][key]``).
         """
-        value = self.med(bench, key)
+        value = self.med(bench, *at, key)
         source = lean_of or bench
         if self.has(source) and all("lean" in run for run in self.results[source]):
-            lean = self.med(source, "lean", key)
+            lean = self.med(source, "lean", *at, key)
         else:
             lean = None
         self.add(bench, name, value, unit, target, check, lean=lean)
 
-    def cpu(self, bench: str, who: str, what: str, lean_of: str | None = None) -> None:
+    def cpu(
+        self,
+        bench: str,
+        who: str,
+        what: str,
+        lean_of: str | None = None,
+        at: tuple[str, ...] = (),
+    ) -> None:
         """The CPU per job rows of ``bench``: ``who`` (worker or client) and PostgreSQL's.
 
-        ``what`` names the figure they belong to (row names are unique).
+        ``what`` names the figure they belong to (row names are unique); ``at`` is
+        the path to the CPU keys inside a run (see :meth:`with_lean`).
         """
         key = f"{who}_cpu_us_per_job"
-        self.with_lean(bench, f"  {who} CPU per job, {what}", key, "µs", lean_of=lean_of)
+        name = f"  {who} CPU per job, {what}"
+        self.with_lean(bench, name, key, "µs", lean_of=lean_of, at=at)
         server = f"  PostgreSQL CPU per job (its backends), {what}"
-        self.with_lean(bench, server, "server_cpu_us_per_job", "µs", lean_of=lean_of)
+        self.with_lean(bench, server, "server_cpu_us_per_job", "µs", lean_of=lean_of, at=at)
 
 
 def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
@@ -411,6 +446,8 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
         add("memory", "  RSS at the end", end / MB, "MiB")
         growth = _pct(end - warm, warm)
         add("memory", "  growth from warm-up to the end", growth, "%", "≤ 10 (flat)", _le(10))
+    if rows.has("flow"):
+        _flow_figures(rows, results["flow"], sizes)
     if rows.has("designs"):
         for d in designs.summarize(results["designs"]):
             name = f"storage design {d.name}, pgbench claim+complete by 100"
@@ -418,6 +455,56 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
             add("designs", f"  {d.name}: WAL per job", d.wal_bytes_per_job, "B")
             add("designs", f"  {d.name}: updates that were HOT", d.hot_pct, "%")
     return rows.figures
+
+
+def _flow_figures(rows: _Rows, runs: Sequence[Run], sizes: Sizes) -> None:
+    """The flow group's rows: each named figure, then what it was made of."""
+    med, add = rows.med, rows.add
+    jobs, keys, many = sizes.flow_jobs, sizes.flow_keys, sizes.flow_many_keys
+    each = f"≤ {flow.MAX_RUNNING} running per key"
+    for figure, limited, unlimited, what, short in (
+        (
+            "limited_throughput_ratio",
+            "limited",
+            "unlimited",
+            f"{jobs:,} no-op jobs over {keys:,} keys, {each}",
+            f"{keys:,} keys",
+        ),
+        (
+            "many_keys_claim_ratio",
+            "many_keys",
+            "many_unlimited",
+            f"first {jobs:,} of {many:,} queued no-op jobs, one key each, {each}",
+            f"{many:,} keys",
+        ),
+    ):
+        add("flow", figure, med("flow", figure), "×", "≥ 0.8", _ge(0.8))
+        add("flow", f"  {what}", med("flow", limited, "jobs_per_s"), "jobs/s")
+        rows.cpu("flow", "worker", f"{short}, limited", at=(limited,))
+        rate = med("flow", unlimited, "jobs_per_s")
+        add("flow", f"  the same without keys or limits ({short})", rate, "jobs/s")
+        rows.cpu("flow", "worker", f"{short}, no limit", at=(unlimited,))
+    p95 = med("flow", "fair", "p95")
+    add("flow", "fair_wait_p95_ms", p95, "ms", "≤ 100", _le(100))
+    fair = f"tenant B's wait in a fair queue behind A's {sizes.flow_fair_backlog:,}-job backlog"
+    add("flow", f"  {fair}, p50", med("flow", "fair", "p50"), "ms")
+    add(
+        "flow",
+        "  tenant A's 10 ms jobs run meanwhile",
+        med("flow", "fair", "a_jobs_per_s"),
+        "jobs/s",
+    )
+    # Exactness: the worst run, not the median (one window over the limit is a miss).
+    worst = max(float(run["rate"]["max_over"]) for run in runs)
+    add("flow", "rate_limit_max_over", worst, "starts", "0", _le(0))
+    by_jobs = max(float(run["rate"]["max_over_started_at"]) for run in runs)
+    add("flow", "  the same from jobs.started_at (claim transaction time)", by_jobs, "starts")
+    rate = med("flow", "rate", "starts_per_s")
+    seconds = sizes.flow_rate_seconds
+    add("flow", f"  starts/s achieved, limit 50/s, 4 workers, {seconds:g} s", rate, "starts/s")
+    add("flow", "pause_effect_ms", med("flow", "pause", "p95"), "ms", "≤ 50", _le(50))
+    cycles = sizes.flow_pause_cycles
+    add("flow", f"  pause → last start, p50 of {cycles} pauses", med("flow", "pause", "p50"), "ms")
 
 
 # -- output ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -93,11 +94,20 @@ def _check_all_succeeded(span: asyncpg.Record, expected: int) -> None:
 # -- 1 and 9: processing throughput, and the worker's memory while it runs -----
 
 
-async def throughput(dsn: str, jobs: int, *, defaults: bool = False) -> dict[str, Any]:
+async def throughput(
+    dsn: str,
+    jobs: int,
+    *,
+    defaults: bool = False,
+    fill: Callable[[asyncpg.Connection[Any]], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
     """Run ``jobs`` queued no-op jobs with one worker process; jobs/s and its memory.
 
     The worker runs with the best settings (:data:`bench.worker.BEST`), or with
-    ``WorkerSettings()`` untouched when ``defaults``.
+    ``WorkerSettings()`` untouched when ``defaults``. The jobs are enqueued with
+    ``Client.enqueue_many``, or by ``fill(conn)`` when given (it must queue
+    ``jobs`` no-op jobs with ``max_attempts=1``: :mod:`bench.flow` writes jobs with
+    limit keys that way).
 
     The rate is ``jobs / (max(finished_at) - min(started_at))``: from the
     first claim to the last completion, by the database's clock.
@@ -105,8 +115,11 @@ async def throughput(dsn: str, jobs: int, *, defaults: bool = False) -> dict[str
     conn = await asyncpg.connect(dsn)
     try:
         since = await conn.fetchval("SELECT now()")  # rows made before (big_table) don't count
-        async with await Client.connect(dsn, max_size=2) as client:
-            await _enqueue_chunks(client, jobs, PREFILL_CHUNK)
+        if fill is None:
+            async with await Client.connect(dsn, max_size=2) as client:
+                await _enqueue_chunks(client, jobs, PREFILL_CHUNK)
+        else:
+            await fill(conn)
         await conn.execute(f"VACUUM ANALYZE {SCHEMA}.jobs")
         worker = await (WorkerProcess.start_defaults(dsn) if defaults else WorkerProcess.start(dsn))
         try:

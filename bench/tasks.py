@@ -29,6 +29,12 @@ async def noop(ctx: JobContext) -> None:
 
 
 @tasks.task()
+async def sleep(ctx: JobContext, *, seconds: float = 0.01) -> None:
+    """Wait ``seconds`` (``asyncio.sleep``): a short job that holds its handler slot."""
+    await asyncio.sleep(seconds)
+
+
+@tasks.task()
 async def pickup_probe(ctx: JobContext) -> float:
     """Return the wall-clock time (``time.time()``) at which the handler started."""
     return time.time()

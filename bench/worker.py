@@ -2,7 +2,7 @@
 
 ``python -m bench.worker --ready-file PATH [--dsn DSN] [--concurrency N]
 [--max-claim-batch N] [--max-complete-batch N] [--lease S] [--progress-interval S]
-| --defaults]``
+[--rescue S] | --defaults]``
 runs a worker through the public API (``Worker``, ``WorkerSettings``,
 ``TaskRegistry``) on ``DSN`` (default: ``SKIPLOCK_DATABASE_URL``) until
 SIGTERM (graceful drain), logging at ``warning`` only, and creates ``PATH``
@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--progress-interval", type=float, default=0.1)
     parser.add_argument(
+        "--rescue", type=float, default=5.0, help="seconds between rescues and flow upkeep"
+    )
+    parser.add_argument(
         "--async-commit", type=int, choices=(0, 1), default=int(BEST.get("async_commit", 0))
     )
     parser.add_argument(
@@ -126,6 +129,7 @@ def main() -> None:
             max_leases=args.max_leases,
             lease=args.lease,
             progress_interval=args.progress_interval,
+            rescue=args.rescue,
             async_commit=bool(args.async_commit),
         ),
     )

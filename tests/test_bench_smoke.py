@@ -17,10 +17,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from bench import designs, lean
+from bench import designs, flow, lean
 from bench.__main__ import BENCHMARKS, QUICK, _figures, table
 
-pytestmark = pytest.mark.timeout(400)  # the module's one quick run is most of it
+pytestmark = pytest.mark.timeout(460)  # the module's one quick run is most of it
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE_UNITS = {"jobs/s", "req/s", "MiB", "s"}
@@ -34,7 +34,7 @@ WITH_LEAN = {
 }
 
 
-def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _bench(*args: str, timeout: float = 360) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bench", *args],
         cwd=ROOT,
@@ -170,6 +170,65 @@ def test_default_settings_are_compared_with_the_best(report: dict[str, Any]) -> 
     share = next(f for f in report["figures"] if f["name"].strip() == "defaults / best settings")
     assert share["value"] == pytest.approx(default / best)
     assert share["met"] == (share["value"] >= 0.5)
+
+
+FLOW_FIGURES = {
+    "limited_throughput_ratio": "≥ 0.8",
+    "many_keys_claim_ratio": "≥ 0.8",
+    "fair_wait_p95_ms": "≤ 100",
+    "rate_limit_max_over": "0",
+    "pause_effect_ms": "≤ 50",
+}
+
+
+def test_flow_group_reports_its_named_figures(report: dict[str, Any]) -> None:
+    """``flow`` ran every part at quick sizes: the five named figures with their targets,
+    each ratio that of the same run's rates, every probe and pause measured."""
+    (run,) = report["results"]["flow"]
+    figures = {f["name"]: f for f in report["figures"] if f["bench"] == "flow"}
+    assert {name: figures[name]["target"] for name in FLOW_FIGURES} == FLOW_FIGURES
+    for ratio, limited, unlimited in (
+        ("limited_throughput_ratio", "limited", "unlimited"),
+        ("many_keys_claim_ratio", "many_keys", "many_unlimited"),
+    ):
+        expected = run[limited]["jobs_per_s"] / run[unlimited]["jobs_per_s"]
+        assert figures[ratio]["value"] == pytest.approx(expected)
+        assert run[limited]["jobs"] == run[unlimited]["jobs"]
+        assert run[limited]["worker_cpu_us_per_job"] > 0
+    assert (run["limited"]["keys"], run["many_keys"]["keys"]) == (
+        QUICK.flow_keys,
+        QUICK.flow_many_keys,
+    )
+    assert run["fair"]["probes"] == QUICK.flow_fair_probes
+    assert 0 <= run["fair"]["p50"] <= run["fair"]["p95"] <= run["fair"]["max"]
+    assert run["rate"]["starts"] > 0
+    assert 0 < run["rate"]["starts_per_s"] <= 2 * flow.RATE_STARTS
+    assert len(run["pause"]["effects_ms"]) == QUICK.flow_pause_cycles
+    assert all(effect >= 0 for effect in run["pause"]["effects_ms"])
+
+
+def _flow_run(max_over: int, ratio: float) -> dict[str, Any]:
+    rates = {"jobs_per_s": 1000.0, "worker_cpu_us_per_job": 50.0, "server_cpu_us_per_job": 90.0}
+    return {
+        "limited_throughput_ratio": ratio,
+        "many_keys_claim_ratio": ratio,
+        **{name: rates for name in ("limited", "unlimited", "many_keys", "many_unlimited")},
+        "fair": {"p50": 10.0, "p95": 20.0, "a_jobs_per_s": 3000.0},
+        "rate": {"max_over": max_over, "max_over_started_at": max_over, "starts_per_s": 50.0},
+        "pause": {"p50": 2.0, "p95": 5.0},
+    }
+
+
+def test_rate_limit_over_is_the_worst_run_and_ratios_the_median() -> None:
+    """One run over the rate limit misses the target although the median run is not;
+    the throughput ratios are the runs' median."""
+    runs = [_flow_run(0, 0.9), _flow_run(3, 0.5), _flow_run(0, 0.85)]
+    figures = {f.name: f for f in _figures({"flow": runs}, QUICK)}
+    over = figures["rate_limit_max_over"]
+    assert (over.value, over.met) == (3.0, False)
+    ratio = figures["limited_throughput_ratio"]
+    assert (ratio.value, ratio.met) == (0.85, True)
+    assert figures["pause_effect_ms"].met is True
 
 
 def _throughput_run(rate: float, lean_rate: float | None) -> dict[str, Any]:
