@@ -139,9 +139,12 @@ $$;
 -- have work than a claim takes, each claim serves another part of them. Each
 -- key gives up to weight × ceil(2n / keys) jobs (at most n) in claim order
 -- (priority, run_at, id), twice its share so that keys with few jobs leave no
--- hole in the claim; rr is a job's round (its position in its key ÷ weight).
+-- hole in the claim; rr is a job's round (its position in its key ÷ weight),
+-- tie a random number per key and call: the claim orders a round by priority,
+-- then tie, so a claim smaller than a round serves the keys in turn rather than
+-- always the one with the oldest job.
 CREATE FUNCTION skiplock.fair_candidates(q text, n integer)
-RETURNS TABLE (id uuid, rr bigint, priority smallint, run_at timestamptz)
+RETURNS TABLE (id uuid, rr bigint, priority smallint, tie float8, run_at timestamptz)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -181,9 +184,9 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT c.id, (row_number() OVER (PARTITION BY c.k ORDER BY c.priority, c.run_at, c.id) - 1)
-                 / c.w, c.priority, c.run_at
+                 / c.w, c.priority, c.tie, c.run_at
     FROM (
-        SELECT w.k, coalesce(fw.weight, 1) AS w, quota.n_rows
+        SELECT w.k, coalesce(fw.weight, 1) AS w, quota.n_rows, random() AS tie
         FROM unnest(fkeys) AS w (k)
         LEFT JOIN skiplock.fair_weights fw ON fw.queue = q AND fw.fair_key = w.k
         CROSS JOIN LATERAL (
@@ -192,11 +195,14 @@ BEGIN
         ) quota
     ) grp
     CROSS JOIN LATERAL (
-        SELECT grp.k, grp.w, f.id, f.priority, f.run_at
+        SELECT grp.k, grp.w, grp.tie, f.id, f.priority, f.run_at
         FROM skiplock.jobs f
         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key = grp.k
           AND f.run_at <= now() AND (f.expires_at IS NULL OR f.expires_at > now())
-        ORDER BY f.priority, f.run_at, f.id
+        -- fair_key first: only jobs_fair_idx gives this order without a sort (a
+        -- generic plan, blind to one key's few rows, would walk jobs_claim_idx
+        -- past another key's whole backlog)
+        ORDER BY f.fair_key, f.priority, f.run_at, f.id
         LIMIT grp.n_rows
         FOR UPDATE SKIP LOCKED
     ) c;
@@ -209,8 +215,8 @@ $$;
 -- (fair_candidates). With no limit defined anywhere, that is the claim: one
 -- statement. Otherwise the candidates (up to 2n + 16) are locked first, then
 -- each limited key among them is locked with pg_try_advisory_xact_lock (at most
--- 256 keys per claim; a key another claimer holds is skipped: its jobs stay
--- queued for the next claim), then a new statement — a new snapshot, which
+-- 256 keys per claim, those the first candidates carry; a key another claimer
+-- holds is skipped: its jobs stay queued for the next claim), then a new statement — a new snapshot, which
 -- sees every claim of those keys committed before the locks were granted —
 -- counts the running jobs of each key (jobs_limit_keys_idx) and the starts in
 -- each rate window (limit_starts), and admits candidates in claim order while
@@ -222,22 +228,24 @@ RETURNS SETOF skiplock.jobs
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    plain text[];
-    fair text[];
-    take integer;
-    cand uuid[];
-    lkeys text[];
-    locked text[];
-    bkeys text[];
-    bleft integer[];
+    plain text[];    -- the active plain queues, claimed in claim order
+    fair text[];     -- the active fair queues, claimed round-robin
+    take integer;    -- candidates locked when limits exist
+    cand uuid[];     -- the candidates' ids, in claim order
+    ckeys text[];    -- every key of every candidate, flat, in claim order ...
+    cowner integer[];  -- ... and the candidate (its place in cand) that carries it
+    lkeys text[];    -- the distinct limited keys among them, first carried first
+    locked text[];   -- those whose admission lock we got (at most 256)
+    bkeys text[];    -- the locked keys with a limit ...
+    bleft integer[];   -- ... and their room (jobs that may still start)
+    rated boolean := false;  -- some locked key has a rate limit
+    several boolean;  -- some candidate carries more than one limited key
     admitted uuid[];
     ts timestamptz;
     cid uuid;
-    ckeys text[];
     cpos integer[];
     i integer;
     fits boolean;
-    rated boolean := false;
 BEGIN
     SELECT array_agg(w.q) FILTER (WHERE NOT coalesce(s.fair, false)),
            array_agg(w.q) FILTER (WHERE s.fair)
@@ -253,7 +261,7 @@ BEGIN
         RETURN QUERY
         WITH picked AS (
             SELECT c.id FROM (
-                SELECT p.id, 0::bigint AS rr, p.priority, p.run_at
+                SELECT p.id, 0::bigint AS rr, p.priority, 0::float8 AS tie, p.run_at
                 FROM unnest(plain) AS wanted (queue)
                 CROSS JOIN LATERAL (
                     SELECT j.id, j.priority, j.run_at
@@ -265,11 +273,11 @@ BEGIN
                     FOR UPDATE SKIP LOCKED
                 ) p
                 UNION ALL
-                SELECT f.id, f.rr, f.priority, f.run_at
+                SELECT f.id, f.rr, f.priority, f.tie, f.run_at
                 FROM unnest(fair) AS wanted (queue)
                 CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, n) f
             ) c
-            ORDER BY c.rr, c.priority, c.run_at, c.id
+            ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id
             LIMIT n
         ), claimed AS (
             UPDATE skiplock.jobs j SET
@@ -290,11 +298,14 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The candidates, locked, in claim order, with their keys (read once, here).
     take := 2 * n + 16;
-    -- The candidates, locked, in claim order, and the distinct keys they carry.
     WITH c AS (
-        SELECT c.id, c.keys, c.rr, c.priority, c.run_at FROM (
-            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, p.run_at
+        SELECT c.id, c.keys, row_number() OVER (
+                   ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id)::integer AS ord
+        FROM (
+            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0::float8 AS tie,
+                   p.run_at
             FROM unnest(plain) AS wanted (queue)
             CROSS JOIN LATERAL (
                 SELECT j.id, j.limit_keys, j.priority, j.run_at
@@ -306,32 +317,40 @@ BEGIN
                 FOR UPDATE SKIP LOCKED
             ) p
             UNION ALL
-            SELECT f.id, j.limit_keys, f.rr, f.priority, f.run_at
+            SELECT f.id, j.limit_keys, f.rr, f.priority, f.tie, f.run_at
             FROM unnest(fair) AS wanted (queue)
             CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take) f
             JOIN skiplock.jobs j ON j.id = f.id
         ) c
-        ORDER BY c.rr, c.priority, c.run_at, c.id
+        ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id
         LIMIT take
+    ), k AS (
+        SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
+        WHERE c.keys IS NOT NULL
     )
-    SELECT (SELECT array_agg(c.id ORDER BY c.rr, c.priority, c.run_at, c.id) FROM c),
-           (SELECT array_agg(DISTINCT k) FROM c, unnest(c.keys) AS k WHERE c.keys IS NOT NULL)
-    INTO cand, ckeys;
+    SELECT (SELECT array_agg(c.id ORDER BY c.ord) FROM c),
+           (SELECT array_agg(k.key ORDER BY k.ord) FROM k),
+           (SELECT array_agg(k.ord ORDER BY k.ord) FROM k)
+    INTO cand, ckeys, cowner;
     IF cand IS NULL THEN
         RETURN;
     END IF;
 
     IF ckeys IS NOT NULL THEN
-        -- The limited keys among them (sorted), and those whose lock we got.
-        SELECT array_agg(d.k ORDER BY d.k) INTO lkeys
-        FROM unnest(ckeys) AS d (k)
+        -- The limited keys among them, in the order the candidates first carry
+        -- them (the first 256 are locked: those of the first candidates).
+        SELECT array_agg(d.key ORDER BY d.first) INTO lkeys
+        FROM (SELECT u.key, min(u.n) AS first
+              FROM unnest(ckeys) WITH ORDINALITY AS u (key, n) GROUP BY u.key) d
         WHERE EXISTS (SELECT 1 FROM skiplock.limits l
-                      WHERE l.pattern = d.k OR (l.wildcard AND d.k LIKE l.like_pattern));
+                      WHERE l.pattern = d.key OR (l.wildcard AND d.key LIKE l.like_pattern));
     END IF;
-    IF lkeys IS NOT NULL THEN
-        SELECT array_agg(k) INTO locked
-        FROM unnest(lkeys[1:256]) AS k
-        WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(k));
+    IF lkeys IS NULL THEN  -- no candidate carries a limited key: the plain claim
+        admitted := cand[1:n];
+    ELSE
+        SELECT array_agg(u.key) INTO locked
+        FROM unnest(lkeys[1:256]) AS u (key)
+        WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(u.key));
 
         -- A new statement, a new snapshot: every claim of these keys committed
         -- before their locks were granted is seen. The running jobs of all locked
@@ -339,86 +358,107 @@ BEGIN
         -- and window only for keys with a rate limit.
         ts := clock_timestamp();
         WITH running AS (
-            SELECT k, count(*)::integer AS c
+            SELECT u.key, count(*)::integer AS c
             FROM skiplock.jobs r
-            CROSS JOIN LATERAL unnest(r.limit_keys) AS k
+            CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
             WHERE r.state = 'running' AND r.limit_keys IS NOT NULL AND r.limit_keys && locked
-              AND k = ANY(locked)
-            GROUP BY k
+              AND u.key = ANY(locked)
+            GROUP BY u.key
         )
-        SELECT coalesce(array_agg(b.k), '{}'), coalesce(array_agg(b.room), '{}'),
+        SELECT coalesce(array_agg(b.key), '{}'), coalesce(array_agg(b.room), '{}'),
                coalesce(bool_or(b.rated), false)
         INTO bkeys, bleft, rated
         FROM (
-            SELECT lk.k, greatest(min(least(
+            SELECT lk.key, greatest(min(least(
                        CASE WHEN l.max_running IS NULL THEN 2147483647
                             ELSE l.max_running - coalesce(rn.c, 0) END,
                        CASE WHEN l.max_starts IS NULL THEN 2147483647
                             ELSE l.max_starts - (
                                 SELECT count(*) FROM skiplock.limit_starts s
-                                WHERE s.key = lk.k
+                                WHERE s.key = lk.key
                                   AND s.started_at > ts - make_interval(secs => l.per_seconds))::integer
                        END)), 0) AS room,
                    bool_or(l.max_starts IS NOT NULL) AS rated
-            FROM unnest(locked) AS lk (k)
-            JOIN skiplock.limits l ON l.pattern = lk.k OR (l.wildcard AND lk.k LIKE l.like_pattern)
-            LEFT JOIN running rn ON rn.k = lk.k
-            GROUP BY lk.k
+            FROM unnest(locked) AS lk (key)
+            JOIN skiplock.limits l
+              ON l.pattern = lk.key OR (l.wildcard AND lk.key LIKE l.like_pattern)
+            LEFT JOIN running rn ON rn.key = lk.key
+            GROUP BY lk.key
         ) b;
-    END IF;
 
-    -- Admit in claim order: a candidate starts when every limited key of its has
-    -- room left (a key whose lock another claimer holds has none), and then uses
-    -- one place of each. Each candidate comes with the positions of its limited
-    -- keys in bkeys/bleft (0: no room), so the loop does no search.
-    admitted := '{}';
-    IF lkeys IS NULL THEN
-        admitted := cand[1:n];  -- no candidate carries a limited key
-    END IF;
-    FOR cid, cpos IN
-        SELECT c.id,
-               array_agg(coalesce(b.pos, 0)::integer) FILTER (WHERE lk.k IS NOT NULL)
-        FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
-        JOIN skiplock.jobs j ON j.id = c.id
-        LEFT JOIN LATERAL unnest(j.limit_keys) AS jk (k) ON true
-        LEFT JOIN unnest(lkeys) AS lk (k) ON lk.k = jk.k
-        LEFT JOIN unnest(bkeys) WITH ORDINALITY AS b (k, pos) ON b.k = jk.k
-        WHERE lkeys IS NOT NULL
-        GROUP BY c.id, c.ord
-        ORDER BY c.ord
-    LOOP
-        fits := true;
-        IF cpos IS NOT NULL THEN
-            FOREACH i IN ARRAY cpos LOOP
-                IF i = 0 OR bleft[i] <= 0 THEN
-                    fits := false;
-                    EXIT;
+        -- Admit in claim order: a candidate starts when every limited key of its
+        -- has room left (a key locked by another claimer has none), and then uses
+        -- one place of each. When no candidate carries more than one limited key,
+        -- that is "its place among its key's candidates is within the key's room",
+        -- one statement; else a loop over the candidates.
+        SELECT coalesce(max(m.c) > 1, false) INTO several
+        FROM (SELECT count(*) AS c
+              FROM unnest(ckeys, cowner) AS u (key, o)
+              JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
+              GROUP BY u.o) m;
+        IF NOT several THEN
+            WITH placed AS (
+                SELECT u.o, row_number() OVER (PARTITION BY u.key ORDER BY u.o) AS place,
+                       coalesce(b.room, 0) AS room
+                FROM unnest(ckeys, cowner) AS u (key, o)
+                JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
+                LEFT JOIN unnest(bkeys, bleft) AS b (key, room) ON b.key = u.key
+            )
+            SELECT array_agg(a.id ORDER BY a.ord) INTO admitted
+            FROM (
+                SELECT c.id, c.ord
+                FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
+                LEFT JOIN placed p ON p.o = c.ord
+                WHERE p.o IS NULL OR p.place <= p.room
+                ORDER BY c.ord
+                LIMIT n
+            ) a;
+        ELSE
+            admitted := '{}';
+            FOR cid, cpos IN
+                SELECT c.id,
+                       array_agg(coalesce(b.pos, 0)::integer) FILTER (WHERE lk.key IS NOT NULL)
+                FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
+                LEFT JOIN unnest(ckeys, cowner) AS u (key, o) ON u.o = c.ord
+                LEFT JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
+                LEFT JOIN unnest(bkeys) WITH ORDINALITY AS b (key, pos) ON b.key = u.key
+                GROUP BY c.id, c.ord
+                ORDER BY c.ord
+            LOOP
+                fits := true;
+                IF cpos IS NOT NULL THEN
+                    FOREACH i IN ARRAY cpos LOOP
+                        IF i = 0 OR bleft[i] <= 0 THEN
+                            fits := false;
+                            EXIT;
+                        END IF;
+                    END LOOP;
+                    IF fits THEN
+                        FOREACH i IN ARRAY cpos LOOP
+                            bleft[i] := bleft[i] - 1;
+                        END LOOP;
+                    END IF;
+                END IF;
+                IF fits THEN
+                    admitted := admitted || cid;
+                    EXIT WHEN cardinality(admitted) >= n;
                 END IF;
             END LOOP;
-            IF fits THEN
-                FOREACH i IN ARRAY cpos LOOP
-                    bleft[i] := bleft[i] - 1;
-                END LOOP;
-            END IF;
         END IF;
-        IF fits THEN
-            admitted := admitted || cid;
-            EXIT WHEN cardinality(admitted) >= n;
-        END IF;
-    END LOOP;
-    IF cardinality(admitted) = 0 THEN
-        RETURN;
-    END IF;
 
-    IF rated THEN
-        INSERT INTO skiplock.limit_starts (key, started_at, job_id)
-        SELECT k, ts, j.id
-        FROM skiplock.jobs j
-        CROSS JOIN LATERAL unnest(j.limit_keys) AS k
-        WHERE j.id = ANY(admitted) AND j.limit_keys IS NOT NULL AND k = ANY(locked)
-          AND EXISTS (SELECT 1 FROM skiplock.limits l
-                      WHERE l.max_starts IS NOT NULL
-                        AND (l.pattern = k OR (l.wildcard AND k LIKE l.like_pattern)));
+        IF rated AND admitted IS NOT NULL THEN
+            INSERT INTO skiplock.limit_starts (key, started_at, job_id)
+            SELECT u.key, ts, cand[u.o]
+            FROM unnest(ckeys, cowner) AS u (key, o)
+            JOIN unnest(admitted) AS a (id) ON a.id = cand[u.o]
+            WHERE u.key = ANY(locked)
+              AND EXISTS (SELECT 1 FROM skiplock.limits l
+                          WHERE l.max_starts IS NOT NULL
+                            AND (l.pattern = u.key OR (l.wildcard AND u.key LIKE l.like_pattern)));
+        END IF;
+    END IF;
+    IF coalesce(cardinality(admitted), 0) = 0 THEN
+        RETURN;
     END IF;
 
     RETURN QUERY
