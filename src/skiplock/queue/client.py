@@ -477,14 +477,17 @@ class Client:
             return await self.store.list_limits(self.pool)
 
     async def limit_usage(
-        self, pattern: str | None = None, *, at_limit: bool = False
+        self, pattern: str | None = None, *, at_limit: bool = False, limit: int | None = None
     ) -> builtins.list[LimitUsage]:
         """What the limits are doing: one :class:`LimitUsage` per (limit pattern, key in
         use), by pattern then key; ``pattern``: that limit's only; ``at_limit``: only the
-        keys with no room left (their queued jobs wait). Reads the view
-        ``skiplock.limit_usage``: the active jobs and the rate windows, not the table."""
+        keys with no room left (their queued jobs wait); ``limit``: at most that many rows.
+        Reads the view ``skiplock.limit_usage``: the active jobs and the rate windows, not
+        the whole table."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
         with _unavailable("limit_usage", None):
-            return await self.store.limit_usage(self.pool, pattern, at_limit=at_limit)
+            return await self.store.limit_usage(self.pool, pattern, at_limit=at_limit, limit=limit)
 
     async def limit_summary(self) -> builtins.list[LimitSummary]:
         """Each limit's usage summed over its keys (every limit, in use or not)."""

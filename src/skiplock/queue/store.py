@@ -783,11 +783,17 @@ class Store:
         return [FairWeight(r["queue"], r["fair_key"], r["weight"]) for r in rows]
 
     async def limit_usage(
-        self, ex: Executor, pattern: str | None = None, *, at_limit: bool = False
+        self,
+        ex: Executor,
+        pattern: str | None = None,
+        *,
+        at_limit: bool = False,
+        limit: int | None = None,
     ) -> list[LimitUsage]:
         """The keys in use under each limit (of ``pattern``; ``at_limit``: only those with
-        no room left), by pattern then key (view ``limit_usage``, migration 0011)."""
-        rows = await ex.fetch(self._q("limit_usage"), pattern, at_limit)
+        no room left), by pattern then key, at most ``limit`` (view ``limit_usage``,
+        migration 0011)."""
+        rows = await ex.fetch(self._q("limit_usage"), pattern, at_limit, limit)
         return [
             LimitUsage(
                 pattern=r["pattern"],

@@ -81,6 +81,33 @@ async def test_dashboard_script_uses_bearer_keys_and_streams(shared_api: LiveApi
         assert path in script
 
 
+async def test_dashboard_has_a_flow_control_section(shared_api: LiveApi) -> None:
+    """The page holds the flow-control tables and the limit form; the script reads the admin
+    routes, wires the buttons, and says when the key is not an admin key."""
+    html = (await _page(shared_api)).text
+    for needed in (
+        "<h2>Flow control</h2>",
+        'id="limits"',
+        'id="limit-keys"',
+        'id="flow-queues"',
+        'id="limit-set"',
+        'id="flow-note"',
+    ):
+        assert needed in html
+    script = (await shared_api.http.get("/dashboard/static/dashboard.js")).text
+    for needed in (
+        'api("/v1/admin/limits")',
+        'api("/v1/admin/queues")',
+        '"/v1/admin/limits/" + encodeURIComponent(pattern)',
+        'method: "PUT"',
+        'method: "DELETE"',
+        '"/v1/admin/queues/" + encodeURIComponent(queue) + "/" + action',
+        "err.status === 403",
+        "admin scope",
+    ):
+        assert needed in script
+
+
 async def test_missing_dashboard_asset_is_404(shared_api: LiveApi) -> None:
     """An unknown asset is a 404, not the page."""
     response = await shared_api.http.get("/dashboard/static/nope.js")
