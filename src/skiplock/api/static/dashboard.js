@@ -206,6 +206,16 @@ function renderJobs(page) {
 
 let flowAllowed = true; // false once the key is refused (403): stop asking
 let flowRefreshing = false;
+// The last answers rendered: an unchanged answer leaves the rows (and a button being
+// clicked) in place.
+const flowShown = { limits: "", queues: "" };
+
+function changed(part, doc) {
+  const text = JSON.stringify(doc);
+  if (flowShown[part] === text) return false;
+  flowShown[part] = text;
+  return true;
+}
 
 function num(value) {
   return value === null || value === undefined ? "-" : String(value);
@@ -270,8 +280,8 @@ async function refreshFlow() {
   flowRefreshing = true;
   try {
     const [limits, queues] = await Promise.all([api("/v1/admin/limits"), api("/v1/admin/queues")]);
-    renderLimits(limits);
-    renderFlowQueues(queues);
+    if (changed("limits", limits)) renderLimits(limits);
+    if (changed("queues", queues)) renderFlowQueues(queues);
     document.getElementById("flow-body").hidden = false;
     document.getElementById("flow-note").hidden = true;
   } catch (err) {
