@@ -9,8 +9,9 @@
 - ``POST /v1/admin/queues/{queue}/pause`` and ``/resume``.
 
 Limits and switches are fleet-wide, across tenants, hence the ``admin`` scope for
-reads as well as writes. A pattern may hold ``/`` (``tenant:a/task:b``): the route
-takes the rest of the path, percent-encoded or not.
+reads as well as writes. A pattern may hold ``/`` (``tenant:a/task:b``) or any other
+character but NUL: the route takes the rest of the path, percent-encoded or not
+(the ``pattern`` convertor, registered here, also matches line breaks).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,6 +44,15 @@ log = structlog.get_logger("skiplock.api")
 
 AT_LIMIT_ROWS = 100
 """Keys at their limit listed by ``GET /v1/admin/limits`` (by pattern, then key)."""
+
+
+class _PatternConvertor(PathConvertor):
+    """The rest of the path, whatever it holds (``path`` stops at a line break)."""
+
+    regex = "(?s:.+)"
+
+
+register_url_convertor("pattern", _PatternConvertor())
 
 
 def _ts(value: Any) -> str | None:

@@ -225,3 +225,17 @@ async def test_a_failed_reading_keeps_the_scrape_and_says_so(
     fixed = (await api.http.get("/metrics")).text
     assert _samples(fixed, "skiplock_api_flow_metrics_up") == {"": 1.0}
     assert _samples(fixed, "skiplock_limit_keys") == {"user:*": 0.0}
+
+
+async def test_a_pattern_may_hold_any_character_but_nul(
+    api: LiveApi, admin_key: str, client: Client
+) -> None:
+    """Slashes, line breaks and non-ASCII reach the handler (percent-encoded); NUL is 422."""
+    pattern = "tenant:a/b\nc é/*"
+    made = await api.http.put(_path(pattern), json={"max_running": 2}, headers=bearer(admin_key))
+    assert made.status_code == 200, made.text
+    assert [x.pattern for x in await client.limits()] == [pattern]
+    nul = await api.http.put(_path("a\x00b"), json={"max_running": 2}, headers=bearer(admin_key))
+    assert_problem(nul, 422, "invalid-setting")
+    gone = await api.http.delete(_path(pattern), headers=bearer(admin_key))
+    assert gone.status_code == 204
