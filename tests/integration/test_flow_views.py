@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from skiplock import Client, JobSpec, LimitSummary, LimitUsage, QueueFlow
 from skiplock.queue.store import Completion
 
@@ -119,3 +121,11 @@ async def test_queue_flow_counts_throttled_jobs_and_shows_switches(client: Clien
         QueueFlow("media", paused=False, fair=True, queued=1, running=0, throttled=0),
         QueueFlow("quiet", paused=True, fair=False, queued=0, running=0, throttled=0),
     ]
+
+
+async def test_limit_usage_rows_can_be_capped(client: Client) -> None:
+    await client.set_limit("user:*", max_running=0)
+    await enqueue_keyed(client, [["user:b"], ["user:a"], ["user:c"]])
+    assert [u.key for u in await client.limit_usage(limit=2)] == ["user:a", "user:b"]
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        await client.limit_usage(limit=0)

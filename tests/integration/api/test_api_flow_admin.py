@@ -239,3 +239,15 @@ async def test_a_pattern_may_hold_any_character_but_nul(
     assert_problem(nul, 422, "invalid-setting")
     gone = await api.http.delete(_path(pattern), headers=bearer(admin_key))
     assert gone.status_code == 204
+
+
+async def test_keys_at_their_limit_are_listed_up_to_a_hundred(
+    api: LiveApi, admin_key: str, client: Client
+) -> None:
+    """101 keys at their limit: the first 100 (by pattern, key) and at_limit_truncated."""
+    await client.set_limit("user:*", max_running=0)
+    await enqueue_keyed(client, [[f"user:{i:03}"] for i in range(101)])
+    doc = (await api.http.get("/v1/admin/limits", headers=bearer(admin_key))).json()
+    assert [k["key"] for k in doc["at_limit"]] == [f"user:{i:03}" for i in range(100)]
+    assert doc["at_limit_truncated"] is True
+    assert doc["limits"][0]["usage"]["keys_at_limit"] == 101
