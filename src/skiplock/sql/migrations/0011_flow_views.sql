@@ -3,8 +3,8 @@
 -- limit_usage: one row per (limit pattern, key in use). The keys in use are the
 -- keys of due queued jobs, of running jobs, and the keys with starts in a rate
 -- window, that a limit matches. Queued rows are read through jobs_claim_idx
--- (partial: queued rows), running rows through jobs_lease_idx (partial: running
--- rows), starts through limit_starts_at_idx (the widest window) and, per key,
+-- (partial: queued rows), running rows through jobs_lease_idx or
+-- jobs_limit_keys_idx (both partial: running rows), starts through limit_starts_at_idx (the widest window) and, per key,
 -- limit_starts_key_idx: the cost follows the active rows and the window, never
 -- the finished rows. No new index: no write cost.
 --
