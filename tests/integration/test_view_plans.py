@@ -119,6 +119,28 @@ FROM generate_series(1, 3400) AS g,
      LATERAL (SELECT CASE WHEN g <= 3000 THEN 'queued' ELSE 'running' END AS state) AS s
 """
 
+# Flow control (migration 0010): the active jobs carry limit keys (200 users, 4
+# providers), two limits match them, and 10,000 starts are logged over two hours.
+FILL_FLOW = [
+    """
+    UPDATE skiplock.jobs
+    SET limit_keys = ARRAY['user:' || abs(hashtext(id::text)) % 200,
+                           'provider:' || abs(hashtext(id::text)) % 4]
+    WHERE state IN ('queued', 'running')
+    """,
+    """
+    INSERT INTO skiplock.limits (pattern, max_running, max_starts, per_seconds)
+    VALUES ('user:*', 3, NULL, NULL), ('provider:*', NULL, 1000, 60)
+    """,
+    """
+    INSERT INTO skiplock.limit_starts (key, started_at, job_id)
+    SELECT 'provider:' || g % 4, now() - (g / 10000.0) * interval '2 hours', gen_random_uuid()
+    FROM generate_series(1, 10000) AS g
+    """,
+    "ANALYZE skiplock.limits",
+    "ANALYZE skiplock.limit_starts",
+]
+
 
 @dataclass(frozen=True)
 class Case:
@@ -194,6 +216,37 @@ VIEW_CASES = [
         "index",
         "p95 over the last 24 h through jobs_state_finished_idx, for tasks with running jobs",
     ),
+    # -- the flow-control views of migration 0011 ---------------------------------------
+    Case(
+        "limit_usage",
+        "SELECT * FROM skiplock.limit_usage ORDER BY pattern, key",
+        "index",
+        # The planner reads running rows through either partial index of them (the
+        # lease index, or the GIN index of limit keys), as its statistics say.
+        "queued rows through jobs_claim_idx, running rows through a partial index",
+    ),
+    Case(
+        "limit_usage_at_limit",
+        "SELECT pattern, key, queued FROM skiplock.limit_usage WHERE at_limit",
+        "index",
+        "queued rows through jobs_claim_idx, running rows through a partial index",
+    ),
+    Case(
+        "limit_usage_summary",
+        Path(__file__)
+        .resolve()
+        .parents[2]
+        .joinpath("src/skiplock/sql/queries/limit_usage_summary.sql")
+        .read_text(),
+        "index",
+        "the metrics' scrape: limit_usage summed per pattern",
+    ),
+    Case(
+        "queue_flow",
+        "SELECT * FROM skiplock.queue_flow ORDER BY queue",
+        "index",
+        "queued rows through jobs_claim_idx, running rows through jobs_lease_idx",
+    ),
     Case(
         "expired_leases",
         "SELECT id, task, worker_id, lease_expires_at FROM skiplock.jobs"
@@ -251,6 +304,8 @@ async def _fill(conn: asyncpg.Connection[Any]) -> None:
     await conn.execute("ALTER TABLE skiplock.jobs DROP CONSTRAINT jobs_pkey")
     await conn.execute(FILL_FINISHED)
     await conn.execute(FILL_ACTIVE)
+    for statement in FILL_FLOW:
+        await conn.execute(statement)
     await conn.execute("ALTER TABLE skiplock.jobs ADD CONSTRAINT jobs_pkey PRIMARY KEY (id)")
     for index in indexes:
         await conn.execute(index["indexdef"])

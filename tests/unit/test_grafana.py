@@ -163,11 +163,19 @@ def test_every_query_names_only_existing_metrics() -> None:
         "skiplock_api_sse_subscribers",
         "skiplock_api_sse_dropped_total",
         "skiplock_api_listener_connected",
+        "skiplock_limit_keys",
+        "skiplock_limit_keys_at_limit",
+        "skiplock_limit_running_jobs",
+        "skiplock_limit_throttled_jobs",
+        "skiplock_queue_paused",
+        "skiplock_queue_throttled_jobs",
+        "skiplock_api_flow_metrics_up",
         *WORKER_METRICS,
     ],
 )
 def test_every_metric_has_a_panel(metric: str) -> None:
-    """Every API metric and every worker metric of issue 5 is shown somewhere."""
+    """Every API metric (flow control's included) and every worker metric of issue 5 is
+    shown somewhere."""
     used = {name for expr in _exprs(_dashboard()) for name in metric_names(expr)}
     stems = {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
     assert metric in used | stems

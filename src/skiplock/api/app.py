@@ -8,7 +8,11 @@ Routes (JSON under ``/v1``; errors are ``application/problem+json``):
   ``POST /v1/jobs/{id}/cancel``, ``POST /v1/jobs/{id}/retry``,
   ``POST /v1/jobs/{id}/share`` a signed read-only link,
   ``GET /v1/shared/{token}`` and ``GET /v1/shared/{token}/events``;
-- ``GET /v1/stats``; ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
+- ``GET /v1/stats``;
+- for ``admin`` keys, flow control (:mod:`skiplock.api.flow`): ``GET /v1/admin/limits``,
+  ``PUT`` and ``DELETE /v1/admin/limits/{pattern}``, ``GET /v1/admin/queues``,
+  ``POST /v1/admin/queues/{queue}/pause`` and ``/resume``;
+- ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
   ``GET /openapi.json``.
 
 Tenancy is enforced in SQL: every read and write passes the caller's tenant,
@@ -31,6 +35,14 @@ from skiplock.api.auth import Authenticator
 from skiplock.api.common import ApiState
 from skiplock.api.dashboard import dashboard_mount
 from skiplock.api.errors import exception_handlers
+from skiplock.api.flow import (
+    delete_limit,
+    list_flow_queues,
+    list_limits,
+    pause_queue,
+    put_limit,
+    resume_queue,
+)
 from skiplock.api.hub import EventHub
 from skiplock.api.jobs import cancel_job, create_job, get_job, list_jobs, retry_job
 from skiplock.api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -104,6 +116,12 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         Route("/v1/shared/{token}", shared_job, methods=["GET"]),
         Route("/v1/shared/{token}/events", shared_events, methods=["GET"]),
         Route("/v1/stats", stats, methods=["GET"]),
+        Route("/v1/admin/limits", list_limits, methods=["GET"]),
+        Route("/v1/admin/limits/{pattern:pattern}", put_limit, methods=["PUT"]),
+        Route("/v1/admin/limits/{pattern:pattern}", delete_limit, methods=["DELETE"]),
+        Route("/v1/admin/queues", list_flow_queues, methods=["GET"]),
+        Route("/v1/admin/queues/{queue}/pause", pause_queue, methods=["POST"]),
+        Route("/v1/admin/queues/{queue}/resume", resume_queue, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -116,7 +134,7 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST"],
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
                 allow_headers=[
                     "Authorization",
                     "Content-Type",

@@ -5,6 +5,11 @@ key from the URL fragment (``/dashboard#key=skl_…``, never sent to the server)
 or asks for one, keeps it in ``sessionStorage``, and calls the JSON API with
 ``Authorization: Bearer``. Assets are served from ``/dashboard/static``.
 
+The "Flow control" section (limits with their usage, keys at their limit,
+paused and fair queues, and buttons to set or remove a limit and to pause or
+resume a queue) calls the ``/v1/admin`` routes: with a key lacking the
+``admin`` scope it only says so.
+
 Everything lives under one :class:`~starlette.routing.Mount`, so the page
 stays out of the JSON API's route table (and its OpenAPI document); the page
 itself is at ``/dashboard/`` and ``/dashboard`` redirects there, keeping the
@@ -50,6 +55,41 @@ _PAGE = """<!doctype html>
       </tr></thead>
       <tbody></tbody>
     </table>
+  </section>
+  <section id="flow">
+    <h2>Flow control</h2>
+    <p id="flow-note" class="note" hidden></p>
+    <div id="flow-body" hidden>
+      <h3>Limits</h3>
+      <table id="limits">
+        <thead><tr><th>Pattern</th><th class="num">Max running</th><th>Max starts</th>
+          <th class="num">Keys in use</th><th class="num">At limit</th>
+          <th class="num">Running</th><th class="num">Throttled</th><th></th></tr></thead>
+        <tbody></tbody>
+      </table>
+      <div id="limit-form" class="form">
+        <input id="limit-pattern" placeholder="pattern (user:*)" aria-label="Pattern">
+        <input id="limit-running" type="number" min="0" placeholder="max running"
+          aria-label="Max running">
+        <input id="limit-starts" type="number" min="0" placeholder="max starts"
+          aria-label="Max starts">
+        <input id="limit-per" type="number" min="0" step="any" placeholder="per seconds"
+          aria-label="Per seconds">
+        <button type="button" id="limit-set">Set limit</button>
+      </div>
+      <h3>Keys at their limit</h3>
+      <table id="limit-keys">
+        <thead><tr><th>Pattern</th><th>Key</th><th class="num">Running</th>
+          <th class="num">Starts</th><th class="num">Waiting</th></tr></thead>
+        <tbody></tbody>
+      </table>
+      <h3>Queues</h3>
+      <table id="flow-queues">
+        <thead><tr><th>Queue</th><th>State</th><th>Claim</th><th class="num">Queued</th>
+          <th class="num">Running</th><th class="num">Throttled</th><th></th></tr></thead>
+        <tbody></tbody>
+      </table>
+    </div>
   </section>
   <section>
     <h2>Recent jobs</h2>

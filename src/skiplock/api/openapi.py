@@ -17,11 +17,16 @@ from pydantic.json_schema import models_json_schema
 from skiplock.api.schemas import (
     MODELS,
     CreateJobBody,
+    FlowQueues,
     Health,
     JobDocument,
     JobList,
+    LimitDocument,
+    LimitList,
     Problem,
+    QueueSwitches,
     Readiness,
+    SetLimitBody,
     ShareLink,
     Stats,
 )
@@ -86,6 +91,96 @@ _TENANT = {
     " own tenant (403 otherwise).",
 }
 _TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+_PATTERN = {
+    "name": "pattern",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    "description": "A key (provider:openai) or a key with * wildcards (user:*), percent-encoded.",
+}
+_QUEUE = {
+    "name": "queue",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+_ADMIN_ERRORS = {
+    "401": _problem("Missing, unknown, revoked or expired API key."),
+    "403": _problem("The key lacks the admin scope."),
+}
+
+
+def _admin_paths() -> dict[str, Any]:
+    """Flow control for operators (admin keys): limits and queue switches."""
+    switch = {
+        "200": _json(QueueSwitches, "The queue's switches as stored."),
+        **_ADMIN_ERRORS,
+        "422": _problem("Invalid queue name."),
+    }
+    return {
+        "/v1/admin/limits": {
+            "get": {
+                "summary": "Every limit with its usage, and the keys at their limit",
+                "security": _SECURED,
+                "responses": {"200": _json(LimitList, "The limits."), **_ADMIN_ERRORS},
+            }
+        },
+        "/v1/admin/limits/{pattern}": {
+            "put": {
+                "summary": "Create or replace the limit of a key pattern (fleet-wide at once)",
+                "security": _SECURED,
+                "parameters": [_PATTERN],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _REF_SET_LIMIT}},
+                },
+                "responses": {
+                    "200": _json(LimitDocument, "The limit as stored."),
+                    **_ADMIN_ERRORS,
+                    "408": _problem("The body did not arrive in time."),
+                    "413": _problem("Body too large."),
+                    "415": _problem("Body is not application/json."),
+                    "422": _problem("Invalid body or limit (`invalid-body`, `invalid-setting`)."),
+                },
+            },
+            "delete": {
+                "summary": "Remove the limit of a key pattern",
+                "security": _SECURED,
+                "parameters": [_PATTERN],
+                "responses": {
+                    "204": {"description": "Removed: its jobs may start at once."},
+                    **_ADMIN_ERRORS,
+                    "404": _problem("No limit on this pattern."),
+                },
+            },
+        },
+        "/v1/admin/queues": {
+            "get": {
+                "summary": "Each queue with jobs or switches: paused, fair, throttled jobs",
+                "security": _SECURED,
+                "responses": {"200": _json(FlowQueues, "The queues."), **_ADMIN_ERRORS},
+            }
+        },
+        "/v1/admin/queues/{queue}/pause": {
+            "post": {
+                "summary": "Pause a queue fleet-wide (running jobs finish)",
+                "security": _SECURED,
+                "parameters": [_QUEUE],
+                "responses": dict(switch),
+            }
+        },
+        "/v1/admin/queues/{queue}/resume": {
+            "post": {
+                "summary": "Resume a paused queue",
+                "security": _SECURED,
+                "parameters": [_QUEUE],
+                "responses": dict(switch),
+            }
+        },
+    }
+
+
+_REF_SET_LIMIT = {"$ref": _REF.format(model="SetLimit")}
 
 
 def _schemas() -> dict[str, Any]:
@@ -336,6 +431,7 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
                 },
             }
         },
+        **_admin_paths(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "Alive.")}}},
         "/readyz": {
             "get": {
@@ -373,7 +469,8 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
         if path.startswith("/v1/"):
             for operation in item.values():
                 operation["responses"]["503"] = _unavailable()
-                if "security" in operation:  # the routes an API key calls
+                if "security" in operation and not path.startswith("/v1/admin/"):
+                    # the routes an API key calls about jobs
                     operation.setdefault("parameters", []).append(_TENANT)
                     operation["responses"].setdefault(
                         "422", _problem("Invalid parameter (for an admin key: tenant).")
@@ -389,7 +486,11 @@ def openapi_document(settings: ApiSettings) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**_schemas(), "CreateJob": _create_body(settings)},
+            "schemas": {
+                **_schemas(),
+                "CreateJob": _create_body(settings),
+                "SetLimit": SetLimitBody.model_json_schema(ref_template=_REF),
+            },
         },
         "paths": paths,
     }

@@ -16,13 +16,22 @@ __all__ = [
     "MODELS",
     "CreateJobBody",
     "ErrorInfo",
+    "FairWeightDocument",
+    "FlowQueues",
     "Health",
     "JobCount",
     "JobDocument",
     "JobLinks",
     "JobList",
+    "LimitDocument",
+    "LimitKey",
+    "LimitList",
+    "LimitUsageSummary",
     "Problem",
+    "QueueFlowDocument",
+    "QueueSwitches",
     "Readiness",
+    "SetLimitBody",
     "ShareLink",
     "Stats",
     "TaskWindow",
@@ -253,6 +262,100 @@ class Readiness(_Out):
     checks: dict[str, str]
 
 
+class SetLimitBody(BaseModel):
+    """The body of ``PUT /v1/admin/limits/{pattern}``: the whole limit (a field left out
+    or null is no limit of that kind)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    max_running: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="At most this many jobs of a key running."
+    )
+    max_starts: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="At most this many jobs of a key starting per per_seconds window.",
+    )
+    per_seconds: float | None = Field(
+        default=None, gt=0, le=31 * 86400, description="The rate window, with max_starts."
+    )
+
+
+class LimitUsageSummary(_Out):
+    """A limit's usage summed over the keys it matches."""
+
+    keys: int = Field(description="Keys in use (of due queued or running jobs, or with starts).")
+    keys_at_limit: int = Field(description="Keys with no room left: their queued jobs wait.")
+    running: int
+    queued: int = Field(description="Due queued jobs carrying its keys.")
+    throttled: int = Field(description="Due queued jobs waiting on a key at its limit.")
+
+
+class LimitDocument(_Out):
+    """A concurrency and/or rate limit on the keys a pattern matches."""
+
+    pattern: str
+    max_running: int | None
+    max_starts: int | None
+    per_seconds: float | None
+    updated_at: Timestamp
+    usage: LimitUsageSummary | None = None
+
+
+class LimitKey(_Out):
+    """A key at its limit, with the jobs waiting on it."""
+
+    pattern: str
+    key: str
+    running: int
+    starts: int | None = Field(description="Starts in the current window (null: no rate limit).")
+    queued: int
+
+
+class LimitList(_Out):
+    """Every limit with its usage, and the keys at their limit (most waiting jobs first)."""
+
+    limits: list[LimitDocument]
+    at_limit: list[LimitKey]
+    at_limit_truncated: bool = Field(description="More keys are at their limit than listed.")
+
+
+class QueueSwitches(_Out):
+    """A queue's switches."""
+
+    name: str
+    paused: bool
+    fair: bool
+    updated_at: Timestamp
+
+
+class QueueFlowDocument(_Out):
+    """A queue with jobs or switches: its switches, due queued, running, throttled jobs."""
+
+    queue: str
+    paused: bool
+    fair: bool
+    queued: int
+    running: int
+    throttled: int = Field(description="Due queued jobs carrying a key at its limit.")
+
+
+class FairWeightDocument(_Out):
+    """A fair key's weight (jobs per round) in a fair queue."""
+
+    queue: str
+    fair_key: str
+    weight: int
+
+
+class FlowQueues(_Out):
+    """Every queue with jobs or switches, and the fair weights that are not the default."""
+
+    queues: list[QueueFlowDocument]
+    fair_weights: list[FairWeightDocument]
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document; ``code`` is stable and machine-readable."""
 
@@ -273,6 +376,10 @@ MODELS: tuple[type[BaseModel], ...] = (
     Stats,
     Health,
     Readiness,
+    LimitDocument,
+    LimitList,
+    QueueSwitches,
+    FlowQueues,
     Problem,
 )
 

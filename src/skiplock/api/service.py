@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from skiplock.api.common import (
+    ApiState,
     authorize,
     json_response,
     model_response,
@@ -29,6 +30,9 @@ __all__ = ["WINDOWS", "healthz", "metrics_endpoint", "openapi", "readyz", "stats
 log = structlog.get_logger("skiplock.api")
 
 WINDOWS = {"5m": 300.0, "1h": 3600.0, "24h": 86400.0}
+
+_FLOW_READ_TIMEOUT = 2.0
+"""Longest wait for the flow-control gauges' reading at scrape time."""
 
 
 async def stats(request: Request) -> Response:
@@ -95,11 +99,31 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics``: Prometheus metrics of this process."""
+    """``GET /metrics``: Prometheus metrics of this process, and the flow-control gauges
+    (read from the database at most once per ``flow_metrics_seconds``)."""
     state = state_of(request)
     if state.hub is not None:
         state.metrics.hub_connected.set(1 if state.hub.connected else 0)
+    await _read_flow(state)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _read_flow(state: ApiState) -> None:
+    """Refresh the flow gauges when stale; a slow or failing database never fails a scrape."""
+    flow, client = state.metrics.flow, state.client
+    if client is None or not flow.stale(state.settings.flow_metrics_seconds):
+        return
+    async with flow.lock:
+        if not flow.stale(state.settings.flow_metrics_seconds):
+            return  # another scrape read them while this one waited
+        try:
+            with anyio.fail_after(_FLOW_READ_TIMEOUT):
+                limits = await client.limit_summary()
+                queues = await client.queue_flow()
+        except TRANSIENT_DB_ERRORS as exc:  # timeouts, connection errors, PostgresError
+            flow.failed(exc)
+        else:
+            flow.set(limits, queues)
 
 
 async def openapi(request: Request) -> Response:

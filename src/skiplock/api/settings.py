@@ -34,6 +34,9 @@ class ApiSettings(DatabaseSettings):
     ``statement_cache_size`` (0 behind PgBouncer in transaction mode) and
     ``listen_url`` (a direct URL for the event hub's LISTEN; ``"none"``: the
     hub does not listen; unset: the main URL) as for workers.
+    ``flow_metrics_seconds``: the flow-control gauges of ``/metrics`` are read
+    from the database at scrape time, at most once per this many seconds
+    (scrapes in between get the last reading; 0: every scrape).
     """
 
     exposed_tasks: dict[str, ExposedTask] = Field(default_factory=dict)
@@ -53,6 +56,7 @@ class ApiSettings(DatabaseSettings):
     max_wait_seconds: float = Field(default=60.0, gt=0, le=300)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
     public_url: str = ""
+    flow_metrics_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

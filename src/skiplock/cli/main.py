@@ -14,6 +14,7 @@ from skiplock.cli.common import (
 )
 from skiplock.cli.demo import demo_cmd
 from skiplock.cli.enqueue import enqueue_cmd
+from skiplock.cli.flow import limits_group, queues_group
 from skiplock.cli.jobs import jobs_group
 from skiplock.cli.purge import purge_cmd
 from skiplock.cli.schema import check_cmd, migrate_cmd
@@ -67,6 +68,8 @@ for _command in (
     jobs_group,
     stats_cmd,
     purge_cmd,
+    limits_group,
+    queues_group,
     demo_cmd,
 ):
     cli.add_command(_command)

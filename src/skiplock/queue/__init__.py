@@ -11,7 +11,14 @@ from skiplock.queue.errors import (
     SchemaMismatch,
     SkiplockError,
 )
-from skiplock.queue.flow import FairWeight, Limit, QueueSettings
+from skiplock.queue.flow import (
+    FairWeight,
+    Limit,
+    LimitSummary,
+    LimitUsage,
+    QueueFlow,
+    QueueSettings,
+)
 from skiplock.queue.migrate import check_schema, migrate
 from skiplock.queue.models import (
     ALL_TENANTS,
@@ -42,8 +49,11 @@ __all__ = [
     "JobState",
     "JobStateConflict",
     "Limit",
+    "LimitSummary",
+    "LimitUsage",
     "OnDuplicate",
     "Page",
+    "QueueFlow",
     "QueueSettings",
     "SchemaMismatch",
     "SkiplockError",

@@ -28,6 +28,9 @@ from skiplock.queue.errors import (
 from skiplock.queue.flow import (
     FairWeight,
     Limit,
+    LimitSummary,
+    LimitUsage,
+    QueueFlow,
     QueueSettings,
     check_limit,
     check_queue_name,
@@ -514,6 +517,30 @@ class Client:
         """Every limit, by pattern."""
         with _unavailable("limits", None):
             return await self.store.list_limits(self.pool)
+
+    async def limit_usage(
+        self, pattern: str | None = None, *, at_limit: bool = False, limit: int | None = None
+    ) -> builtins.list[LimitUsage]:
+        """What the limits are doing: one :class:`LimitUsage` per (limit pattern, key in
+        use), by pattern then key; ``pattern``: that limit's only; ``at_limit``: only the
+        keys with no room left (their queued jobs wait); ``limit``: at most that many rows.
+        Reads the view ``skiplock.limit_usage``: the active jobs and the rate windows, not
+        the whole table."""
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be at least 1")
+        with _unavailable("limit_usage", None):
+            return await self.store.limit_usage(self.pool, pattern, at_limit=at_limit, limit=limit)
+
+    async def limit_summary(self) -> builtins.list[LimitSummary]:
+        """Each limit's usage summed over its keys (every limit, in use or not)."""
+        with _unavailable("limit_summary", None):
+            return await self.store.limit_usage_summary(self.pool)
+
+    async def queue_flow(self) -> builtins.list[QueueFlow]:
+        """Each queue with jobs queued or running, or with a switch set: paused, fair,
+        due queued jobs, running jobs, and queued jobs throttled by a limit."""
+        with _unavailable("queue_flow", None):
+            return await self.store.queue_flow(self.pool)
 
     async def pause(self, queue: str) -> QueueSettings:
         """Pause ``queue`` fleet-wide: no job of it starts from the next claim on;

@@ -27,6 +27,9 @@ __all__ = [
     "IMPLICIT_PREFIXES",
     "FairWeight",
     "Limit",
+    "LimitSummary",
+    "LimitUsage",
+    "QueueFlow",
     "QueueSettings",
     "check_limit",
     "check_queue_name",
@@ -73,6 +76,61 @@ class FairWeight:
     queue: str
     fair_key: str
     weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitUsage:
+    """One key in use under one limit (a row of the ``skiplock.limit_usage`` view).
+
+    A key is in use when a due queued job or a running job carries it, or when it
+    has starts in the rate window. ``at_limit``: the key has no room left, so its
+    ``queued`` jobs wait (they are throttled).
+    """
+
+    pattern: str
+    key: str
+    max_running: int | None
+    running: int
+    """Jobs in state 'running' carrying the key."""
+    max_starts: int | None
+    per_seconds: float | None
+    starts: int | None
+    """Starts of jobs with the key in the current window (None: no rate limit)."""
+    queued: int
+    """Due queued jobs carrying the key."""
+    at_limit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSummary:
+    """One limit's usage summed over its keys (what the metrics export: a pattern such
+    as ``user:*`` may match many keys)."""
+
+    pattern: str
+    keys: int
+    """Keys in use under the limit."""
+    keys_at_limit: int
+    running: int
+    """Running jobs, summed over its keys."""
+    queued: int
+    """Due queued jobs, summed over its keys."""
+    throttled: int
+    """Due queued jobs waiting on one of its keys at its limit, summed over those keys."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFlow:
+    """A queue's switches and flow (a row of the ``skiplock.queue_flow`` view): every
+    queue with jobs queued or running, or with a switch set."""
+
+    queue: str
+    paused: bool
+    fair: bool
+    queued: int
+    """Due queued jobs."""
+    running: int
+    throttled: int
+    """Due queued jobs carrying a key at its limit (see :class:`LimitUsage`)."""
 
 
 def _count(value: object, what: str, lowest: int) -> int | None:

@@ -21,7 +21,14 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from skiplock import sql
-from skiplock.queue.flow import FairWeight, Limit, QueueSettings
+from skiplock.queue.flow import (
+    FairWeight,
+    Limit,
+    LimitSummary,
+    LimitUsage,
+    QueueFlow,
+    QueueSettings,
+)
 from skiplock.queue.jsoncodec import loads
 from skiplock.queue.models import Job, JobError, JobSpec, request_fingerprints
 from skiplock.queue.states import JobState
@@ -911,6 +918,56 @@ class Store:
     async def list_fair_weights(self, ex: Executor) -> list[FairWeight]:
         rows = await ex.fetch(self._q("list_fair_weights"))
         return [FairWeight(r["queue"], r["fair_key"], r["weight"]) for r in rows]
+
+    async def limit_usage(
+        self,
+        ex: Executor,
+        pattern: str | None = None,
+        *,
+        at_limit: bool = False,
+        limit: int | None = None,
+    ) -> list[LimitUsage]:
+        """The keys in use under each limit (of ``pattern``; ``at_limit``: only those with
+        no room left), by pattern then key, at most ``limit`` (view ``limit_usage``,
+        migration 0011)."""
+        rows = await ex.fetch(self._q("limit_usage"), pattern, at_limit, limit)
+        return [
+            LimitUsage(
+                pattern=r["pattern"],
+                key=r["key"],
+                max_running=r["max_running"],
+                running=r["running"],
+                max_starts=r["max_starts"],
+                per_seconds=r["per_seconds"],
+                starts=r["starts"],
+                queued=r["queued"],
+                at_limit=r["at_limit"],
+            )
+            for r in rows
+        ]
+
+    async def limit_usage_summary(self, ex: Executor) -> list[LimitSummary]:
+        """Every limit's usage summed over its keys, by pattern."""
+        rows = await ex.fetch(self._q("limit_usage_summary"))
+        return [
+            LimitSummary(
+                r["pattern"],
+                r["keys"],
+                r["keys_at_limit"],
+                r["running"],
+                r["queued"],
+                r["throttled"],
+            )
+            for r in rows
+        ]
+
+    async def queue_flow(self, ex: Executor) -> list[QueueFlow]:
+        """Each queue with jobs or switches: paused, fair, queued, running, throttled."""
+        rows = await ex.fetch(self._q("queue_flow"))
+        return [
+            QueueFlow(r["queue"], r["paused"], r["fair"], r["queued"], r["running"], r["throttled"])
+            for r in rows
+        ]
 
     async def prune_limit_starts(self, ex: Executor, limit: int) -> int:
         """Delete at most ``limit`` logged starts older than every rate window."""

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from skiplock import Client, JobState, Worker
+from skiplock.api import create_api_key
+from skiplock.queue import Store
 from tests.helpers import wait_for, wait_for_state
 from tests.integration.api.support import Keys, LiveApi, RenderControl, create_job
 
@@ -79,6 +82,33 @@ async def test_dashboard_script_uses_bearer_keys_and_streams(shared_api: LiveApi
     assert '"Bearer "' in script
     for path in ("/v1/stats", "/v1/jobs", "/events", "getReader", "sessionStorage"):
         assert path in script
+
+
+async def test_dashboard_has_a_flow_control_section(shared_api: LiveApi) -> None:
+    """The page holds the flow-control tables and the limit form; the script reads the admin
+    routes, wires the buttons, and says when the key is not an admin key."""
+    html = (await _page(shared_api)).text
+    for needed in (
+        "<h2>Flow control</h2>",
+        'id="limits"',
+        'id="limit-keys"',
+        'id="flow-queues"',
+        'id="limit-set"',
+        'id="flow-note"',
+    ):
+        assert needed in html
+    script = (await shared_api.http.get("/dashboard/static/dashboard.js")).text
+    for needed in (
+        'api("/v1/admin/limits")',
+        'api("/v1/admin/queues")',
+        '"/v1/admin/limits/" + encodeURIComponent(pattern)',
+        'method: "PUT"',
+        'method: "DELETE"',
+        '"/v1/admin/queues/" + encodeURIComponent(queue) + "/" + action',
+        "err.status === 403",
+        "admin scope",
+    ):
+        assert needed in script
 
 
 async def test_missing_dashboard_asset_is_404(shared_api: LiveApi) -> None:
@@ -162,10 +192,12 @@ class Cdp:
         return result["result"].get("value")
 
     async def click(self, selector: str) -> None:
-        """Click the centre of the element ``selector`` with real mouse events."""
+        """Click the centre of the element ``selector`` with real mouse events (scrolled
+        into view first: events outside the viewport reach nothing)."""
         box = await self.evaluate(
             f"(() => {{ const e = document.querySelector({orjson.dumps(selector).decode()});"
             " if (!e || e.offsetParent === null) return null;"
+            " e.scrollIntoView({block: 'center'});"
             " const r = e.getBoundingClientRect();"
             " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; })()"
         )
@@ -294,3 +326,85 @@ async def test_browser_shows_pushed_progress_and_cancels(
         )
         assert shown == {"state": "cancelled", "cancel": True, "retry": False}
         assert await cdp.evaluate("window.__sameDocument") == 1
+
+
+async def test_browser_flow_control_with_an_admin_key_and_without(
+    api: LiveApi, keys: Keys, client: Client
+) -> None:
+    """With an admin key the Flow control section lists the limits with their usage and
+    the queues, and its buttons resume a queue, remove a limit and set one; with a write
+    key it says an admin key is needed."""
+    binary = _chromium()
+    conn = await asyncpg.connect(api.settings.require_database_url())
+    try:
+        admin = await create_api_key(Store(), conn, tenant="ops", scopes=["admin"], name="ops")
+    finally:
+        await conn.close()
+    await client.set_limit("user:*", max_running=1)
+    await client.pause("media")
+    for _ in range(3):
+        job = await client.enqueue("t", {})
+        await client.pool.execute(
+            "UPDATE skiplock.jobs SET limit_keys = '{user:1}' WHERE id = $1", job.id
+        )
+    claimed = await client.store.claim_jobs(client.pool, ["default"], 10, 30.0, "w1")
+    assert len(claimed) == 1
+
+    async with browser(binary) as cdp:
+        await cdp.call("Page.enable")
+        await cdp.call("Page.navigate", url=f"{api.url}/dashboard#key={admin.secret}")
+
+        async def limit_row() -> Any:
+            return await cdp.evaluate(
+                "(() => { const r = document.querySelector('#limits tr[data-pattern]');"
+                " return r && {pattern: r.dataset.pattern,"
+                " at: r.querySelector('.at').textContent,"
+                " throttled: r.querySelector('.throttled').textContent}; })()"
+            )
+
+        shown = await wait_for(limit_row, bool, timeout=30, what="the limit's row")
+        assert shown == {"pattern": "user:*", "at": "1", "throttled": "2"}
+        keys_text = await cdp.evaluate("document.querySelector('#limit-keys tbody').textContent")
+        assert "user:1" in keys_text
+
+        async def shown_on_page(expression: str, what: str) -> None:
+            await wait_for(lambda: cdp.evaluate(expression), bool, timeout=30, what=what)
+
+        # Each action re-renders its table: wait for the page too before the next click
+        # (the rows below a changed table move).
+        await cdp.click('#flow-queues tr[data-queue="media"] .resume')
+        await wait_for(client.queues, lambda qs: not qs[0].paused, timeout=30, what="resumed")
+        await shown_on_page(
+            "document.querySelector('#flow-queues tr[data-queue=\"media\"] .pause') !== null",
+            "the Pause button",
+        )
+
+        await cdp.click('#limits tr[data-pattern="user:*"] .remove')
+        await wait_for(client.limits, lambda ls: ls == [], timeout=30, what="limit removed")
+        await shown_on_page(
+            "document.querySelector('#limits tr[data-pattern]') === null", "no limit row"
+        )
+
+        await cdp.evaluate(
+            "document.getElementById('limit-pattern').value = 'provider:x';"
+            " document.getElementById('limit-starts').value = '5';"
+            " document.getElementById('limit-per').value = '60'"
+        )
+        await cdp.click("#limit-set")
+        made = await wait_for(client.limits, bool, timeout=30, what="limit set")
+        assert [(x.pattern, x.max_running, x.max_starts, x.per_seconds) for x in made] == [
+            ("provider:x", None, 5, 60.0)
+        ]
+
+        await cdp.evaluate("sessionStorage.clear()")
+        await cdp.call("Page.navigate", url=f"{api.url}/dashboard#key={keys.a_write}")
+
+        async def note() -> Any:
+            return await cdp.evaluate(
+                "(() => { const n = document.getElementById('flow-note');"
+                " return n && !n.hidden ? n.textContent : null; })()"
+            )
+
+        text = await wait_for(note, bool, timeout=30, what="the admin note")
+        assert "admin scope" in text
+        assert await cdp.evaluate("document.getElementById('flow-body').hidden") is True

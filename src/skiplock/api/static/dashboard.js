@@ -1,4 +1,5 @@
-// skiplock dashboard: counts, recent jobs with live progress, cancel / retry.
+// skiplock dashboard: counts, recent jobs with live progress, cancel / retry, and
+// flow control (admin keys): limits with usage, keys at their limit, queue switches.
 "use strict";
 
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -32,10 +33,13 @@ function headers() {
 }
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: headers() });
+  const extra = options.body ? { "Content-Type": "application/json" } : {};
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...extra } });
   const body = await response.json().catch(() => null);
   if (!response.ok) {
-    throw new Error((body && body.detail) || response.status + " " + response.statusText);
+    const err = new Error((body && body.detail) || response.status + " " + response.statusText);
+    err.status = response.status;
+    throw err;
   }
   return body;
 }
@@ -198,6 +202,143 @@ function renderJobs(page) {
   document.querySelector("#jobs tbody").replaceChildren(...rows);
 }
 
+// -- flow control (the /v1/admin routes: admin keys only) -----------------------
+
+let flowAllowed = true; // false once the key is refused (403): stop asking
+let flowRefreshing = false;
+// The last answers rendered: an unchanged answer leaves the rows (and a button being
+// clicked) in place.
+const flowShown = { limits: "", queues: "" };
+
+function changed(part, doc) {
+  const text = JSON.stringify(doc);
+  if (flowShown[part] === text) return false;
+  flowShown[part] = text;
+  return true;
+}
+
+function num(value) {
+  return value === null || value === undefined ? "-" : String(value);
+}
+
+function renderLimits(doc) {
+  const rows = doc.limits.map((limit) => {
+    const usage = limit.usage || {};
+    const remove = el("button", { type: "button", className: "remove", textContent: "Remove" });
+    remove.addEventListener("click", () => removeLimit(limit.pattern));
+    const row = el("tr", { className: usage.keys_at_limit ? "at-limit" : "" },
+      el("td", { className: "pattern", textContent: limit.pattern }),
+      el("td", { className: "num", textContent: num(limit.max_running) }),
+      el("td", { textContent: limit.max_starts === null ? "-"
+        : limit.max_starts + " per " + limit.per_seconds + " s" }),
+      el("td", { className: "num", textContent: num(usage.keys) }),
+      el("td", { className: "num at", textContent: num(usage.keys_at_limit) }),
+      el("td", { className: "num", textContent: num(usage.running) }),
+      el("td", { className: "num throttled", textContent: num(usage.throttled) }),
+      el("td", { className: "actions" }, remove));
+    row.dataset.pattern = limit.pattern;
+    return row;
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 8, textContent: "No limits." })));
+  document.querySelector("#limits tbody").replaceChildren(...rows);
+
+  const keys = doc.at_limit.map((k) => el("tr", {},
+    el("td", { textContent: k.pattern }), el("td", { textContent: k.key }),
+    el("td", { className: "num", textContent: k.running }),
+    el("td", { className: "num", textContent: num(k.starts) }),
+    el("td", { className: "num", textContent: k.queued })));
+  if (doc.at_limit_truncated) {
+    keys.push(el("tr", {}, el("td", { colSpan: 5, textContent: "… more (skiplock limits usage)" })));
+  }
+  if (!keys.length) keys.push(el("tr", {}, el("td", { colSpan: 5, textContent: "None." })));
+  document.querySelector("#limit-keys tbody").replaceChildren(...keys);
+}
+
+function renderFlowQueues(doc) {
+  const rows = doc.queues.map((q) => {
+    const toggle = el("button", { type: "button", className: q.paused ? "resume" : "pause",
+      textContent: q.paused ? "Resume" : "Pause" });
+    toggle.addEventListener("click", () => switchQueue(q.queue, q.paused ? "resume" : "pause"));
+    const row = el("tr", {},
+      el("td", { textContent: q.queue }),
+      el("td", { className: q.paused ? "paused" : "", textContent: q.paused ? "paused" : "running" }),
+      el("td", { textContent: q.fair ? "fair" : "claim order" }),
+      el("td", { className: "num", textContent: q.queued }),
+      el("td", { className: "num", textContent: q.running }),
+      el("td", { className: "num", textContent: q.throttled }),
+      el("td", { className: "actions" }, toggle));
+    row.dataset.queue = q.queue;
+    row.dataset.paused = q.paused;
+    return row;
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 7, textContent: "No queues." })));
+  document.querySelector("#flow-queues tbody").replaceChildren(...rows);
+}
+
+async function refreshFlow() {
+  if (!flowAllowed || flowRefreshing) return;
+  flowRefreshing = true;
+  try {
+    const [limits, queues] = await Promise.all([api("/v1/admin/limits"), api("/v1/admin/queues")]);
+    if (changed("limits", limits)) renderLimits(limits);
+    if (changed("queues", queues)) renderFlowQueues(queues);
+    document.getElementById("flow-body").hidden = false;
+    document.getElementById("flow-note").hidden = true;
+  } catch (err) {
+    const note = document.getElementById("flow-note");
+    if (err.status === 403) {
+      flowAllowed = false;
+      note.textContent = "Flow control needs an API key with the admin scope.";
+    } else {
+      note.textContent = "Could not load flow control: " + err.message;
+    }
+    note.hidden = false;
+    document.getElementById("flow-body").hidden = true;
+  } finally {
+    flowRefreshing = false;
+  }
+}
+
+async function flowAction(what, call) {
+  try {
+    await call();
+    showError("");
+  } catch (err) {
+    showError(what + " failed: " + err.message);
+  }
+  refreshFlow();
+}
+
+function removeLimit(pattern) {
+  flowAction("remove limit", () =>
+    api("/v1/admin/limits/" + encodeURIComponent(pattern), { method: "DELETE" }));
+}
+
+function switchQueue(queue, action) {
+  flowAction(action, () =>
+    api("/v1/admin/queues/" + encodeURIComponent(queue) + "/" + action, { method: "POST" }));
+}
+
+function optionalNumber(id) {
+  const text = document.getElementById(id).value.trim();
+  return text === "" ? null : Number(text);
+}
+
+document.getElementById("limit-set").addEventListener("click", () => {
+  const pattern = document.getElementById("limit-pattern").value.trim();
+  if (!pattern) {
+    showError("set limit failed: a pattern is needed");
+    return;
+  }
+  const body = {
+    max_running: optionalNumber("limit-running"),
+    max_starts: optionalNumber("limit-starts"),
+    per_seconds: optionalNumber("limit-per"),
+  };
+  flowAction("set limit", () => api("/v1/admin/limits/" + encodeURIComponent(pattern),
+    { method: "PUT", body: JSON.stringify(body) }));
+});
+
 let refreshing = false;
 
 async function refresh() {
@@ -207,6 +348,7 @@ async function refresh() {
     const [stats, page] = await Promise.all([api("/v1/stats"), api("/v1/jobs?limit=25")]);
     renderCounts(stats);
     renderJobs(page);
+    refreshFlow();
     document.getElementById("status").textContent =
       "updated " + new Date().toLocaleTimeString();
     showError("");
