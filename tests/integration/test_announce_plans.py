@@ -40,7 +40,7 @@ async def test_the_jobs_table_has_no_trigger(db_dsn: str) -> None:
 
 
 async def _claim(conn: asyncpg.Connection[Any], limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(query("claim_jobs"), ["q"], limit, 30.0, "plans-worker")
+    return await conn.fetch(query("claim_jobs"), ["q"], limit, 30.0, "plans-worker", None)
 
 
 async def _complete(conn: asyncpg.Connection[Any], rows: list[asyncpg.Record]) -> list[Any]:

@@ -419,7 +419,7 @@ async def test_claim_uses_claim_index(
     await _bury_in_finished_jobs(client)
     await client.enqueue_many([JobSpec(task="t") for _ in range(5)])
     await client.pool.execute("ANALYZE skiplock.jobs")
-    claimed = await conn.fetch(sql.query("claim_jobs"), ["default"], 10, LEASE, "w1")
+    claimed = await conn.fetch(sql.query("claim_jobs"), ["default"], 10, LEASE, "w1", None)
     assert len(claimed) == 5
     scans = [
         (n.get("Node Type"), n.get("Index Name"))

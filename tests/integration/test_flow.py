@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from skiplock import Client, InvalidSetting, JobContext, JobSpec, JobState, TaskRegistry, Worker
-from skiplock.queue.store import Completion
+from skiplock.queue.store import Completion, next_fair_key
 from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from skiplock.worker.sizer import ClaimSizer
 from tests.helpers import wait_for, wait_for_state
@@ -343,3 +343,20 @@ def test_a_bad_declared_limit_is_refused_at_registration() -> None:
 
         @tasks.task(max_starts=5)
         async def t(ctx: JobContext) -> None: ...
+
+
+async def test_claims_of_one_job_go_round_the_fair_keys(client: Client) -> None:
+    """Each claim goes on after the last fair key the worker was served: claims of one job
+    serve A, B, C, A, B, C… however big A's backlog."""
+    await client.enqueue_many([JobSpec(task="t", tenant="A") for _ in range(50)])
+    await client.enqueue_many([JobSpec(task="t", tenant=t) for t in "BC" for _ in range(3)])
+    await client.set_fair("default")
+    after: str | None = None
+    served = []
+    for _ in range(7):
+        jobs = await client.store.claim_jobs(
+            client.pool, ["default"], 1, LEASE, "w1", fair_after=after
+        )
+        served.append(jobs[0].tenant)
+        after = next_fair_key(after, jobs)
+    assert "".join(served) == "ABCABCA"

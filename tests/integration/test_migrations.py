@@ -440,7 +440,7 @@ async def test_0010_applies_on_jobs_in_every_state_with_one_running(
         [None],
     )
     assert [r["id"] for r in done] == [running["id"]]
-    claimed = await conn.fetch(sql.query("claim_jobs"), ["q"], 10, 30.0, "w2")
+    claimed = await conn.fetch(sql.query("claim_jobs"), ["q"], 10, 30.0, "w2", None)
     assert sorted(r["task"] for r in claimed) == ["queued", "retrying"]
     assert all(r["state"] == "running" and r["worker_id"] == "w2" for r in claimed)
 

@@ -12,7 +12,9 @@ import pytest
 
 from skiplock import InvalidJob, JobSpec
 from skiplock.queue import models
-from skiplock.queue.models import request_fingerprints
+from skiplock.queue.models import Job, request_fingerprints
+from skiplock.queue.store import next_fair_key
+from tests.unit.test_job_document import make_job
 
 
 def test_valid_spec_encodes_args_and_meta() -> None:
@@ -400,3 +402,17 @@ def test_flow_options_enter_the_fingerprint_only_when_set() -> None:
     assert request_fingerprints([dataclasses.replace(v, id=uuid.uuid4()) for v in variants]) == [
         v.fingerprint for v in variants
     ]
+
+
+def test_next_fair_key_is_the_last_key_of_the_claims_walk() -> None:
+    """Keys after the cursor come first, then (wrapping) keys up to it: the next claim goes
+    on after the last of that walk."""
+
+    def jobs(*keys: str | None) -> list[Job]:
+        return [make_job(fair_key=k) for k in keys]
+
+    assert next_fair_key(None, jobs()) is None
+    assert next_fair_key("b", jobs()) == "b"
+    assert next_fair_key(None, jobs("b", "a", None)) == "b"
+    assert next_fair_key("b", jobs("c", "d")) == "d"
+    assert next_fair_key("c", jobs("d", "a", "b")) == "b"

@@ -48,6 +48,7 @@ __all__ = [
     "Store",
     "TaskWindowStats",
     "Unreadable",
+    "next_fair_key",
     "open_pool",
 ]
 
@@ -232,6 +233,19 @@ def _job(row: asyncpg.Record) -> Job:
         # duplicate: only resolve_unique returns it (what an enqueue found, not made).
         bool(row.get("duplicate", False)),
     )
+
+
+def next_fair_key(after: str | None, jobs: Sequence[Job]) -> str | None:
+    """Where a worker's next claim goes on in its fair queues, from the jobs its last
+    claim got: the last fair key served in the claim's walk (keys after ``after`` in
+    code point order, then, wrapping around, keys up to it)."""
+    served = [j.fair_key for j in jobs if j.fair_key is not None]
+    if not served:
+        return after
+    if after is None:
+        return max(served)
+    wrapped = [k for k in served if k <= after]
+    return max(wrapped) if wrapped else max(served)
 
 
 def _limit(row: asyncpg.Record) -> Limit:
@@ -710,12 +724,16 @@ class Store:
         lease_seconds: float,
         worker_id: str,
         *,
+        fair_after: str | None = None,
         on_unreadable: Callable[[Unreadable], None] | None = None,
     ) -> list[Job]:
         """Claim up to ``limit`` jobs. A claimed row whose JSON cannot be decoded (only
         SQL written by hand can store one, e.g. a number beyond a double) goes to
-        ``on_unreadable`` instead, still leased; without it the error is raised."""
-        rows = await ex.fetch(self._q("claim_jobs"), list(queues), limit, lease_seconds, worker_id)
+        ``on_unreadable`` instead, still leased; without it the error is raised.
+        ``fair_after``: the last fair key this worker was served (see :func:`next_fair_key`)."""
+        rows = await ex.fetch(
+            self._q("claim_jobs"), list(queues), limit, lease_seconds, worker_id, fair_after
+        )
         if on_unreadable is None:
             return [_job(r) for r in rows]
         jobs: list[Job] = []

@@ -28,7 +28,7 @@ import anyio
 
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
 from skiplock.queue.models import Job
-from skiplock.queue.store import Unreadable
+from skiplock.queue.store import Unreadable, next_fair_key
 from skiplock.worker.completer import Completer
 from skiplock.worker.executor import Executor
 from skiplock.worker.leases import Lease, LeaseTable
@@ -71,6 +71,7 @@ class Claimer:
         # queue -> when (perf_counter) its pause was announced: a claim sent before
         # that may return jobs of it, which are given back instead of started.
         self._paused_at: dict[str, float] = {}
+        self._fair_after: str | None = None  # the last fair key served: fair claims go on after it
 
     def stop(self) -> None:
         """Claim no more; :meth:`run` returns."""
@@ -153,6 +154,7 @@ class Claimer:
                         limit,
                         s.lease,
                         shared.worker_id,
+                        fair_after=self._fair_after,
                         on_unreadable=self._fail_unreadable,
                     )
             except TRANSIENT_DB_ERRORS as exc:
@@ -165,6 +167,7 @@ class Claimer:
                 by_poll = False
                 continue
             answered = time.perf_counter()
+            self._fair_after = next_fair_key(self._fair_after, jobs)
             missed = 0
             if by_poll and self.listening and jobs and previous is not None:
                 missed = _due_before(jobs, answered - previous)

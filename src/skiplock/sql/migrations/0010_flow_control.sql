@@ -15,7 +15,7 @@
 
 ALTER TABLE skiplock.jobs
     ADD COLUMN limit_keys text[],
-    ADD COLUMN fair_key text,
+    ADD COLUMN fair_key text COLLATE "C",
     ADD COLUMN unique_key text,
     ADD CONSTRAINT jobs_limit_keys_check
         CHECK (cardinality(limit_keys) BETWEEN 1 AND 16 AND array_position(limit_keys, NULL) IS NULL),
@@ -27,7 +27,8 @@ COMMENT ON COLUMN skiplock.jobs.limit_keys IS
     'keys queue:<queue>, task:<task>, tenant:<tenant>, tenant:<tenant>/task:<task> that a '
     'limit matched when the job was enqueued (or when the limit was set). NULL: none.';
 COMMENT ON COLUMN skiplock.jobs.fair_key IS
-    'The group a fair queue claims round-robin (the tenant unless given). NULL: not fair.';
+    'The group a fair queue claims round-robin (the tenant unless given). NULL: not fair. '
+    'Collation C: keys are walked in code point order, as the workers compare them.';
 COMMENT ON COLUMN skiplock.jobs.unique_key IS
     'At most one queued or running job per (tenant, unique_key). NULL: not unique.';
 
@@ -134,27 +135,25 @@ AS $$
 $$;
 
 -- A fair queue's next jobs: round-robin over its fair keys. The keys are found
--- by a loose index scan of jobs_fair_idx (one descent per key), from a random
--- point of the key space and wrapping around, at most n keys: when more keys
--- have work than a claim takes, each claim serves another part of them. Each
+-- by a loose index scan of jobs_fair_idx (one descent per key), starting after
+-- `after` (the last key the calling worker was served: each worker goes round
+-- all the keys, claim after claim) and wrapping around, at most n keys. Each
 -- key gives up to weight × ceil(2n / keys) jobs (at most n) in claim order
 -- (priority, run_at, id), twice its share so that keys with few jobs leave no
--- hole in the claim; rr is a job's round (its position in its key ÷ weight),
--- tie a random number per key and call: the claim orders a round by priority,
--- then tie, so a claim smaller than a round serves the keys in turn rather than
--- always the one with the oldest job.
-CREATE FUNCTION skiplock.fair_candidates(q text, n integer)
-RETURNS TABLE (id uuid, rr bigint, priority smallint, tie float8, run_at timestamptz)
+-- hole in the claim. rr is a job's round (its position in its key ÷ weight),
+-- turn its key's place in the walk: the claim orders by round, priority, turn.
+CREATE FUNCTION skiplock.fair_candidates(q text, n integer, after text)
+RETURNS TABLE (id uuid, rr bigint, priority smallint, turn integer, run_at timestamptz)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    start text := substr(md5(random()::text), 1, 8);
     fkeys text[];
     more text[];
 BEGIN
     WITH RECURSIVE g (k, i) AS (
         (SELECT f.fair_key, 1 FROM skiplock.jobs f
-         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key >= start
+         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
+           AND f.fair_key > coalesce(after, '')
          ORDER BY f.fair_key LIMIT 1)
         UNION ALL
         SELECT (SELECT f.fair_key FROM skiplock.jobs f
@@ -163,31 +162,32 @@ BEGIN
                 ORDER BY f.fair_key LIMIT 1), g.i + 1
         FROM g WHERE g.k IS NOT NULL AND g.i < n
     )
-    SELECT array_agg(g.k) INTO fkeys FROM g WHERE g.k IS NOT NULL;
-    IF coalesce(cardinality(fkeys), 0) < n THEN
+    SELECT array_agg(g.k ORDER BY g.i) INTO fkeys FROM g WHERE g.k IS NOT NULL;
+    IF coalesce(cardinality(fkeys), 0) < n AND after IS NOT NULL THEN
         WITH RECURSIVE g (k, i) AS (
             (SELECT f.fair_key, 1 FROM skiplock.jobs f
-             WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key < start
+             WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
+               AND f.fair_key <= after
              ORDER BY f.fair_key LIMIT 1)
             UNION ALL
             SELECT (SELECT f.fair_key FROM skiplock.jobs f
                     WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
-                      AND f.fair_key > g.k AND f.fair_key < start
+                      AND f.fair_key > g.k AND f.fair_key <= after
                     ORDER BY f.fair_key LIMIT 1), g.i + 1
             FROM g WHERE g.k IS NOT NULL AND g.i < n - coalesce(cardinality(fkeys), 0)
         )
-        SELECT array_agg(g.k) INTO more FROM g WHERE g.k IS NOT NULL;
+        SELECT array_agg(g.k ORDER BY g.i) INTO more FROM g WHERE g.k IS NOT NULL;
         fkeys := coalesce(fkeys, '{}') || coalesce(more, '{}');
     END IF;
-    IF cardinality(fkeys) = 0 THEN
+    IF coalesce(cardinality(fkeys), 0) = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY
     SELECT c.id, (row_number() OVER (PARTITION BY c.k ORDER BY c.priority, c.run_at, c.id) - 1)
-                 / c.w, c.priority, c.tie, c.run_at
+                 / c.w, c.priority, c.turn::integer, c.run_at
     FROM (
-        SELECT w.k, coalesce(fw.weight, 1) AS w, quota.n_rows, random() AS tie
-        FROM unnest(fkeys) AS w (k)
+        SELECT w.k, w.turn, coalesce(fw.weight, 1) AS w, quota.n_rows
+        FROM unnest(fkeys) WITH ORDINALITY AS w (k, turn)
         LEFT JOIN skiplock.fair_weights fw ON fw.queue = q AND fw.fair_key = w.k
         CROSS JOIN LATERAL (
             SELECT least(n, coalesce(fw.weight, 1) * ceil(2 * n::float8 / cardinality(fkeys))::integer)
@@ -195,7 +195,7 @@ BEGIN
         ) quota
     ) grp
     CROSS JOIN LATERAL (
-        SELECT grp.k, grp.w, grp.tie, f.id, f.priority, f.run_at
+        SELECT grp.k, grp.w, grp.turn, f.id, f.priority, f.run_at
         FROM skiplock.jobs f
         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q AND f.fair_key = grp.k
           AND f.run_at <= now() AND (f.expires_at IS NULL OR f.expires_at > now())
@@ -223,7 +223,9 @@ $$;
 -- every key of theirs has room. Starts of rate-limited keys are logged, and a
 -- job's started_at is then the time of its admission (the log's time). The claimed rows are
 -- returned, running with a fresh lease token, and announced.
-CREATE FUNCTION skiplock.claim(queues text[], n integer, lease_seconds float8, worker text)
+CREATE FUNCTION skiplock.claim(
+    queues text[], n integer, lease_seconds float8, worker text, fair_after text DEFAULT NULL
+)
 RETURNS SETOF skiplock.jobs
 LANGUAGE plpgsql VOLATILE
 AS $$
@@ -261,7 +263,7 @@ BEGIN
         RETURN QUERY
         WITH picked AS (
             SELECT c.id FROM (
-                SELECT p.id, 0::bigint AS rr, p.priority, 0::float8 AS tie, p.run_at
+                SELECT p.id, 0::bigint AS rr, p.priority, 0 AS turn, p.run_at
                 FROM unnest(plain) AS wanted (queue)
                 CROSS JOIN LATERAL (
                     SELECT j.id, j.priority, j.run_at
@@ -273,11 +275,11 @@ BEGIN
                     FOR UPDATE SKIP LOCKED
                 ) p
                 UNION ALL
-                SELECT f.id, f.rr, f.priority, f.tie, f.run_at
+                SELECT f.id, f.rr, f.priority, f.turn, f.run_at
                 FROM unnest(fair) AS wanted (queue)
-                CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, n) f
+                CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, n, fair_after) f
             ) c
-            ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id
+            ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id
             LIMIT n
         ), claimed AS (
             UPDATE skiplock.jobs j SET
@@ -302,9 +304,9 @@ BEGIN
     take := 2 * n + 16;
     WITH c AS (
         SELECT c.id, c.keys, row_number() OVER (
-                   ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id)::integer AS ord
+                   ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id)::integer AS ord
         FROM (
-            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0::float8 AS tie,
+            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0 AS turn,
                    p.run_at
             FROM unnest(plain) AS wanted (queue)
             CROSS JOIN LATERAL (
@@ -317,12 +319,12 @@ BEGIN
                 FOR UPDATE SKIP LOCKED
             ) p
             UNION ALL
-            SELECT f.id, j.limit_keys, f.rr, f.priority, f.tie, f.run_at
+            SELECT f.id, j.limit_keys, f.rr, f.priority, f.turn, f.run_at
             FROM unnest(fair) AS wanted (queue)
-            CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take) f
+            CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take, fair_after) f
             JOIN skiplock.jobs j ON j.id = f.id
         ) c
-        ORDER BY c.rr, c.priority, c.tie, c.run_at, c.id
+        ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id
         LIMIT take
     ), k AS (
         SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
@@ -481,7 +483,7 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION skiplock.claim(text[], integer, float8, text) IS
+COMMENT ON FUNCTION skiplock.claim(text[], integer, float8, text, text) IS
     'Lease up to n due jobs of the given queues to worker: claim order in plain queues, '
     'round-robin over fair keys in fair queues, paused queues left out, every limit of '
     'skiplock.limits kept exactly. Returns the claimed rows (running, fresh lease token).';

@@ -9,8 +9,9 @@
 -- surplus is released at commit, and other workers skip it meanwhile. The
 -- UPDATE finds its rows through the primary key, never a hash join over the
 -- whole table.
--- Parameters: $1 queues text[], $2 limit, $3 lease seconds float8, $4 worker id.
+-- Parameters: $1 queues text[], $2 limit, $3 lease seconds float8, $4 worker id,
+-- $5 the last fair key this worker was served (NULL: none; fair queues go on after it).
 -- A job past its expires_at is never claimed (expire_jobs ends it).
 -- Result: the claimed rows, now running with a fresh lease token, announced
 -- (skiplock.announce, 0009).
-SELECT * FROM skiplock.claim($1::text[], $2::integer, $3::float8, $4::text)
+SELECT * FROM skiplock.claim($1::text[], $2::integer, $3::float8, $4::text, $5::text)
