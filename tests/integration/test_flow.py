@@ -14,11 +14,21 @@ from typing import Any
 import asyncpg
 import pytest
 
-from skiplock import Client, InvalidSetting, JobContext, JobSpec, JobState, TaskRegistry, Worker
+from skiplock import (
+    Client,
+    InvalidSetting,
+    JobContext,
+    JobSpec,
+    JobState,
+    TaskRegistry,
+    Worker,
+    sql,
+)
 from skiplock.queue.store import Completion, next_fair_key
 from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from skiplock.worker.sizer import ClaimSizer
 from tests.helpers import wait_for, wait_for_state
+from tests.integration.conftest import nodes, plans
 from tests.worker_helpers import fast_settings, running
 
 LEASE = 30.0
@@ -360,3 +370,27 @@ async def test_claims_of_one_job_go_round_the_fair_keys(client: Client) -> None:
         served.append(jobs[0].tenant)
         after = next_fair_key(after, jobs)
     assert "".join(served) == "ABCABCA"
+
+
+async def test_a_fair_claim_reads_a_small_key_through_the_fair_index(
+    client: Client, explaining: tuple[asyncpg.Connection[Any], list[str]]
+) -> None:
+    """Behind A's 5,000 queued jobs, B's jobs are found through jobs_fair_idx by every claim,
+    with the generic plans PL/pgSQL settles on (forced here from the first call): never by
+    walking jobs_claim_idx past A's backlog."""
+    conn, notices = explaining
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await client.enqueue_many([JobSpec(task="t", tenant="A") for _ in range(5000)])
+    await client.enqueue_many([JobSpec(task="t", tenant="B") for _ in range(10)])
+    await client.set_fair("default")
+    await client.pool.execute("ANALYZE skiplock.jobs")
+    after: str | None = None
+    for _ in range(8):
+        rows = await conn.fetch(sql.query("claim_jobs"), ["default"], 2, LEASE, "w1", after)
+        assert sorted(r["tenant"] for r in rows) == ["A", "B"]
+        after = "B"
+    walks = [plan for plan in plans(notices) if "LIMIT grp.n_rows" in plan.get("Query Text", "")]
+    assert len(walks) == 8
+    used = {n.get("Index Name") for plan in walks for n in nodes(plan["Plan"])}
+    assert "jobs_fair_idx" in used
+    assert "jobs_claim_idx" not in used
