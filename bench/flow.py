@@ -11,10 +11,11 @@
 * **pause**: a worker on short jobs; the queue paused and resumed again and
   again: pause → the last start (:func:`pause_effect`).
 
-``JobSpec`` cannot give limit or fairness keys yet, so the jobs get theirs in
-SQL (an ``INSERT … SELECT … generate_series``, or an ``UPDATE`` in the
-enqueue's transaction): the enqueue is not what is measured. Every time is the
-database's clock (``started_at``, ``created_at``, ``clock_timestamp()``).
+The backlogs are written in SQL (an ``INSERT … SELECT … generate_series``,
+with their limit and fair keys): the enqueue is not what is measured; tenant
+B's jobs go through ``Client.enqueue`` (a fair queue gives them their tenant
+as fair key). Every time is the database's clock (``started_at``,
+``created_at``, ``clock_timestamp()``).
 """
 
 from __future__ import annotations
@@ -163,8 +164,8 @@ async def fair_wait(dsn: str, backlog: int, probes: int, gap: float) -> dict[str
     B enqueues ``probes`` single jobs ``gap`` s apart meanwhile. B's waits
     (``started_at - created_at``) in ms.
 
-    B's jobs are enqueued with ``Client.enqueue`` and given their fair key in the
-    same transaction (what the enqueue will do itself once ``JobSpec`` carries it).
+    B's jobs are enqueued with ``Client.enqueue``: the fair queue gives them their
+    tenant as fair key.
     """
     args = f'{{"seconds": {FAIR_JOB_SECONDS}}}'
     conn = await asyncpg.connect(dsn)
@@ -180,15 +181,10 @@ async def fair_wait(dsn: str, backlog: int, probes: int, gap: float) -> dict[str
                 began = time.monotonic()
                 due = began
                 for _ in range(probes):
-                    async with client.pool.acquire() as tx, tx.transaction():
-                        job = await client.enqueue(
-                            "sleep",
-                            {"seconds": FAIR_JOB_SECONDS},
-                            tenant="B",
-                            max_attempts=1,
-                            connection=tx,
-                        )
-                        await tx.execute(_SET_FAIR_KEY, job.id, "B")
+                    job = await client.enqueue(
+                        "sleep", {"seconds": FAIR_JOB_SECONDS}, tenant="B", max_attempts=1
+                    )
+                    assert job.fair_key == "B"
                     due += gap
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 await _wait_until(conn, _STARTED, "B", probes)
@@ -215,7 +211,6 @@ async def fair_wait(dsn: str, backlog: int, probes: int, gap: float) -> dict[str
     }
 
 
-_SET_FAIR_KEY = f"UPDATE {SCHEMA}.jobs SET fair_key = $2 WHERE id = $1"  # noqa: S608
 _A_DONE = f"SELECT count(*) FROM {SCHEMA}.jobs WHERE tenant = 'A' AND state = 'succeeded'"  # noqa: S608
 _A_LEFT = f"SELECT count(*) FROM {SCHEMA}.jobs WHERE tenant = 'A' AND state = 'queued'"  # noqa: S608
 

@@ -394,3 +394,16 @@ async def test_a_fair_claim_reads_a_small_key_through_the_fair_index(
     used = {n.get("Index Name") for plan in walks for n in nodes(plan["Plan"])}
     assert "jobs_fair_idx" in used
     assert "jobs_claim_idx" not in used
+
+
+async def test_one_keys_backlog_at_the_head_does_not_hold_back_the_jobs_behind_it(
+    client: Client,
+) -> None:
+    """User 1's 300 jobs stand first in the queue, limited to 2 running: a claim of 10 still
+    starts user 1's two and eight of the other users' jobs behind them."""
+    await client.set_limit("user:*", max_running=2)
+    await _enqueue_keyed(client, [["user:1"]] * 300)
+    others = await _enqueue_keyed(client, [[f"user:{i}"] for i in range(2, 12)])
+    claimed = await _claim(client, 10)
+    assert sorted(j.limit_keys == ("user:1",) for j in claimed) == [False] * 8 + [True] * 2
+    assert {j.id for j in claimed if j.limit_keys != ("user:1",)} == set(others[:8])

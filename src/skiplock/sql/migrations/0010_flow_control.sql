@@ -214,16 +214,23 @@ $$;
 -- The claim: lease up to n due jobs of the given queues to a worker. Paused
 -- queues are left out. A plain queue gives its jobs in claim order (priority,
 -- run_at, id) from jobs_claim_idx; a fair queue round-robin across fair keys
--- (fair_candidates). With no limit defined anywhere, that is the claim: one
--- statement. Otherwise the candidates (up to 2n + 16) are locked first, then
--- each limited key among them is locked with pg_try_advisory_xact_lock (at most
--- 256 keys per claim, those the first candidates carry; a key another claimer
--- holds is skipped: its jobs stay queued for the next claim), then a new statement — a new snapshot, which
--- sees every claim of those keys committed before the locks were granted —
--- counts the running jobs of each key (jobs_limit_keys_idx) and the starts in
--- each rate window (limit_starts), and admits candidates in claim order while
--- every key of theirs has room. Starts of rate-limited keys are logged, and a
--- job's started_at is then the time of its admission (the log's time). The claimed rows are
+-- (fair_candidates, going on after fair_after). With no limit defined
+-- anywhere, that is the claim: one statement.
+--
+-- With limits, up to n + 16 candidates are locked (SKIP LOCKED) with their
+-- keys; each limited key among them is locked with pg_try_advisory_xact_lock
+-- (at most 256 keys per claim, those the first candidates carry; a key another
+-- claimer holds is skipped: its jobs stay queued for the next claim); then a
+-- new statement — a new snapshot, which sees every claim of those keys
+-- committed before the locks were granted — counts the running jobs of each
+-- key (jobs_limit_keys_idx) and the starts in each rate window
+-- (limit_starts); candidates are admitted in claim order while every limited
+-- key of theirs has room. When that leaves the claim short because keys were
+-- full, a second round looks further down the plain queues (at most 2,000 more
+-- rows read) for jobs none of whose keys is full, so that one key's backlog at
+-- the head of a queue does not hold back the jobs behind it. The admitted rows
+-- are updated as by the plain claim; starts of rate-limited keys are logged,
+-- and started_at is the admission time (the log's time). The claimed rows are
 -- returned, running with a fresh lease token, and announced.
 CREATE FUNCTION skiplock.claim(
     queues text[], n integer, lease_seconds float8, worker text, fair_after text DEFAULT NULL
@@ -234,17 +241,20 @@ AS $$
 DECLARE
     plain text[];    -- the active plain queues, claimed in claim order
     fair text[];     -- the active fair queues, claimed round-robin
-    take integer;    -- candidates locked when limits exist
-    cand uuid[];     -- the candidates' ids, in claim order
-    ckeys text[];    -- every key of every candidate, flat, in claim order ...
+    rnd integer := 0;
+    want integer;    -- jobs still wanted
+    cand uuid[];     -- this round's candidates' ids, in claim order ...
+    ckeys text[];    -- ... every key of every one of them, flat, in claim order ...
     cowner integer[];  -- ... and the candidate (its place in cand) that carries it
-    lkeys text[];    -- the distinct limited keys among them, first carried first
-    locked text[];   -- those whose admission lock we got (at most 256)
-    bkeys text[];    -- the locked keys with a limit ...
-    bleft integer[];   -- ... and their room (jobs that may still start)
+    seen uuid[] := '{}';  -- every candidate of every round
+    newkeys text[];  -- limited keys first met this round
+    lkeys text[] := '{}';  -- the limited keys met, locked or not
+    bkeys text[] := '{}';  -- the limited keys locked, with a limit ...
+    bleft integer[] := '{}';  -- ... and their room (jobs that may still start)
+    fullkeys text[];  -- limited keys with no room (full, or locked by another claimer)
+    refused integer := 0;  -- candidates refused this round for a key without room
     rated boolean := false;  -- some locked key has a rate limit
-    several boolean;  -- some candidate carries more than one limited key
-    admitted uuid[];
+    admitted uuid[] := '{}';
     ts timestamptz;
     cid uuid;
     cpos integer[];
@@ -302,166 +312,189 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The candidates, locked, in claim order, with their keys (read once, here).
-    take := 2 * n + 16;
-    WITH c AS (
-        SELECT c.id, c.keys, row_number() OVER (
-                   ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id)::integer AS ord
-        FROM (
-            SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0 AS turn,
-                   p.run_at
-            FROM unnest(plain) AS wanted (queue)
-            CROSS JOIN LATERAL (
+    LOOP
+        rnd := rnd + 1;
+        want := n - cardinality(admitted);
+        IF rnd = 1 THEN
+            -- The candidates, locked, in claim order, with their keys (read once).
+            WITH c AS (
+                SELECT c.id, c.keys, row_number() OVER (
+                           ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id)::integer AS ord
+                FROM (
+                    SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0 AS turn,
+                           p.run_at
+                    FROM unnest(plain) AS wanted (queue)
+                    CROSS JOIN LATERAL (
+                        SELECT j.id, j.limit_keys, j.priority, j.run_at
+                        FROM skiplock.jobs j
+                        WHERE j.state = 'queued' AND j.queue = wanted.queue AND j.run_at <= now()
+                          AND (j.expires_at IS NULL OR j.expires_at > now())
+                        ORDER BY j.priority, j.run_at, j.id
+                        LIMIT want + 16
+                        FOR UPDATE SKIP LOCKED
+                    ) p
+                    UNION ALL
+                    SELECT f.id, j.limit_keys, f.rr, f.priority, f.turn, f.run_at
+                    FROM unnest(fair) AS wanted (queue)
+                    CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, want + 16, fair_after) f
+                    JOIN skiplock.jobs j ON j.id = f.id
+                ) c
+                ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id
+                LIMIT want + 16
+            ), k AS (
+                SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
+                WHERE c.keys IS NOT NULL
+            )
+            SELECT (SELECT array_agg(c.id ORDER BY c.ord) FROM c),
+                   (SELECT array_agg(k.key ORDER BY k.ord) FROM k),
+                   (SELECT array_agg(k.ord ORDER BY k.ord) FROM k)
+            INTO cand, ckeys, cowner;
+        ELSE
+            -- Further down the plain queues (at most 2,000 rows read past the first
+            -- round's), jobs none of whose keys is fullkeys, then locked.
+            WITH pick AS (
+                SELECT s.id
+                FROM unnest(plain) AS wanted (queue)
+                CROSS JOIN LATERAL (
+                    SELECT r.id, r.limit_keys, r.priority, r.run_at
+                    FROM skiplock.jobs r
+                    WHERE r.state = 'queued' AND r.queue = wanted.queue AND r.run_at <= now()
+                      AND (r.expires_at IS NULL OR r.expires_at > now())
+                    ORDER BY r.priority, r.run_at, r.id
+                    LIMIT cardinality(seen) + 2000
+                ) s
+                WHERE s.id NOT IN (SELECT unnest(seen))
+                  AND NOT (coalesce(s.limit_keys, '{}') && fullkeys)
+                ORDER BY s.priority, s.run_at, s.id
+                LIMIT want + 16
+            ), taken AS (
                 SELECT j.id, j.limit_keys, j.priority, j.run_at
                 FROM skiplock.jobs j
-                WHERE j.state = 'queued' AND j.queue = wanted.queue AND j.run_at <= now()
-                  AND (j.expires_at IS NULL OR j.expires_at > now())
-                ORDER BY j.priority, j.run_at, j.id
-                LIMIT take
+                WHERE j.id = ANY(ARRAY(SELECT pick.id FROM pick)) AND j.state = 'queued'
                 FOR UPDATE SKIP LOCKED
-            ) p
-            UNION ALL
-            SELECT f.id, j.limit_keys, f.rr, f.priority, f.turn, f.run_at
-            FROM unnest(fair) AS wanted (queue)
-            CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, take, fair_after) f
-            JOIN skiplock.jobs j ON j.id = f.id
-        ) c
-        ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id
-        LIMIT take
-    ), k AS (
-        SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
-        WHERE c.keys IS NOT NULL
-    )
-    SELECT (SELECT array_agg(c.id ORDER BY c.ord) FROM c),
-           (SELECT array_agg(k.key ORDER BY k.ord) FROM k),
-           (SELECT array_agg(k.ord ORDER BY k.ord) FROM k)
-    INTO cand, ckeys, cowner;
-    IF cand IS NULL THEN
-        RETURN;
-    END IF;
+            ), c AS (
+                SELECT t.id, t.limit_keys AS keys,
+                       row_number() OVER (ORDER BY t.priority, t.run_at, t.id)::integer AS ord
+                FROM taken t
+            ), k AS (
+                SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
+                WHERE c.keys IS NOT NULL
+            )
+            SELECT (SELECT array_agg(c.id ORDER BY c.ord) FROM c),
+                   (SELECT array_agg(k.key ORDER BY k.ord) FROM k),
+                   (SELECT array_agg(k.ord ORDER BY k.ord) FROM k)
+            INTO cand, ckeys, cowner;
+        END IF;
+        EXIT WHEN cand IS NULL;
+        seen := seen || cand;
 
-    IF ckeys IS NOT NULL THEN
-        -- The limited keys among them, in the order the candidates first carry
-        -- them (the first 256 are locked: those of the first candidates).
-        SELECT array_agg(d.key ORDER BY d.first) INTO lkeys
-        FROM (SELECT u.key, min(u.n) AS first
-              FROM unnest(ckeys) WITH ORDINALITY AS u (key, n) GROUP BY u.key) d
-        WHERE EXISTS (SELECT 1 FROM skiplock.limits l
-                      WHERE l.pattern = d.key OR (l.wildcard AND d.key LIKE l.like_pattern));
-    END IF;
-    IF lkeys IS NULL THEN  -- no candidate carries a limited key: the plain claim
-        admitted := cand[1:n];
-    ELSE
-        SELECT array_agg(u.key) INTO locked
-        FROM unnest(lkeys[1:256]) AS u (key)
-        WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(u.key));
-
-        -- A new statement, a new snapshot: every claim of these keys committed
-        -- before their locks were granted is seen. The running jobs of all locked
-        -- keys are counted in one pass (jobs_limit_keys_idx), the starts per key
-        -- and window only for keys with a rate limit.
-        ts := clock_timestamp();
-        WITH running AS (
-            SELECT u.key, count(*)::integer AS c
-            FROM skiplock.jobs r
-            CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
-            WHERE r.state = 'running' AND r.limit_keys IS NOT NULL AND r.limit_keys && locked
-              AND u.key = ANY(locked)
-            GROUP BY u.key
-        )
-        SELECT coalesce(array_agg(b.key), '{}'), coalesce(array_agg(b.room), '{}'),
-               coalesce(bool_or(b.rated), false)
-        INTO bkeys, bleft, rated
-        FROM (
-            SELECT lk.key, greatest(min(least(
-                       CASE WHEN l.max_running IS NULL THEN 2147483647
-                            ELSE l.max_running - coalesce(rn.c, 0) END,
-                       CASE WHEN l.max_starts IS NULL THEN 2147483647
-                            ELSE l.max_starts - (
-                                SELECT count(*) FROM skiplock.limit_starts s
-                                WHERE s.key = lk.key
-                                  AND s.started_at > ts - make_interval(secs => l.per_seconds))::integer
-                       END)), 0) AS room,
-                   bool_or(l.max_starts IS NOT NULL) AS rated
-            FROM unnest(locked) AS lk (key)
-            JOIN skiplock.limits l
-              ON l.pattern = lk.key OR (l.wildcard AND lk.key LIKE l.like_pattern)
-            LEFT JOIN running rn ON rn.key = lk.key
-            GROUP BY lk.key
-        ) b;
+        -- The limited keys first met this round, in the order the candidates
+        -- carry them; those we can lock (256 per claim at most) get a budget.
+        newkeys := NULL;
+        IF ckeys IS NOT NULL THEN
+            SELECT array_agg(d.key ORDER BY d.first) INTO newkeys
+            FROM (SELECT u.key, min(u.n) AS first
+                  FROM unnest(ckeys) WITH ORDINALITY AS u (key, n)
+                  WHERE NOT (u.key = ANY(lkeys))
+                  GROUP BY u.key) d
+            WHERE EXISTS (SELECT 1 FROM skiplock.limits l
+                          WHERE l.pattern = d.key OR (l.wildcard AND d.key LIKE l.like_pattern));
+        END IF;
+        IF newkeys IS NOT NULL THEN
+            lkeys := lkeys || newkeys;
+            WITH locked AS (
+                SELECT u.key FROM unnest(newkeys[1:256 - cardinality(bkeys)]) AS u (key)
+                WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(u.key))
+            )
+            SELECT array_agg(locked.key) INTO newkeys FROM locked;
+        END IF;
+        IF newkeys IS NOT NULL THEN
+            -- A new statement, a new snapshot: every claim of these keys committed
+            -- before their locks were granted is seen. The running jobs of all newly
+            -- locked keys are counted in one pass (jobs_limit_keys_idx), the starts
+            -- per key and window only for keys with a rate limit.
+            IF ts IS NULL THEN
+                ts := clock_timestamp();
+            END IF;
+            WITH running AS (
+                SELECT u.key, count(*)::integer AS c
+                FROM skiplock.jobs r
+                CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
+                WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
+                  AND r.limit_keys && newkeys AND u.key = ANY(newkeys)
+                GROUP BY u.key
+            ), budget AS (
+                SELECT lk.key, greatest(min(least(
+                           CASE WHEN l.max_running IS NULL THEN 2147483647
+                                ELSE l.max_running - coalesce(rn.c, 0) END,
+                           CASE WHEN l.max_starts IS NULL THEN 2147483647
+                                ELSE l.max_starts - (
+                                    SELECT count(*) FROM skiplock.limit_starts s
+                                    WHERE s.key = lk.key
+                                      AND s.started_at > ts - make_interval(secs => l.per_seconds)
+                                )::integer
+                           END)), 0) AS room,
+                       bool_or(l.max_starts IS NOT NULL) AS by_rate
+                FROM unnest(newkeys) AS lk (key)
+                JOIN skiplock.limits l
+                  ON l.pattern = lk.key OR (l.wildcard AND lk.key LIKE l.like_pattern)
+                LEFT JOIN running rn ON rn.key = lk.key
+                GROUP BY lk.key
+            )
+            SELECT bkeys || coalesce(array_agg(b.key), '{}'),
+                   bleft || coalesce(array_agg(b.room), '{}'),
+                   rated OR coalesce(bool_or(b.by_rate), false)
+            INTO bkeys, bleft, rated
+            FROM budget b;
+        END IF;
 
         -- Admit in claim order: a candidate starts when every limited key of its
-        -- has room left (a key locked by another claimer has none), and then uses
-        -- one place of each. When no candidate carries more than one limited key,
-        -- that is "its place among its key's candidates is within the key's room",
-        -- one statement; else a loop over the candidates.
-        SELECT coalesce(max(m.c) > 1, false) INTO several
-        FROM (SELECT count(*) AS c
-              FROM unnest(ckeys, cowner) AS u (key, o)
-              JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
-              GROUP BY u.o) m;
-        IF NOT several THEN
-            WITH placed AS (
-                SELECT u.o, row_number() OVER (PARTITION BY u.key ORDER BY u.o) AS place,
-                       coalesce(b.room, 0) AS room
-                FROM unnest(ckeys, cowner) AS u (key, o)
-                JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
-                LEFT JOIN unnest(bkeys, bleft) AS b (key, room) ON b.key = u.key
-            )
-            SELECT array_agg(a.id ORDER BY a.ord) INTO admitted
-            FROM (
-                SELECT c.id, c.ord
-                FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
-                LEFT JOIN placed p ON p.o = c.ord
-                WHERE p.o IS NULL OR p.place <= p.room
-                ORDER BY c.ord
-                LIMIT n
-            ) a;
-        ELSE
-            admitted := '{}';
-            FOR cid, cpos IN
-                SELECT c.id,
-                       array_agg(coalesce(b.pos, 0)::integer) FILTER (WHERE lk.key IS NOT NULL)
-                FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
-                LEFT JOIN unnest(ckeys, cowner) AS u (key, o) ON u.o = c.ord
-                LEFT JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
-                LEFT JOIN unnest(bkeys) WITH ORDINALITY AS b (key, pos) ON b.key = u.key
-                GROUP BY c.id, c.ord
-                ORDER BY c.ord
-            LOOP
-                fits := true;
-                IF cpos IS NOT NULL THEN
-                    FOREACH i IN ARRAY cpos LOOP
-                        IF i = 0 OR bleft[i] <= 0 THEN
-                            fits := false;
-                            EXIT;
-                        END IF;
-                    END LOOP;
-                    IF fits THEN
-                        FOREACH i IN ARRAY cpos LOOP
-                            bleft[i] := bleft[i] - 1;
-                        END LOOP;
+        -- has room left (a key locked by another claimer, or beyond the 256, has
+        -- none), and then uses one place of each. Each candidate comes with the
+        -- positions of its limited keys in bkeys/bleft (0: no room), so the loop
+        -- does no search.
+        refused := 0;
+        FOR cid, cpos IN
+            SELECT c.id,
+                   array_agg(coalesce(b.pos, 0)::integer) FILTER (WHERE lk.key IS NOT NULL)
+            FROM unnest(cand) WITH ORDINALITY AS c (id, ord)
+            LEFT JOIN unnest(ckeys, cowner) AS u (key, o) ON u.o = c.ord
+            LEFT JOIN unnest(lkeys) AS lk (key) ON lk.key = u.key
+            LEFT JOIN unnest(bkeys) WITH ORDINALITY AS b (key, pos) ON b.key = u.key
+            GROUP BY c.id, c.ord
+            ORDER BY c.ord
+        LOOP
+            fits := true;
+            IF cpos IS NOT NULL THEN
+                FOREACH i IN ARRAY cpos LOOP
+                    IF i = 0 OR bleft[i] <= 0 THEN
+                        fits := false;
+                        EXIT;
                     END IF;
-                END IF;
+                END LOOP;
                 IF fits THEN
-                    admitted := admitted || cid;
-                    EXIT WHEN cardinality(admitted) >= n;
+                    FOREACH i IN ARRAY cpos LOOP
+                        bleft[i] := bleft[i] - 1;
+                    END LOOP;
                 END IF;
-            END LOOP;
-        END IF;
+            END IF;
+            IF fits THEN
+                admitted := admitted || cid;
+                EXIT WHEN cardinality(admitted) >= n;
+            ELSE
+                refused := refused + 1;
+            END IF;
+        END LOOP;
 
-        IF rated AND admitted IS NOT NULL THEN
-            INSERT INTO skiplock.limit_starts (key, started_at, job_id)
-            SELECT u.key, ts, cand[u.o]
-            FROM unnest(ckeys, cowner) AS u (key, o)
-            JOIN unnest(admitted) AS a (id) ON a.id = cand[u.o]
-            WHERE u.key = ANY(locked)
-              AND EXISTS (SELECT 1 FROM skiplock.limits l
-                          WHERE l.max_starts IS NOT NULL
-                            AND (l.pattern = u.key OR (l.wildcard AND u.key LIKE l.like_pattern)));
-        END IF;
-    END IF;
-    IF coalesce(cardinality(admitted), 0) = 0 THEN
+        EXIT WHEN cardinality(admitted) >= n OR refused = 0 OR rnd >= 2 OR plain IS NULL;
+        -- Short because keys were fullkeys: look further, past the fullkeys keys' jobs.
+        SELECT array_agg(lk.key) INTO fullkeys
+        FROM unnest(lkeys) AS lk (key)
+        LEFT JOIN unnest(bkeys, bleft) AS b (key, room) ON b.key = lk.key
+        WHERE coalesce(b.room, 0) <= 0;
+        fullkeys := coalesce(fullkeys, '{}');
+    END LOOP;
+    IF cardinality(admitted) = 0 THEN
         RETURN;
     END IF;
 
@@ -477,6 +510,15 @@ BEGIN
             updated_at = now()
         WHERE j.id = ANY(admitted)
         RETURNING j.*
+    ), logged AS (
+        INSERT INTO skiplock.limit_starts (key, started_at, job_id)
+        SELECT u.key, ts, ch.id
+        FROM claimed ch
+        CROSS JOIN LATERAL unnest(ch.limit_keys) AS u (key)
+        WHERE rated AND ch.limit_keys IS NOT NULL AND u.key = ANY(bkeys)
+          AND EXISTS (SELECT 1 FROM skiplock.limits l
+                      WHERE l.max_starts IS NOT NULL
+                        AND (l.pattern = u.key OR (l.wildcard AND u.key LIKE l.like_pattern)))
     ), announced AS (
         SELECT skiplock.announce(array_agg(ch.id), array_agg(ch.state), array_agg(ch.progress))
         FROM claimed ch
