@@ -27,7 +27,7 @@ from skiplock import (
 from skiplock.queue.store import Completion, next_fair_key
 from skiplock.worker.retention import RetentionPolicy, purge_sweep
 from skiplock.worker.sizer import ClaimSizer
-from tests.helpers import wait_for, wait_for_state
+from tests.helpers import wait_for, wait_for_state, wait_until
 from tests.integration.conftest import nodes, plans
 from tests.worker_helpers import fast_settings, running
 
@@ -407,3 +407,65 @@ async def test_one_keys_backlog_at_the_head_does_not_hold_back_the_jobs_behind_i
     claimed = await _claim(client, 10)
     assert sorted(j.limit_keys == ("user:1",) for j in claimed) == [False] * 8 + [True] * 2
     assert {j.id for j in claimed if j.limit_keys != ("user:1",)} == set(others[:8])
+
+
+async def test_a_claim_of_nothing_claims_nothing_under_limits(client: Client) -> None:
+    await client.set_limit("k:*", max_running=5)
+    await _enqueue_keyed(client, [["k:1"], None])
+    assert await _claim(client, 0) == []
+
+
+async def test_full_keys_of_a_fair_queue_do_not_hide_the_keys_after_them(client: Client) -> None:
+    """40 tenants have used their one start an hour; tenant zz's job, behind all of them in
+    the fair queue's key order, still starts, whatever key the worker was at."""
+    await client.set_limit("tenant:*", max_starts=1, per=3600)
+    await client.set_fair("default")
+    tenants = [f"t{i:02d}" for i in range(40)]
+    await client.enqueue_many([JobSpec(task="t", tenant=t) for t in tenants])
+    first = await _claim(client, 100)
+    assert len(first) == 40
+    await client.enqueue_many([JobSpec(task="t", tenant=t) for t in tenants])
+    late = await client.enqueue("t", tenant="zz")
+    for after in (None, "t05"):
+        claimed = await client.store.claim_jobs(
+            client.pool, ["default"], 10, LEASE, "w1", fair_after=after
+        )
+        if claimed:
+            break
+    assert [j.id for j in claimed] == [late.id]
+
+
+async def test_sixteen_keys_and_the_implicit_ones_fit(client: Client) -> None:
+    """A job may carry 16 keys of its own and every implicit key a limit matches."""
+    await client.set_limit("task:*", max_running=100)
+    await client.set_limit("tenant:*", max_running=100)
+    await client.set_limit("queue:*", max_running=100)
+    job = await client.enqueue("t", limit_keys=[f"k:{i}" for i in range(16)])
+    assert job.limit_keys is not None
+    assert len(job.limit_keys) == 20
+
+
+async def test_a_claim_short_of_a_key_another_claimer_holds_wakes_the_queue(
+    client: Client, db_dsn: str
+) -> None:
+    """While another claimer admits key k:busy, a claim leaves its job and, being short,
+    announces the queue so that workers claim again once the other commits."""
+    await client.set_limit("k:*", max_running=5)
+    await _enqueue_keyed(client, [["k:busy"]])
+    heard: list[str] = []
+    listener = await asyncpg.connect(db_dsn)
+    other = await asyncpg.connect(db_dsn)
+    try:
+        await listener.add_listener(
+            "skiplock.queue", lambda _c, _p, _ch, payload: heard.append(str(payload))
+        )
+        async with other.transaction():
+            await other.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('skiplock.limits'), hashtext('k:busy'))"
+            )
+            assert await _claim(client, 10) == []
+        await wait_until(lambda: "default" in heard, what="the queue announced")
+        assert len(await _claim(client, 10)) == 1
+    finally:
+        await listener.close()
+        await other.close()

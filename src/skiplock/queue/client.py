@@ -494,15 +494,22 @@ class Client:
         each distinct key on its own budget. Fleet-wide from the next claim, no restart.
 
         A pattern that can match an implicit key (``queue:``, ``task:``, ``tenant:``)
-        also gives that key to the jobs already queued or running, after every
-        transaction older than the change has ended (so a job enqueued meanwhile is not
-        missed; at most 5 s of waiting, then logged). Raises :class:`InvalidSetting`.
+        also gives that key to the jobs already queued or running, in the limit's own
+        transaction, and again once every transaction older than the change has ended
+        (a job enqueued meanwhile: at most 5 s of waiting, then logged). Raises
+        :class:`InvalidSetting`.
         """
         pattern, running, starts, seconds = check_limit(pattern, max_running, max_starts, per)
         with _unavailable("set_limit", None):
             async with self.pool.acquire() as conn:
-                limit, xid = await self.store.set_limit(conn, pattern, running, starts, seconds)
-                if may_match_implicit_key(pattern):
+                implicit = may_match_implicit_key(pattern)
+                async with conn.transaction():
+                    # The jobs queued or running now get the key in the limit's own
+                    # transaction: no claim sees the limit without them.
+                    limit, xid = await self.store.set_limit(conn, pattern, running, starts, seconds)
+                    if implicit:
+                        await self.store.apply_limit_keys(conn, pattern)
+                if implicit:  # and the jobs of transactions that had not seen it
                     await await_older_transactions(self.store, conn, xid, "set_limit")
                     await self.store.apply_limit_keys(conn, pattern)
         return limit
@@ -568,10 +575,15 @@ class Client:
         has ended, as :meth:`set_limit` does)."""
         with _unavailable("set_fair", None):
             async with self.pool.acquire() as conn:
-                settings, xid = await self.store.set_queue(
-                    conn, check_queue_name(queue), paused=None, fair=bool(fair)
-                )
-                if fair:
+                async with conn.transaction():
+                    settings, xid = await self.store.set_queue(
+                        conn, check_queue_name(queue), paused=None, fair=bool(fair)
+                    )
+                    # The queued jobs get their fair key in the switch's own
+                    # transaction: no claim sees the queue fair without them.
+                    while fair and await self.store.apply_fair_keys(conn, queue, _BACKFILL_BATCH):
+                        pass
+                if fair:  # and the jobs of transactions that had not seen the switch
                     await await_older_transactions(self.store, conn, xid, "set_fair")
                     while await self.store.apply_fair_keys(conn, queue, _BACKFILL_BATCH):
                         pass
@@ -614,7 +626,7 @@ async def await_older_transactions(store: Store, conn: Executor, xid: str, opera
             "older_transactions_still_running",
             operation=operation,
             waited=_OLDER_TRANSACTIONS_WAIT,
-            hint="a job they enqueue misses the new setting until the workers' sweep",
+            hint="a job they enqueue or claim may miss the new setting",
         )
 
 

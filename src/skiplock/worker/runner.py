@@ -278,10 +278,13 @@ class Worker:
             if limit is None:
                 continue
             async with pool.acquire() as conn:
-                written = await store.declare_limit(
-                    conn, limit.pattern, limit.max_running, limit.max_starts, limit.per_seconds
-                )
-                if written is not None:
+                async with conn.transaction():
+                    written = await store.declare_limit(
+                        conn, limit.pattern, limit.max_running, limit.max_starts, limit.per_seconds
+                    )
+                    if written is not None:  # the waiting and running jobs get the key at once
+                        await store.apply_limit_keys(conn, limit.pattern)
+                if written is not None:  # and those of transactions that had not seen it
                     await await_older_transactions(store, conn, written[1], "declare_limit")
                     await store.apply_limit_keys(conn, limit.pattern)
                     self._log.info("limit_declared", pattern=limit.pattern)

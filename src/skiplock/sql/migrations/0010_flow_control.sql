@@ -18,7 +18,7 @@ ALTER TABLE skiplock.jobs
     ADD COLUMN fair_key text COLLATE "C",
     ADD COLUMN unique_key text,
     ADD CONSTRAINT jobs_limit_keys_check
-        CHECK (cardinality(limit_keys) BETWEEN 1 AND 16 AND array_position(limit_keys, NULL) IS NULL),
+        CHECK (cardinality(limit_keys) BETWEEN 1 AND 20 AND array_position(limit_keys, NULL) IS NULL),
     ADD CONSTRAINT jobs_fair_key_check CHECK (length(fair_key) BETWEEN 1 AND 256),
     ADD CONSTRAINT jobs_unique_key_check CHECK (length(unique_key) BETWEEN 1 AND 256);
 
@@ -36,6 +36,8 @@ COMMENT ON COLUMN skiplock.jobs.unique_key IS
 -- next jobs here. Only jobs with a fair_key have an entry: no cost elsewhere.
 CREATE INDEX jobs_fair_idx ON skiplock.jobs (queue, fair_key, priority, run_at, id)
     WHERE state = 'queued' AND fair_key IS NOT NULL;
+
+-- (limit_keys: up to 16 given keys and the 4 implicit ones.)
 
 -- Running jobs per limited key: only running jobs that carry keys have entries
 -- (written when the job is claimed). fastupdate off: a pending list would be
@@ -142,8 +144,13 @@ $$;
 -- (priority, run_at, id), twice its share so that keys with few jobs leave no
 -- hole in the claim. rr is a job's round (its position in its key ÷ weight),
 -- turn its key's place in the walk: the claim orders by round, priority, turn.
+-- keys: the job's limit keys as locked (the latest version of the row);
+-- fair_key: its key.
 CREATE FUNCTION skiplock.fair_candidates(q text, n integer, after text)
-RETURNS TABLE (id uuid, rr bigint, priority smallint, turn integer, run_at timestamptz)
+RETURNS TABLE (
+    id uuid, rr bigint, priority smallint, turn integer, run_at timestamptz, keys text[],
+    fair_key text
+)
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
@@ -184,7 +191,7 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT c.id, (row_number() OVER (PARTITION BY c.k ORDER BY c.priority, c.run_at, c.id) - 1)
-                 / c.w, c.priority, c.turn::integer, c.run_at
+                 / c.w, c.priority, c.turn::integer, c.run_at, c.limit_keys, c.k
     FROM (
         SELECT w.k, w.turn, coalesce(fw.weight, 1) AS w, quota.n_rows
         FROM unnest(fkeys) WITH ORDINALITY AS w (k, turn)
@@ -195,7 +202,7 @@ BEGIN
         ) quota
     ) grp
     CROSS JOIN LATERAL (
-        SELECT grp.k, grp.w, grp.turn, f.id, f.priority, f.run_at
+        SELECT grp.k, grp.w, grp.turn, f.id, f.priority, f.run_at, f.limit_keys
         FROM skiplock.jobs f
         WHERE f.state = 'queued' AND f.fair_key IS NOT NULL AND f.queue = q
           AND f.fair_key >= grp.k AND f.fair_key <= grp.k
@@ -226,9 +233,11 @@ $$;
 -- key (jobs_limit_keys_idx) and the starts in each rate window
 -- (limit_starts); candidates are admitted in claim order while every limited
 -- key of theirs has room. When that leaves the claim short because keys were
--- full, a second round looks further down the plain queues (at most 2,000 more
--- rows read) for jobs none of whose keys is full, so that one key's backlog at
--- the head of a queue does not hold back the jobs behind it. The admitted rows
+-- full, a second round looks further — down the plain queues (at most 2,000
+-- more rows read), and in fair queues at the next keys after those walked —
+-- for jobs none of whose keys is full, so that full keys at the head of a
+-- queue do not hold back the jobs behind them. A claim left short while keys
+-- were skipped for another claimer's lock wakes the queues' workers. The admitted rows
 -- are updated as by the plain claim; starts of rate-limited keys are logged,
 -- and started_at is the admission time (the log's time). The claimed rows are
 -- returned, running with a fresh lease token, and announced.
@@ -254,6 +263,9 @@ DECLARE
     fullkeys text[];  -- limited keys with no room (full, or locked by another claimer)
     refused integer := 0;  -- candidates refused this round for a key without room
     rated boolean := false;  -- some locked key has a rate limit
+    skipped boolean := false;  -- a key was left out: another claimer held its lock
+    walked text;     -- the last fair key round 1 walked (round 2 goes on after it)
+    tried integer;
     admitted uuid[] := '{}';
     ts timestamptz;
     cid uuid;
@@ -261,6 +273,9 @@ DECLARE
     i integer;
     fits boolean;
 BEGIN
+    IF n IS NULL OR n <= 0 THEN
+        RETURN;
+    END IF;
     SELECT array_agg(w.q) FILTER (WHERE NOT coalesce(s.fair, false)),
            array_agg(w.q) FILTER (WHERE s.fair)
     INTO plain, fair
@@ -318,11 +333,11 @@ BEGIN
         IF rnd = 1 THEN
             -- The candidates, locked, in claim order, with their keys (read once).
             WITH c AS (
-                SELECT c.id, c.keys, row_number() OVER (
+                SELECT c.id, c.keys, c.fkey, row_number() OVER (
                            ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id)::integer AS ord
                 FROM (
                     SELECT p.id, p.limit_keys AS keys, 0::bigint AS rr, p.priority, 0 AS turn,
-                           p.run_at
+                           p.run_at, NULL::text AS fkey
                     FROM unnest(plain) AS wanted (queue)
                     CROSS JOIN LATERAL (
                         SELECT j.id, j.limit_keys, j.priority, j.run_at
@@ -334,10 +349,9 @@ BEGIN
                         FOR UPDATE SKIP LOCKED
                     ) p
                     UNION ALL
-                    SELECT f.id, j.limit_keys, f.rr, f.priority, f.turn, f.run_at
+                    SELECT f.id, f.keys, f.rr, f.priority, f.turn, f.run_at, f.fair_key
                     FROM unnest(fair) AS wanted (queue)
                     CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, want + 16, fair_after) f
-                    JOIN skiplock.jobs j ON j.id = f.id
                 ) c
                 ORDER BY c.rr, c.priority, c.turn, c.run_at, c.id
                 LIMIT want + 16
@@ -347,11 +361,16 @@ BEGIN
             )
             SELECT (SELECT array_agg(c.id ORDER BY c.ord) FROM c),
                    (SELECT array_agg(k.key ORDER BY k.ord) FROM k),
-                   (SELECT array_agg(k.ord ORDER BY k.ord) FROM k)
-            INTO cand, ckeys, cowner;
+                   (SELECT array_agg(k.ord ORDER BY k.ord) FROM k),
+                   (SELECT CASE WHEN bool_or(c.fkey <= fair_after)
+                                THEN max(c.fkey) FILTER (WHERE c.fkey <= fair_after)
+                                ELSE max(c.fkey) END
+                    FROM c WHERE c.fkey IS NOT NULL)
+            INTO cand, ckeys, cowner, walked;
         ELSE
-            -- Further down the plain queues (at most 2,000 rows read past the first
-            -- round's), jobs none of whose keys is fullkeys, then locked.
+            -- Further on: down the plain queues (at most 2,000 rows read past the
+            -- first round's), and in fair queues the next keys after those walked,
+            -- jobs none of whose keys is full, locked.
             WITH pick AS (
                 SELECT s.id
                 FROM unnest(plain) AS wanted (queue)
@@ -368,14 +387,22 @@ BEGIN
                 ORDER BY s.priority, s.run_at, s.id
                 LIMIT want + 16
             ), taken AS (
-                SELECT j.id, j.limit_keys, j.priority, j.run_at
+                SELECT j.id, j.limit_keys AS keys, 0::bigint AS rr, j.priority, 0 AS turn, j.run_at
                 FROM skiplock.jobs j
                 WHERE j.id = ANY(ARRAY(SELECT pick.id FROM pick)) AND j.state = 'queued'
                 FOR UPDATE SKIP LOCKED
+            ), further AS (
+                SELECT f.id, f.keys, f.rr, f.priority, f.turn, f.run_at
+                FROM unnest(fair) AS wanted (queue)
+                CROSS JOIN LATERAL skiplock.fair_candidates(wanted.queue, want + 256, walked) f
+                WHERE f.id NOT IN (SELECT unnest(seen))
+                  AND NOT (coalesce(f.keys, '{}') && fullkeys)
             ), c AS (
-                SELECT t.id, t.limit_keys AS keys,
-                       row_number() OVER (ORDER BY t.priority, t.run_at, t.id)::integer AS ord
-                FROM taken t
+                SELECT x.id, x.keys, row_number() OVER (
+                           ORDER BY x.rr, x.priority, x.turn, x.run_at, x.id)::integer AS ord
+                FROM (SELECT * FROM taken UNION ALL SELECT * FROM further) x
+                ORDER BY ord
+                LIMIT want + 16
             ), k AS (
                 SELECT c.ord, u.key FROM c CROSS JOIN LATERAL unnest(c.keys) AS u (key)
                 WHERE c.keys IS NOT NULL
@@ -402,11 +429,13 @@ BEGIN
         END IF;
         IF newkeys IS NOT NULL THEN
             lkeys := lkeys || newkeys;
+            tried := least(cardinality(newkeys), 256 - cardinality(bkeys));
             WITH locked AS (
                 SELECT u.key FROM unnest(newkeys[1:256 - cardinality(bkeys)]) AS u (key)
                 WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(u.key))
             )
             SELECT array_agg(locked.key) INTO newkeys FROM locked;
+            skipped := skipped OR coalesce(cardinality(newkeys), 0) < tried;
         END IF;
         IF newkeys IS NOT NULL THEN
             -- A new statement, a new snapshot: every claim of these keys committed
@@ -486,14 +515,20 @@ BEGIN
             END IF;
         END LOOP;
 
-        EXIT WHEN cardinality(admitted) >= n OR refused = 0 OR rnd >= 2 OR plain IS NULL;
-        -- Short because keys were fullkeys: look further, past the fullkeys keys' jobs.
+        EXIT WHEN cardinality(admitted) >= n OR refused = 0 OR rnd >= 2;
+        -- Short because keys were full: look further, past the full keys' jobs.
         SELECT array_agg(lk.key) INTO fullkeys
         FROM unnest(lkeys) AS lk (key)
         LEFT JOIN unnest(bkeys, bleft) AS b (key, room) ON b.key = lk.key
         WHERE coalesce(b.room, 0) <= 0;
         fullkeys := coalesce(fullkeys, '{}');
     END LOOP;
+    IF skipped AND cardinality(admitted) < n THEN
+        -- Short, and keys were left out because another claimer was admitting
+        -- them: once it commits they may have room, so wake the queues' workers
+        -- (this one included) rather than leave them to their poll.
+        PERFORM skiplock.announce(NULL::uuid[], NULL::skiplock.job_state[], NULL::real[], queues);
+    END IF;
     IF cardinality(admitted) = 0 THEN
         RETURN;
     END IF;
