@@ -186,13 +186,13 @@ async def fetchval(dsn: str, query: str, *args: object) -> Any:
 
 
 async def wait_listening(dsn: str, count: int = 1) -> None:
-    """Wait until ``count`` sessions of ``dsn``'s database LISTEN on the cancel channel (a
+    """Wait until ``count`` sessions of ``dsn``'s database LISTEN on the flow channel (a
     worker's LISTEN connection is up), read directly from ``dsn`` (not through a pooler)."""
     await wait_for(
         lambda: fetchval(
             dsn,
             "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN %cancel%'",
+            " WHERE datname = current_database() AND query LIKE 'LISTEN %.flow%'",
         ),
         lambda n: n == count,
         what="the worker's LISTEN connection",

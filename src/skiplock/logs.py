@@ -29,6 +29,9 @@ class _SkiplockHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+_PROCESSORS: list[structlog.typing.Processor] = []
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] | str = "auto", level: str = "info"
 ) -> None:
@@ -54,8 +57,12 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # One list, changed in place: loggers cached on first use keep a reference to
+    # it, so they follow a later call (and structlog.testing.capture_logs, which
+    # edits the configured list in place) instead of keeping the first setup.
+    _PROCESSORS[:] = [*shared, structlog.processors.format_exc_info, renderer]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

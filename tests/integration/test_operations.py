@@ -19,6 +19,8 @@ VIEWS = (
     "jobs_per_tenant",
     "stuck_jobs",
     "worker_presence",  # migration 0007
+    "limit_usage",  # migration 0011
+    "queue_flow",  # migration 0011
 )
 
 

@@ -64,3 +64,33 @@ def test_standard_library_logging_is_json_too() -> None:
     assert any("an old API" in r["event"] for r in records)
     assert "below the level: not shown" not in events
     assert events.count("once") == 1
+
+
+RECONFIGURED = """
+import json
+import structlog
+from structlog.testing import capture_logs
+from skiplock.logs import configure_logging
+
+configure_logging("json", "info")
+log = structlog.get_logger("skiplock.worker").bind(worker_id="w1")
+log.info("cached")  # the logger is assembled and cached on first use
+configure_logging("json", "info")
+with capture_logs() as captured:
+    log.info("seen", jobs=3)
+print(json.dumps([e["event"] for e in captured]))
+"""
+
+
+def test_a_logger_cached_before_configuring_again_follows_the_new_setup() -> None:
+    """A logger used before a second ``configure_logging`` call (a CLI command run twice in
+    one process, tests) still goes through the configured processors, so it is seen by
+    ``capture_logs`` rather than writing through the first setup."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RECONFIGURED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert orjson.loads(done.stdout.strip().splitlines()[-1]) == ["seen"]
