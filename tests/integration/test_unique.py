@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from skiplock import Client, IdempotencyConflict, Job, JobSpec, JobState
+from skiplock import Client, IdempotencyConflict, Job, JobSpec, JobState, JobStateConflict
 from skiplock.queue import OnDuplicate
 
 
@@ -334,3 +334,21 @@ async def test_fair_key_defaults_to_the_tenant_in_a_fair_queue(client: Client) -
             "SELECT fair_key FROM skiplock.jobs WHERE id = $1", job.id
         )
         assert stored == job.fair_key
+
+
+async def test_retrying_a_unique_job_whose_key_is_taken_again_is_a_conflict(
+    client: Client,
+) -> None:
+    """A failed unique job cannot go back to the queue while another job holds its key: a
+    JobStateConflict (HTTP 409), not a database error, and nothing changes."""
+    first = await client.enqueue("t", unique_key="k")
+    await client.pool.execute(
+        "UPDATE skiplock.jobs SET state = 'failed', finished_at = now() WHERE id = $1", first.id
+    )
+    second = await client.enqueue("t", unique_key="k")
+    assert second.id != first.id
+    with pytest.raises(JobStateConflict, match="unique key"):
+        await client.retry(first.id)
+    again = await client.get(first.id)
+    assert again is not None
+    assert again.state is JobState.FAILED

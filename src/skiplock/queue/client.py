@@ -459,7 +459,8 @@ class Client:
         """Put a failed or cancelled job back in the queue, due now.
 
         Raises :class:`JobNotFound`, or :class:`JobStateConflict` when the job is
-        queued, running or succeeded, or has used all 1000 attempts a job may have.
+        queued, running or succeeded, has used all 1000 attempts a job may have, or
+        is a unique job whose key another queued or running job holds.
         """
         scope = tenant_filter(tenant)
         parsed = _parse_id(job_id)
@@ -467,7 +468,16 @@ class Client:
         if parsed is not None:
             # Not safe to repeat: the job may be back in the queue, or running again.
             with _unavailable("retry", connection, safe=False):
-                job = await self.store.retry_job(ex, parsed, scope)
+                try:
+                    job = await self.store.retry_job(ex, parsed, scope)
+                except asyncpg.UniqueViolationError:
+                    # a unique job whose key another queued or running job holds now
+                    raise JobStateConflict(
+                        parsed,
+                        "failed or cancelled",
+                        "retry",
+                        ": another queued or running job holds its unique key",
+                    ) from None
                 if job is not None:
                     return job
                 current = await self.store.get_job(ex, parsed, scope)
