@@ -160,13 +160,28 @@ FIELDS = {
     "delay_seconds": (st.floats(0, 366 * 24 * 3600).map(repr), st.one_of(NUMBERS, VALUES)),
     "meta": (st.one_of(PLAIN, OBJECTS), VALUES),
 }
+# Per field: what a well-behaved client sends.
+CLEAN = {
+    "task": st.sampled_from(["echo", "render"]).map(_escape),
+    "args": st.one_of(st.just(_obj([("video_id", '"v1"')])), PLAIN),
+    "priority": st.integers(-32768, 32767).map(str),
+    "delay_seconds": st.floats(0, 366 * 24 * 3600).map(repr),
+    "meta": PLAIN,
+}
 
 
 @st.composite
 def create_bodies(draw: st.DrawFn) -> bytes:
     """A ``POST /v1/jobs`` body: each field well-shaped, anything, absent, or repeated."""
     pairs: list[tuple[str, str]] = []
+    # One body in four is what a well-behaved client sends, so the accepting side
+    # of the oracle is reached often whatever the random draws (no flaky tally).
+    clean = draw(st.integers(0, 3)) == 0
     for name, (shaped, anything) in FIELDS.items():
+        if clean:
+            if name == "task" or draw(st.booleans()):
+                pairs.append((name, draw(CLEAN[name])))
+            continue
         how = draw(st.sampled_from(["shaped", "shaped", "shaped", "anything", "absent", "twice"]))
         if how == "absent":
             continue
