@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from skiplock import migrate
-from skiplock.testing import ThrowawayPostgres, find_postgres_binaries
+from skiplock.testing import PostgresBinaries, ThrowawayPostgres, find_postgres_binaries
 from tests.faults.fleet import Db, Fleet
 from tests.faults.invariants import install
 
@@ -84,20 +84,28 @@ def restartable_pg() -> Iterator[ThrowawayPostgres]:
     the server, not of the machine), so a completion acknowledged before an
     immediate shutdown is never lost.
     """
+    with ThrowawayPostgres(
+        own_server_binaries(), fast=True, settings={"synchronous_commit": "on"}
+    ) as pg:
+        yield pg
+
+
+def own_server_binaries() -> PostgresBinaries:
+    """The binaries to start a server of the suite's own with; skips the test when the
+    suite may not (``SKIPLOCK_TEST_POSTGRES=url|docker``) or cannot start one."""
     forced = os.environ.get("SKIPLOCK_TEST_POSTGRES", "auto").strip().lower()
     if forced in ("url", "docker"):
         pytest.skip(
             f"SKIPLOCK_TEST_POSTGRES={forced}: an external or container server cannot be"
-            " restarted by the suite, and no throwaway server may be started"
+            " restarted or configured by the suite, and no throwaway server may be started"
         )
     binaries = find_postgres_binaries("wheel" if forced == "wheel" else "auto")
     if binaries is None:
         pytest.skip(
-            "no PostgreSQL binaries to start a restartable server (the test database is"
-            " external or in a container and cannot be restarted)"
+            "no PostgreSQL binaries to start a server of the suite's own (the test database"
+            " is external or in a container and cannot be restarted or configured)"
         )
-    with ThrowawayPostgres(binaries, fast=True, settings={"synchronous_commit": "on"}) as pg:
-        yield pg
+    return binaries
 
 
 @pytest_asyncio.fixture

@@ -14,12 +14,13 @@ from functools import partial
 from typing import Literal
 
 import anyio
+import asyncpg
 import pytest
 
-from skiplock import Client, JobSpec
+from skiplock import Client, JobSpec, migrate
 from skiplock.testing import ThrowawayPostgres
 from tests.apps.flow import MAX_OVERLAP_SQL, RELEASE_SQL, TABLES_SQL
-from tests.faults.conftest import Report
+from tests.faults.conftest import Report, own_server_binaries
 from tests.faults.fleet import STARTUP, Db, Fleet
 from tests.helpers import enqueue_keyed, wait_for
 
@@ -149,3 +150,38 @@ async def test_postgres_restart_keeps_limit_counts_right(
     most = {r["key"]: r["most"] for r in await db.fetch(MAX_OVERLAP_SQL)}
     assert most == {"k": 2}
     report(restart_s=restart_s, both_workers_claimed_again_s=claims_back_s, markers=markers)
+
+
+async def test_a_full_lock_table_makes_claims_smaller_never_failed() -> None:
+    """On a server whose shared lock table cannot hold the 1,024 key locks a claim may
+    take (max_locks_per_transaction 10), claims of 1,000 jobs over 1,000 limited keys give
+    the locks back and try with fewer: no claim fails, every key gets its one slot, and
+    no key ever has two jobs running."""
+    settings = {"max_locks_per_transaction": "10"}
+    with ThrowawayPostgres(own_server_binaries(), max_connections=10, settings=settings) as pg:
+        dsn = pg.dsn
+        conn = await asyncpg.connect(dsn)
+        try:
+            # The premise: 1,024 advisory locks do not fit in this server's lock table.
+            with pytest.raises(asyncpg.OutOfMemoryError):
+                async with conn.transaction():
+                    await conn.fetchval(
+                        "SELECT count(*) FROM generate_series(1, 1024) AS g"
+                        " WHERE pg_try_advisory_xact_lock(7, g)"
+                    )
+        finally:
+            await conn.close()
+        await migrate(dsn)
+        async with await Client.connect(dsn, max_size=2) as client:
+            await client.set_limit("k:*", max_running=1)
+            keys = [[f"k:{i}"] for i in range(1000)] * 2
+            await client.enqueue_many([JobSpec(task="t", limit_keys=k) for k in keys])
+            claimed: list[str] = []
+            sizes = []
+            while len(claimed) < 1000 and len(sizes) < 200:
+                jobs = await client.store.claim_jobs(client.pool, ["default"], 1000, 60, "w")
+                sizes.append(len(jobs))
+                claimed += [job.limit_keys[0] for job in jobs]
+            assert sorted(claimed) == sorted(f"k:{i}" for i in range(1000)), sizes
+            assert sizes[0] > 0
+            assert await client.store.claim_jobs(client.pool, ["default"], 1000, 60, "w") == []

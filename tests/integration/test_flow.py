@@ -409,6 +409,29 @@ async def test_one_keys_backlog_at_the_head_does_not_hold_back_the_jobs_behind_i
     assert {j.id for j in claimed if j.limit_keys != ("user:1",)} == set(others[:8])
 
 
+async def test_a_claim_admits_a_thousand_distinct_keys_at_once(client: Client) -> None:
+    """1,000 jobs, each with a key of its own limited to 1: one claim of 1,000 starts them
+    all (up to 1,024 keys are locked per claim; it used to stop at 256 and a second round)."""
+    await client.set_limit("k:*", max_running=1)
+    ids = await _enqueue_keyed(client, [[f"k:{i}"] for i in range(1000)])
+    claimed = await _claim(client, 1000)
+    assert {j.id for j in claimed} == set(ids)
+    assert await _claim(client, 10) == []
+
+
+async def test_a_claim_short_by_less_than_half_does_not_look_further(client: Client) -> None:
+    """Keys full at the head of the queue: a claim that got at least half of what it asked
+    for returns that (the next claim goes on); one that got less looks past the full keys
+    (test_one_keys_backlog_at_the_head_does_not_hold_back_the_jobs_behind_it)."""
+    await client.set_limit("k:*", max_running=1)
+    await _enqueue_keyed(client, [["k:0"]] * 20 + [[f"k:{i}"] for i in range(1, 21)])
+    # 20 + 16 candidates: k:0's first job and k:1 … k:16 start, 17 >= 20 / 2.
+    first = await _claim(client, 20)
+    assert sorted(j.limit_keys[0] for j in first) == sorted(f"k:{i}" for i in range(17))
+    second = await _claim(client, 20)
+    assert sorted(j.limit_keys[0] for j in second) == sorted(f"k:{i}" for i in range(17, 21))
+
+
 async def test_a_claim_of_nothing_claims_nothing_under_limits(client: Client) -> None:
     await client.set_limit("k:*", max_running=5)
     await _enqueue_keyed(client, [["k:1"], None])
