@@ -16,10 +16,12 @@
 -- gives the locks back and tries with half as many, down to 16); candidates are
 -- n + n/4 (at least 16) so that the refused ones are replaced in one round; sets
 -- of keys are jsonb objects (a lookup is a binary search, whatever the plan);
--- running jobs are counted through jobs_limit_keys_idx for up to 64 keys and by
--- one pass over the running jobs beyond; the admission loop walks the flat arrays
--- by index; the second round runs only when the first got less than half of n;
--- the UPDATE reads the ids through a subquery's array (jobs_pkey). The
+-- the limits matching a key are read once, with the key; running jobs are
+-- counted through jobs_limit_keys_idx for up to 64 keys and by one pass over the
+-- running jobs beyond; rooms, places and the keys met are computed in one
+-- statement; the admission loop walks the flat arrays by index; the second
+-- round runs only when the first got less than half of n; the UPDATE reads the
+-- ids through a subquery's array (jobs_pkey). The
 -- semantics are 0010's: limits kept exactly, claim order, no waiting on a lock.
 
 CREATE OR REPLACE FUNCTION skiplock.claim(
@@ -42,8 +44,9 @@ DECLARE
     allnew text[];   -- limited keys first met this round ...
     trying text[];   -- ... those of them this claim tries to lock ...
     newkeys text[];  -- ... and those it locked
-    pmap jsonb;      -- the newly locked keys' places in bleft
-    nmap jsonb;      -- newkeys as a set (key -> true)
+    minruns integer[];  -- per key of allnew: the least max_running of its limits ...
+    byrate boolean[];   -- ... and whether one of them limits its starts
+    lockset jsonb;   -- newkeys as a set (key -> true)
     rmap jsonb;      -- running jobs per newly locked key
     met jsonb := '{}';  -- every limited key met -> its place in bleft (0: no room:
                         -- locked by another claimer, or beyond the locks a claim takes)
@@ -210,19 +213,25 @@ BEGIN
         nkeys := coalesce(cardinality(ckeys), 0);
 
         -- The limited keys first met this round, in the order the candidates
-        -- carry them (membership tests go through jsonb objects: a binary search,
-        -- whatever plan the statement gets).
+        -- carry them, each with the least max_running of the limits matching it
+        -- and whether one of them is a rate limit (membership tests go through
+        -- jsonb objects: a binary search, whatever plan the statement gets).
         allnew := NULL;
         newkeys := NULL;
-        pmap := NULL;
+        lockset := '{}';
         IF nkeys > 0 THEN
-            SELECT array_agg(d.key ORDER BY d.first) INTO allnew
-            FROM (SELECT u.key, min(u.n) AS first
-                  FROM unnest(ckeys) WITH ORDINALITY AS u (key, n)
-                  WHERE NOT met ? u.key
-                  GROUP BY u.key) d
-            WHERE EXISTS (SELECT 1 FROM skiplock.limits l
-                          WHERE l.pattern = d.key OR (l.wildcard AND d.key LIKE l.like_pattern));
+            SELECT array_agg(m.key ORDER BY m.first), array_agg(m.minrun ORDER BY m.first),
+                   array_agg(m.by_rate ORDER BY m.first)
+            INTO allnew, minruns, byrate
+            FROM (SELECT d.key, d.first, min(l.max_running) AS minrun,
+                         bool_or(l.max_starts IS NOT NULL) AS by_rate
+                  FROM (SELECT u.key, min(u.n) AS first
+                        FROM unnest(ckeys) WITH ORDINALITY AS u (key, n)
+                        WHERE NOT met ? u.key
+                        GROUP BY u.key) d
+                  JOIN skiplock.limits l
+                    ON l.pattern = d.key OR (l.wildcard AND d.key LIKE l.like_pattern)
+                  GROUP BY d.key, d.first) m;
         END IF;
         IF allnew IS NOT NULL THEN
             -- Lock those the first candidates carry, 1,024 per claim at most (a
@@ -235,80 +244,74 @@ BEGIN
                 trying := allnew[1:cap];
                 EXIT WHEN coalesce(cardinality(trying), 0) = 0;
                 BEGIN
-                    SELECT array_agg(u.key) INTO newkeys
+                    SELECT array_agg(u.key), coalesce(jsonb_object_agg(u.key, true), '{}')
+                    INTO newkeys, lockset
                     FROM unnest(trying) AS u (key)
                     WHERE pg_try_advisory_xact_lock(hashtext('skiplock.limits'), hashtext(u.key));
                     EXIT;
                 EXCEPTION WHEN out_of_memory THEN
                     newkeys := NULL;
+                    lockset := '{}';
                     cap := CASE WHEN cap > 16 THEN cap / 2 ELSE 0 END;
                 END;
             END LOOP;
             skipped := skipped OR coalesce(cardinality(newkeys), 0) < coalesce(cardinality(trying), 0);
-        END IF;
-        IF newkeys IS NOT NULL THEN
-            -- A new statement, a new snapshot: every claim of these keys committed
-            -- before their locks were granted is seen. Running jobs per key: for a
-            -- few keys through jobs_limit_keys_idx, for many by one pass over the
-            -- running jobs (a set lookup per key they carry).
-            IF ts IS NULL THEN
-                ts := clock_timestamp();
+
+            -- A new statement, a new snapshot: every claim of the locked keys
+            -- committed before their locks were granted is seen. Running jobs per
+            -- key: for a few keys through jobs_limit_keys_idx, for many by one pass
+            -- over the running jobs (a set lookup per key they carry).
+            rmap := '{}';
+            IF newkeys IS NOT NULL THEN
+                IF ts IS NULL THEN
+                    ts := clock_timestamp();
+                END IF;
+                IF cardinality(newkeys) <= 64 THEN
+                    SELECT coalesce(jsonb_object_agg(x.key, x.c), '{}') INTO rmap
+                    FROM (SELECT u.key, count(*) AS c
+                          FROM skiplock.jobs r
+                          CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
+                          WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
+                            AND r.limit_keys && newkeys AND u.key = ANY(newkeys)
+                          GROUP BY u.key) x;
+                ELSE
+                    SELECT coalesce(jsonb_object_agg(x.key, x.c), '{}') INTO rmap
+                    FROM (SELECT u.key, count(*) AS c
+                          FROM skiplock.jobs r
+                          CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
+                          WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
+                            AND lockset ?| r.limit_keys AND lockset ? u.key
+                          GROUP BY u.key) x;
+                END IF;
             END IF;
-            IF cardinality(newkeys) <= 64 THEN
-                SELECT jsonb_object_agg(x.key, x.c) INTO rmap
-                FROM (SELECT u.key, count(*) AS c
-                      FROM skiplock.jobs r
-                      CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
-                      WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
-                        AND r.limit_keys && newkeys AND u.key = ANY(newkeys)
-                      GROUP BY u.key) x;
-            ELSE
-                SELECT jsonb_object_agg(u.key, true) INTO nmap FROM unnest(newkeys) AS u (key);
-                SELECT jsonb_object_agg(x.key, x.c) INTO rmap
-                FROM (SELECT u.key, count(*) AS c
-                      FROM skiplock.jobs r
-                      CROSS JOIN LATERAL unnest(r.limit_keys) AS u (key)
-                      WHERE r.state = 'running' AND r.limit_keys IS NOT NULL
-                        AND nmap ?| r.limit_keys AND nmap ? u.key
-                      GROUP BY u.key) x;
-            END IF;
-            rmap := coalesce(rmap, '{}');
-            -- Each locked key's room under every limit matching it (a key whose
-            -- limit was removed meanwhile is not limited any more: left out).
-            WITH budget AS (
-                SELECT lk.key, greatest(min(least(
-                           CASE WHEN l.max_running IS NULL THEN 2147483647
-                                ELSE l.max_running - coalesce((rmap ->> lk.key)::integer, 0) END,
-                           CASE WHEN l.max_starts IS NULL THEN 2147483647
-                                ELSE l.max_starts - (
-                                    SELECT count(*) FROM skiplock.limit_starts s
-                                    WHERE s.key = lk.key
-                                      AND s.started_at > ts - make_interval(secs => l.per_seconds)
-                                )::integer
-                           END)), 0) AS room,
-                       bool_or(l.max_starts IS NOT NULL) AS by_rate
-                FROM unnest(newkeys) AS lk (key)
-                JOIN skiplock.limits l
-                  ON l.pattern = lk.key OR (l.wildcard AND lk.key LIKE l.like_pattern)
-                GROUP BY lk.key
-            ), placed AS (
-                SELECT b.key, b.room, b.by_rate, nlocked + row_number() OVER (ORDER BY b.key) AS place
-                FROM budget b
-            )
-            SELECT jsonb_object_agg(pl.key, pl.place),
-                   bleft || coalesce(array_agg(pl.room ORDER BY pl.place), '{}'),
-                   nlocked + count(*)::integer,
-                   rated OR coalesce(bool_or(pl.by_rate), false)
-            INTO pmap, bleft, nlocked, rated
-            FROM placed pl;
-        END IF;
-        IF allnew IS NOT NULL THEN
-            -- Every key met is remembered: locked and counted ones with their
-            -- place, the others (another claimer's, beyond the 1,024) with none.
-            pmap := coalesce(pmap, '{}');
-            SELECT met || jsonb_object_agg(a.key, coalesce((pmap ->> a.key)::integer, 0))
-            INTO met
-            FROM unnest(allnew) AS a (key);
+
+            -- Every key met is remembered in met: a locked key with its place in
+            -- bleft and its room (under each limit matching it: max_running less
+            -- its running jobs, max_starts less its starts in the window), the
+            -- others (another claimer's, beyond the locks) with place 0, no room.
+            SELECT met || jsonb_object_agg(x.key, CASE WHEN x.locked THEN x.place ELSE 0 END),
+                   bleft || coalesce(array_agg(x.room ORDER BY x.i) FILTER (WHERE x.locked), '{}'),
+                   nlocked + (count(*) FILTER (WHERE x.locked))::integer,
+                   rated OR coalesce(bool_or(x.by_rate) FILTER (WHERE x.locked), false)
+            INTO met, bleft, nlocked, rated
+            FROM (
+                SELECT u.key, u.i, u.by_rate, lockset ? u.key AS locked,
+                       nlocked + (count(*) FILTER (WHERE lockset ? u.key) OVER (ORDER BY u.i))::integer
+                           AS place,
+                       CASE WHEN lockset ? u.key THEN greatest(least(
+                           coalesce(u.minrun - coalesce((rmap ->> u.key)::integer, 0), 2147483647),
+                           CASE WHEN u.by_rate THEN (
+                               SELECT min(l.max_starts - (
+                                          SELECT count(*) FROM skiplock.limit_starts s
+                                          WHERE s.key = u.key
+                                            AND s.started_at > ts - make_interval(secs => l.per_seconds)
+                                      )::integer)
+                               FROM skiplock.limits l
+                               WHERE l.max_starts IS NOT NULL
+                                 AND (l.pattern = u.key OR (l.wildcard AND u.key LIKE l.like_pattern))
+                           ) END), 0) END AS room
+                FROM unnest(allnew, minruns, byrate) WITH ORDINALITY AS u (key, minrun, by_rate, i)
+            ) x;
         END IF;
 
         -- Admit in claim order: a candidate starts when every limited key of its
