@@ -32,6 +32,7 @@ from skiplock.queue import (
     QueueSettings,
     SchemaMismatch,
     SkiplockError,
+    SyncClient,
     check_schema,
     migrate,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "SchemaMismatch",
     "SkiplockError",
     "Snooze",
+    "SyncClient",
     "TaskRegistry",
     "Worker",
     "WorkerSettings",

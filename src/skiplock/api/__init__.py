@@ -6,8 +6,8 @@ require("api")  # names the extra to install, before the imports that need it
 
 from skiplock.api.app import create_app
 from skiplock.api.auth import Principal, create_api_key, sign_share_token, verify_share_token
-from skiplock.api.hub import EventHub
 from skiplock.api.settings import ApiSettings, ExposedTask
+from skiplock.queue.hub import EventHub
 
 __all__ = [
     "ApiSettings",

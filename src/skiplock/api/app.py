@@ -43,7 +43,6 @@ from skiplock.api.flow import (
     put_limit,
     resume_queue,
 )
-from skiplock.api.hub import EventHub
 from skiplock.api.jobs import cancel_job, create_job, get_job, list_jobs, retry_job
 from skiplock.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from skiplock.api.service import healthz, metrics_endpoint, openapi, readyz, stats
@@ -51,6 +50,7 @@ from skiplock.api.settings import ApiSettings
 from skiplock.api.sharing import share_job, shared_events, shared_job
 from skiplock.api.streams import job_events
 from skiplock.queue import Client, check_schema
+from skiplock.queue.hub import EventHub
 from skiplock.queue.listener import listen_dsn
 from skiplock.queue.store import open_pool
 

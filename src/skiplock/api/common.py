@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from skiplock.api.auth import Authenticator, Principal
-from skiplock.api.hub import EventHub
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import render
@@ -24,6 +23,7 @@ from skiplock.api.settings import ApiSettings
 from skiplock.api.views import job_links, share_links
 from skiplock.queue import ALL_TENANTS, Client, Job
 from skiplock.queue.document import job_document
+from skiplock.queue.hub import EventHub
 from skiplock.queue.models import TenantScope
 
 __all__ = [

@@ -26,11 +26,11 @@ from skiplock.api.common import (
     state_of,
     tenant_scope,
 )
-from skiplock.api.hub import JobGone
 from skiplock.api.metrics import ApiMetrics
 from skiplock.api.schemas import JobDocument, render
 from skiplock.api.views import etag, event_id
 from skiplock.queue import ALL_TENANTS, Job
+from skiplock.queue.hub import JobGone
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
 
 __all__ = ["EventStream", "job_events", "read_job", "stream_job"]

@@ -31,6 +31,7 @@ from skiplock.queue.models import (
 )
 from skiplock.queue.states import TERMINAL_STATES, JobState
 from skiplock.queue.store import Store
+from skiplock.queue.sync import SyncClient
 
 __all__ = [
     "ALL_TENANTS",
@@ -58,6 +59,7 @@ __all__ = [
     "SchemaMismatch",
     "SkiplockError",
     "Store",
+    "SyncClient",
     "check_schema",
     "migrate",
 ]

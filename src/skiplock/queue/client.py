@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import contextlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self, cast
+from typing import Any, Literal, Self, cast
 
 import anyio
 import asyncpg
@@ -36,6 +37,7 @@ from skiplock.queue.flow import (
     check_queue_name,
     may_match_implicit_key,
 )
+from skiplock.queue.hub import EventHub, JobGone
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.models import Job, JobSpec, OnDuplicate, Page, TenantScope, tenant_filter
 from skiplock.queue.states import JobState
@@ -106,11 +108,23 @@ class Client:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool[Any], *, schema: str = "skiplock", owns_pool: bool = False
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        schema: str = "skiplock",
+        owns_pool: bool = False,
+        listen_dsn: str | None = None,
+        watch_poll_seconds: float = 1.0,
     ) -> None:
+        if not watch_poll_seconds > 0:
+            raise ValueError("watch_poll_seconds must be more than 0")
         self.pool = pool
         self.store = Store(schema)
         self._owns_pool = owns_pool
+        self._listen_dsn = listen_dsn
+        self._watch_poll_seconds = watch_poll_seconds
+        self._hub: EventHub | None = None
+        self._hub_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -121,6 +135,8 @@ class Client:
         min_size: int = 1,
         max_size: int = 10,
         statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
+        listen_dsn: str | Literal[False] | None = None,
+        watch_poll_seconds: float = 1.0,
     ) -> Self:
         """Open a pool on ``dsn`` and return a client that closes it on :meth:`close`.
 
@@ -132,15 +148,34 @@ class Client:
         ``statement_cache_size=0`` when ``dsn`` goes through PgBouncer (or
         another pooler) in transaction mode: asyncpg's named prepared
         statements do not survive the pooler handing the next transaction to
-        another server connection.
+        another server connection; then give ``listen_dsn``, a direct one, for
+        :meth:`updates` and :meth:`wait` (LISTEN needs a session of its own).
+
+        ``listen_dsn``: where :meth:`updates` and :meth:`wait` LISTEN for changes
+        (one connection, opened on first use; default ``dsn``; ``False``: never,
+        they poll only). ``watch_poll_seconds``: how often they re-read the
+        watched jobs whatever the notifications say (the floor when
+        notifications are lost).
         """
         pool = await open_pool(
             dsn, min_size=min_size, max_size=max_size, statement_cache_size=statement_cache_size
         )
-        return cls(pool, schema=schema, owns_pool=True)
+        return cls(
+            pool,
+            schema=schema,
+            owns_pool=True,
+            listen_dsn=None if listen_dsn is False else (listen_dsn or dsn),
+            watch_poll_seconds=watch_poll_seconds,
+        )
 
     async def close(self) -> None:
-        """Close the pool if this client opened it."""
+        """Stop watching jobs, and close the pool if this client opened it."""
+        if self._hub_task is not None:
+            self._hub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._hub_task
+            self._hub_task = None
+            self._hub = None
         if self._owns_pool:
             await self.pool.close()
 
@@ -377,6 +412,88 @@ class Client:
             return None
         with _unavailable("get", connection):
             return await self.store.get_job(self._ex(connection), parsed, scope)
+
+    async def updates(
+        self, job_id: uuid.UUID | str, *, tenant: TenantScope = "default"
+    ) -> AsyncIterator[Job]:
+        """The job as it is now, then each change to it, until it ends.
+
+        The last job yielded is in a terminal state (succeeded, failed or
+        cancelled); a job that has already ended yields once. Changes come from
+        LISTEN (one connection per client, opened on first use; see
+        :meth:`connect`) with a re-read every ``watch_poll_seconds`` as the
+        floor, so a lost notification delays a change, never loses it. Changes
+        close together may arrive as one (each job yielded is newer than the
+        last). Raises :class:`JobNotFound` when there is no such job for this
+        tenant, or when it is deleted (by retention) while watched.
+
+        >>> async for job in client.updates(job_id, tenant="acme"):  # doctest: +SKIP
+        ...     print(job.state, job.progress, job.progress_message)
+        """
+        tenant_filter(tenant)  # refuses a bad tenant before anything is read
+        parsed = _parse_id(job_id)
+        if parsed is None:
+            raise JobNotFound(job_id)
+        hub = self._watcher()
+        last: Job | None = None
+        while True:  # once, and again after falling behind the hub's buffer
+            current = await self.get(parsed, tenant=tenant)
+            if current is None:
+                raise JobNotFound(job_id)
+            # Watched under the job's own tenant (ALL_TENANTS reads any job, then one).
+            with hub.subscribe(parsed, current.tenant) as sub:
+                # Read again once subscribed: no change can fall in between.
+                job = await self.get(parsed, tenant=current.tenant)
+                if job is None:
+                    raise JobNotFound(job_id)
+                while True:
+                    if last is None or job.updated_at > last.updated_at:
+                        last = job
+                        yield job
+                    if job.is_terminal:
+                        return
+                    try:
+                        fresh = await sub.next(3600.0)
+                    except EOFError:
+                        break  # fell behind: read the current state again
+                    except JobGone:
+                        raise JobNotFound(job_id) from None
+                    if fresh is not None:
+                        job = fresh
+
+    async def wait(
+        self,
+        job_id: uuid.UUID | str,
+        timeout: float | None = None,  # noqa: ASYNC109 - wait(job, timeout), as sync code reads
+        *,
+        tenant: TenantScope = "default",
+    ) -> Job:
+        """Wait until the job ends and return it (succeeded, failed or cancelled).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds (None: no limit)
+        and :class:`JobNotFound` as :meth:`updates` does. The job is not
+        changed by a timeout: it goes on.
+        """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError("timeout must be 0 or more, or None")
+        last: Job | None = None
+        with anyio.fail_after(timeout):
+            async for job in self.updates(job_id, tenant=tenant):
+                last = job
+        assert last is not None  # updates() yields at least once, the last one terminal
+        return last
+
+    def _watcher(self) -> EventHub:
+        """The client's event hub, started on first use (stopped by :meth:`close`)."""
+        if self._hub is None or self._hub_task is None or self._hub_task.done():
+            self._hub = EventHub(
+                self._listen_dsn,
+                self.store,
+                self.pool,
+                poll_seconds=self._watch_poll_seconds,
+            )
+            self._hub_task = asyncio.create_task(self._hub.run(), name="skiplock-client-watch")
+        return self._hub
 
     async def list(
         self,

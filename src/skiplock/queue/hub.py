@@ -47,7 +47,7 @@ from skiplock.queue.store import Store
 
 __all__ = ["EventHub", "HubStats", "JobGone", "Subscription"]
 
-log = structlog.get_logger("skiplock.api.hub")
+log = structlog.get_logger("skiplock.queue.hub")
 
 
 class JobGone(LookupError):
