@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -19,6 +19,7 @@ from skiplock.queue import (
     Job,
     JobNotFound,
     JobStateConflict,
+    ScheduleNotFound,
     SchemaMismatch,
     check_schema,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "leaves",
     "run_cli",
     "settings_of",
+    "table",
     "ts",
     "with_client",
     "with_store",
@@ -165,7 +167,7 @@ def run_cli(coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run(coro)
     except SchemaMismatch as exc:
         fail(str(exc), EXIT_SCHEMA)
-    except JobNotFound as exc:
+    except (JobNotFound, ScheduleNotFound) as exc:
         fail(str(exc), EXIT_NOT_FOUND)
     except (JobStateConflict, IdempotencyConflict) as exc:
         fail(str(exc), EXIT_CONFLICT)
@@ -218,6 +220,13 @@ def with_client(settings: Settings, work: Callable[[Client], Awaitable[_T]]) -> 
             await client.close()
 
     return run_cli(run())
+
+
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Print ``rows`` under ``header`` in aligned columns."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for row in (header, *rows):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def ts(value: datetime | None) -> str | None:

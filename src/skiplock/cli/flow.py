@@ -3,7 +3,6 @@ flow control (see docs/flow-control.md) from the command line."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -15,18 +14,13 @@ from skiplock.cli.common import (
     echo_json,
     fail,
     settings_of,
+    table,
     ts,
     with_client,
 )
 from skiplock.queue import Client, Limit, QueueSettings
 
 __all__ = ["limits_group", "queues_group"]
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    for row in (header, *rows):
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _opt(value: object) -> str:
@@ -95,7 +89,7 @@ def limits_list(ctx: click.Context, as_json: bool) -> None:
                 _opt(s and s.throttled),
             )
         )
-    _table(
+    table(
         ("pattern", "max_running", "max_starts", "keys", "at_limit", "running", "throttled"), rows
     )
 
@@ -167,7 +161,7 @@ def limits_usage(ctx: click.Context, pattern: str | None, at_limit: bool, as_jso
     if not usage:
         click.echo("no keys in use")
         return
-    _table(
+    table(
         ("pattern", "key", "running", "starts", "queued", "at_limit"),
         [
             (
@@ -209,7 +203,7 @@ def queues_list(ctx: click.Context, as_json: bool) -> None:
     if not flow:
         click.echo("no queues")
     else:
-        _table(
+        table(
             ("queue", "paused", "fair", "queued", "running", "throttled"),
             [
                 (
@@ -225,7 +219,7 @@ def queues_list(ctx: click.Context, as_json: bool) -> None:
         )
     if weights:
         click.echo("")
-        _table(
+        table(
             ("queue", "fair_key", "weight"),
             [(w.queue, w.fair_key, str(w.weight)) for w in weights],
         )

@@ -17,6 +17,7 @@ from skiplock.cli.enqueue import enqueue_cmd
 from skiplock.cli.flow import limits_group, queues_group
 from skiplock.cli.jobs import jobs_group
 from skiplock.cli.purge import purge_cmd
+from skiplock.cli.schedules import schedules_group
 from skiplock.cli.schema import check_cmd, migrate_cmd
 from skiplock.cli.stats import stats_cmd
 from skiplock.cli.worker import worker_cmd
@@ -70,6 +71,7 @@ for _command in (
     purge_cmd,
     limits_group,
     queues_group,
+    schedules_group,
     demo_cmd,
 ):
     cli.add_command(_command)

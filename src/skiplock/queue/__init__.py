@@ -8,6 +8,7 @@ from skiplock.queue.errors import (
     InvalidSetting,
     JobNotFound,
     JobStateConflict,
+    ScheduleNotFound,
     SchemaMismatch,
     SkiplockError,
 )
@@ -29,6 +30,7 @@ from skiplock.queue.models import (
     OnDuplicate,
     Page,
 )
+from skiplock.queue.schedules import Schedule
 from skiplock.queue.states import TERMINAL_STATES, JobState
 from skiplock.queue.store import Store
 from skiplock.queue.sync import SyncClient
@@ -56,6 +58,8 @@ __all__ = [
     "Page",
     "QueueFlow",
     "QueueSettings",
+    "Schedule",
+    "ScheduleNotFound",
     "SchemaMismatch",
     "SkiplockError",
     "Store",

@@ -24,6 +24,7 @@ from skiplock.queue.errors import (
     InvalidSetting,
     JobNotFound,
     JobStateConflict,
+    ScheduleNotFound,
     SkiplockError,
 )
 from skiplock.queue.flow import (
@@ -40,6 +41,7 @@ from skiplock.queue.flow import (
 from skiplock.queue.hub import EventHub, JobGone
 from skiplock.queue.jsoncodec import dumps
 from skiplock.queue.models import Job, JobSpec, OnDuplicate, Page, TenantScope, tenant_filter
+from skiplock.queue.schedules import Schedule
 from skiplock.queue.states import JobState
 from skiplock.queue.store import DEFAULT_STATEMENT_CACHE_SIZE, Executor, Store, open_pool
 
@@ -738,6 +740,56 @@ class Client:
         """The queues with switches set (a queue not listed is neither paused nor fair)."""
         with _unavailable("queues", None):
             return await self.store.list_queues(self.pool)
+
+    # -- schedules (migration 0013) -------------------------------------------------
+
+    async def schedules(self) -> builtins.list[Schedule]:
+        """Every schedule (declared by workers from code), by name."""
+        with _unavailable("schedules", None):
+            return await self.store.list_schedules(self.pool)
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        """No tick of the schedule is enqueued until :meth:`resume_schedule`.
+        Raises :class:`ScheduleNotFound`."""
+        return await self._set_schedule_paused(name, True)
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        """Enqueue the schedule's ticks again, from the next one on (the ticks
+        missed while paused are not caught up). Raises :class:`ScheduleNotFound`."""
+        return await self._set_schedule_paused(name, False)
+
+    async def _set_schedule_paused(self, name: str, paused: bool) -> Schedule:
+        with _unavailable("pause_schedule" if paused else "resume_schedule", None):
+            schedule = await self.store.set_schedule_paused(self.pool, name, paused)
+        if schedule is None:
+            raise ScheduleNotFound(name)
+        return schedule
+
+    async def trigger_schedule(self, name: str) -> Job:
+        """Enqueue the schedule's job now, outside its ticks (``meta.trigger`` is
+        ``"manual"``); its ticks go on as before. Works on a paused schedule too.
+        Raises :class:`ScheduleNotFound`."""
+        with _unavailable("trigger_schedule", None):
+            schedule = await self.store.get_schedule(self.pool, name)
+        if schedule is None:
+            raise ScheduleNotFound(name)
+        return await self.enqueue(
+            schedule.task,
+            schedule.args,
+            queue=schedule.queue,
+            tenant=schedule.tenant,
+            priority=schedule.priority,
+            max_attempts=schedule.max_attempts,
+            meta={"schedule": name, "trigger": "manual"},
+        )
+
+    async def remove_schedule(self, name: str) -> None:
+        """Delete the schedule (its jobs stay). A worker whose code still declares it
+        writes it again at start. Raises :class:`ScheduleNotFound`."""
+        with _unavailable("remove_schedule", None):
+            removed = await self.store.remove_schedule(self.pool, name)
+        if not removed:
+            raise ScheduleNotFound(name)
 
 
 async def await_older_transactions(store: Store, conn: Executor, xid: str, operation: str) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidSetting",
     "JobNotFound",
     "JobStateConflict",
+    "ScheduleNotFound",
     "SchemaMismatch",
     "SkiplockError",
 ]
@@ -29,8 +30,8 @@ class InvalidJob(SkiplockError, ValueError):
 
 
 class InvalidSetting(SkiplockError, ValueError):
-    """A flow-control setting (a limit, a queue switch, a weight) was rejected before
-    anything was written."""
+    """A flow-control setting (a limit, a queue switch, a weight) or a schedule was
+    rejected before anything was written."""
 
 
 class JobNotFound(SkiplockError, LookupError):
@@ -39,6 +40,14 @@ class JobNotFound(SkiplockError, LookupError):
     def __init__(self, job_id: UUID | str) -> None:
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+
+class ScheduleNotFound(SkiplockError, LookupError):
+    """No schedule of that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} not found")
+        self.name = name
 
 
 class JobStateConflict(SkiplockError):

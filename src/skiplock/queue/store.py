@@ -31,6 +31,7 @@ from skiplock.queue.flow import (
 )
 from skiplock.queue.jsoncodec import loads
 from skiplock.queue.models import Job, JobError, JobSpec, request_fingerprints
+from skiplock.queue.schedules import Schedule, ScheduleDefinition
 from skiplock.queue.states import JobState
 
 __all__ = [
@@ -906,6 +907,54 @@ class Store:
     async def apply_limit_keys(self, ex: Executor, pattern: str) -> int:
         """Give queued and running jobs the implicit keys the limit of ``pattern`` matches."""
         return int(await ex.fetchval(self._q("apply_limit_keys"), pattern))
+
+    # -- schedules (migration 0013) ---------------------------------------------
+
+    async def declare_schedule(self, ex: Executor, d: ScheduleDefinition) -> None:
+        await ex.execute(
+            self._q("declare_schedule"),
+            d.name,
+            d.cron,
+            d.every_seconds,
+            d.timezone,
+            d.task,
+            d.args_json,
+            d.queue,
+            d.tenant,
+            d.priority,
+            d.max_attempts,
+            d.catch_up,
+        )
+
+    async def due_schedules(self, ex: Executor, limit: int) -> tuple[list[Schedule], datetime]:
+        """The due schedules, locked for the caller's transaction, and the database's now."""
+        rows = await ex.fetch(self._q("due_schedules"), limit)
+        now = rows[0]["now"] if rows else await ex.fetchval("SELECT now()")
+        return [Schedule.from_row(r) for r in rows], now
+
+    async def advance_schedule(
+        self,
+        ex: Executor,
+        name: str,
+        last_tick: datetime | None,
+        next_tick: datetime | None,
+        last_job_id: uuid.UUID | None,
+    ) -> None:
+        await ex.execute(self._q("advance_schedule"), name, last_tick, next_tick, last_job_id)
+
+    async def list_schedules(self, ex: Executor) -> list[Schedule]:
+        return [Schedule.from_row(r) for r in await ex.fetch(self._q("list_schedules"))]
+
+    async def get_schedule(self, ex: Executor, name: str) -> Schedule | None:
+        row = await ex.fetchrow(self._q("get_schedule"), name)
+        return None if row is None else Schedule.from_row(row)
+
+    async def set_schedule_paused(self, ex: Executor, name: str, paused: bool) -> Schedule | None:
+        row = await ex.fetchrow(self._q("set_schedule_paused"), name, paused)
+        return None if row is None else Schedule.from_row(row)
+
+    async def remove_schedule(self, ex: Executor, name: str) -> bool:
+        return await ex.fetchrow(self._q("remove_schedule"), name) is not None
 
     async def set_queue(
         self, ex: Executor, name: str, *, paused: bool | None, fair: bool | None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from skiplock.queue.flow import Limit, check_limit
+from skiplock.queue.schedules import CatchUp, ScheduleDefinition
 from skiplock.worker.retry import RetryPolicy
 
 __all__ = ["Task", "TaskRegistry"]
@@ -43,6 +45,7 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self._schedules: dict[str, ScheduleDefinition] = {}
 
     def task(
         self,
@@ -86,6 +89,64 @@ class TaskRegistry:
             return fn
 
         return register
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        task: str,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        timezone: str = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str = "default",
+        tenant: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        catch_up: CatchUp = "once",
+    ) -> ScheduleDefinition:
+        """Declare a periodic job: one job of ``task`` with ``args`` per tick, across
+        every worker together (each tick is enqueued once, whatever their number).
+
+        ``cron``: a five-field cron expression read in ``timezone`` (an IANA name;
+        daylight saving time as Debian cron does it), or ``every``: seconds (or a
+        timedelta, at least 0.01 s) between ticks. ``catch_up``, for ticks that
+        passed while no worker ran: ``"skip"`` them, run the latest ``"once"``
+        (default), or run ``"all"`` of them (the latest 1,000 at most). Workers
+        write the definition at start; pause, resume, trigger or remove it with
+        ``skiplock schedules …`` or the :class:`~skiplock.Client`. Raises
+        :class:`~skiplock.InvalidSetting` for a bad definition.
+
+        >>> tasks.schedule("nightly-cleanup", task="cleanup", cron="0 3 * * *",
+        ...                timezone="Europe/Paris")  # doctest: +SKIP
+        """
+        if name in self._schedules:
+            raise ValueError(f"schedule {name!r} is already declared")
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        definition = ScheduleDefinition(
+            name=name,
+            task=task,
+            cron=cron,
+            every_seconds=None if seconds is None else float(seconds),
+            timezone=timezone,
+            args=dict(args or {}),
+            queue=queue,
+            tenant=tenant,
+            priority=priority,
+            max_attempts=max_attempts,
+            catch_up=catch_up,
+        )
+        if cron is not None:
+            from skiplock.worker.scheduler import check_cron
+
+            check_cron(cron)
+        self._schedules[name] = definition
+        return definition
+
+    @property
+    def schedules(self) -> list[ScheduleDefinition]:
+        """The schedules declared with :meth:`schedule`, in order."""
+        return list(self._schedules.values())
 
     def get(self, name: str) -> Task | None:
         """The task called ``name``, if registered."""

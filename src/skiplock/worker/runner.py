@@ -60,6 +60,7 @@ from skiplock.worker.progress import ProgressFlusher
 from skiplock.worker.registry import TaskRegistry
 from skiplock.worker.rescuer import Rescuer
 from skiplock.worker.retention import retention_loop
+from skiplock.worker.scheduler import Scheduler
 from skiplock.worker.settings import WorkerSettings, default_worker_id
 from skiplock.worker.shared import Shared
 
@@ -233,6 +234,8 @@ class Worker:
             self.health.schema_checked()
             self.health.db_ok()
             await self._declare_limits(pool)
+            scheduler = Scheduler(pool, shared.store, self.registry.schedules, poll=s.schedule_poll)
+            await scheduler.declare()
             if s.statement_cache_size == 0 and s.listen_url is None:
                 self._log.warning("listen_url_unset", **_LISTEN_URL_UNSET)
             await self._presence.register()
@@ -255,6 +258,7 @@ class Worker:
                     loops.start_soon(self._presence.run)
                     loops.start_soon(self._completer.run)
                     loops.start_soon(self._progress.run)
+                    loops.start_soon(scheduler.run)
                     self._started.set()
                     await self._claimer.run()
                     await self._drain()

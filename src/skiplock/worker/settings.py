@@ -50,7 +50,9 @@ class WorkerSettings:
     ``metrics``) on ``probe_host`` at this port (0: any free port; None: no
     server). ``probe_file``: rewrite this file every ``probe_file_interval``
     seconds while live, for exec probes. ``retention``: delete old finished
-    jobs from this worker by that policy (None: never).
+    jobs from this worker by that policy (None: never). ``schedule_poll``: how
+    often the worker looks for due ticks of periodic jobs (every worker does;
+    each tick is enqueued once).
 
     ``worker_id`` names the worker in the jobs it runs; it must be unique among
     live workers (the default, ``host:pid:random``, is). A worker gives back
@@ -104,6 +106,7 @@ class WorkerSettings:
     async_commit: bool = False
     statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
     listen_url: str | None = None
+    schedule_poll: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.queues:
@@ -118,6 +121,8 @@ class WorkerSettings:
             raise ValueError("heartbeat must be positive and shorter than the lease")
         if self.poll <= 0 or self.rescue <= 0 or self.shutdown_grace < 0:
             raise ValueError("poll and rescue must be positive, shutdown_grace non-negative")
+        if not self.schedule_poll > 0:
+            raise ValueError("schedule_poll must be positive")
         if self.probe_port is not None and not 0 <= self.probe_port <= 65535:
             raise ValueError("probe_port must be between 0 and 65535")
         if self.max_claim_batch < 1 or self.max_complete_batch < 1:
