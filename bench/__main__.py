@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import api, designs, flow, jobs, lean_bench, pgbench
+from bench import api, designs, flow, jobs, lean_bench, pgbench, schedules
 from bench.common import (
     Server,
     default_dsn,
@@ -80,6 +80,7 @@ class Sizes:
     flow_rate_seconds: float = 60.0
     flow_pause_cycles: int = 20
     flow_pause_backlog: int = 50_000
+    cron_ticks: int = 1_000
 
 
 QUICK = Sizes(
@@ -105,6 +106,7 @@ QUICK = Sizes(
     flow_rate_seconds=3.0,
     flow_pause_cycles=3,
     flow_pause_backlog=5_000,
+    cron_ticks=50,
 )
 
 MB = 1024 * 1024
@@ -208,6 +210,11 @@ async def _flow(server: Server, sizes: Sizes) -> Run:
     return await flow.one_run(server, sizes)
 
 
+async def _schedules(server: Server, sizes: Sizes) -> Run:
+    async with server.fresh_database(await _empty(server)) as dsn:
+        return await schedules.cron_duplicates(dsn, sizes.cron_ticks)
+
+
 async def _designs(server: Server, sizes: Sizes) -> Run:
     # One run = every design once, so that --runs interleaves them.
     return await designs.one_round(server, sizes.designs_rows, sizes.designs_seconds)
@@ -225,6 +232,7 @@ BENCHMARKS: dict[str, Bench] = {
     "pgbench": _pgbench,
     "memory": _memory,
     "flow": _flow,
+    "schedules": _schedules,
     "designs": _designs,
 }
 # A benchmark's figures may be relative to others': those run too.
@@ -448,6 +456,24 @@ def _figures(results: dict[str, list[Run]], sizes: Sizes) -> list[Figure]:
         add("memory", "  growth from warm-up to the end", growth, "%", "≤ 10 (flat)", _le(10))
     if rows.has("flow"):
         _flow_figures(rows, results["flow"], sizes)
+    if rows.has("schedules"):
+        n, every = sizes.cron_ticks, schedules.EVERY
+        what = f"{n:,} ticks {every * 1000:g} ms apart, {schedules.WORKERS} worker processes"
+        add("schedules", "cron_duplicates", med("schedules", "duplicates"), "ticks", "0", _le(0))
+        add("schedules", f"  {what}: ticks enqueued", med("schedules", "ticks"), "ticks")
+        add(
+            "schedules",
+            "  ticks left out between the first and the last",
+            med("schedules", "missing"),
+            "ticks",
+        )
+        add(
+            "schedules",
+            "  a tick's job created after the tick, p50",
+            med("schedules", "late_p50_ms"),
+            "ms",
+        )
+        add("schedules", "  the same, p95", med("schedules", "late_p95_ms"), "ms")
     if rows.has("designs"):
         for d in designs.summarize(results["designs"]):
             name = f"storage design {d.name}, pgbench claim+complete by 100"

@@ -108,6 +108,13 @@ def main() -> None:
         "--async-commit", type=int, choices=(0, 1), default=int(BEST.get("async_commit", 0))
     )
     parser.add_argument(
+        "--schedule-every",
+        type=float,
+        default=None,
+        help="declare the schedule 'bench-tick' of a no-op job every this many seconds",
+    )
+    parser.add_argument("--schedule-poll", type=float, default=1.0)
+    parser.add_argument(
         "--defaults", action="store_true", help="WorkerSettings() as they come (ignores the rest)"
     )
     args = parser.parse_args()
@@ -115,6 +122,9 @@ def main() -> None:
         parser.error("give --dsn or set SKIPLOCK_DATABASE_URL")
 
     from bench.tasks import tasks  # the handlers live there
+
+    if args.schedule_every is not None:
+        tasks.schedule("bench-tick", task="noop", every=args.schedule_every, catch_up="all")
 
     configure_logging("console", "warning")
     worker = Worker(
@@ -131,6 +141,7 @@ def main() -> None:
             progress_interval=args.progress_interval,
             rescue=args.rescue,
             async_commit=bool(args.async_commit),
+            schedule_poll=args.schedule_poll,
         ),
     )
 

@@ -207,6 +207,20 @@ def test_flow_group_reports_its_named_figures(report: dict[str, Any]) -> None:
     assert all(effect >= 0 for effect in run["pause"]["effects_ms"])
 
 
+def test_schedules_group_counts_every_tick_of_four_workers(report: dict[str, Any]) -> None:
+    """``schedules`` ran four workers on one fast schedule: at least the quick number of
+    ticks, every job counted, and the named figure with its target."""
+    (run,) = report["results"]["schedules"]
+    assert run["workers"] == 4
+    assert run["ticks"] >= QUICK.cron_ticks * 0.5
+    assert run["jobs"] == run["ticks"] + run["duplicates"]
+    assert run["missing"] >= 0
+    assert 0 <= run["late_p50_ms"] <= run["late_p95_ms"]
+    figures = {f["name"]: f for f in report["figures"] if f["bench"] == "schedules"}
+    assert figures["cron_duplicates"]["target"] == "0"
+    assert figures["cron_duplicates"]["value"] == run["duplicates"]
+
+
 def _flow_run(max_over: int, ratio: float) -> dict[str, Any]:
     rates = {"jobs_per_s": 1000.0, "worker_cpu_us_per_job": 50.0, "server_cpu_us_per_job": 90.0}
     return {

@@ -61,6 +61,7 @@ class Settings(DatabaseSettings):
     heartbeat_seconds: float | None = Field(default=None, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0, le=3600)
     rescue_seconds: float = Field(default=5.0, gt=0, le=3600)
+    schedule_poll_seconds: float = Field(default=1.0, gt=0, le=3600)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     progress_interval_seconds: float = Field(default=0.1, ge=0)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

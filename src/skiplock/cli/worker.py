@@ -63,6 +63,13 @@ def load_registry(spec: str) -> TaskRegistry:
 @click.option("--heartbeat", type=click.FloatRange(0, min_open=True), default=None)
 @click.option("--poll", type=click.FloatRange(0, min_open=True), default=None)
 @click.option("--rescue", type=click.FloatRange(0, min_open=True), default=None)
+@click.option(
+    "--schedule-poll",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds between looks for due ticks of periodic jobs "
+    "(default: SKIPLOCK_SCHEDULE_POLL_SECONDS, else 1).",
+)
 @click.option("--shutdown-grace", type=click.FloatRange(0), default=None)
 @click.option("--worker-id", default=None)
 @click.option(
@@ -143,6 +150,7 @@ def worker_cmd(
     heartbeat: float | None,
     poll: float | None,
     rescue: float | None,
+    schedule_poll: float | None,
     shutdown_grace: float | None,
     worker_id: str | None,
     probe_port: int | None,
@@ -171,6 +179,7 @@ def worker_cmd(
             "heartbeat": heartbeat or settings.heartbeat_seconds,
             "poll": poll or settings.poll_seconds,
             "rescue": rescue or settings.rescue_seconds,
+            "schedule_poll": schedule_poll or settings.schedule_poll_seconds,
             "shutdown_grace": settings.shutdown_grace_seconds
             if shutdown_grace is None
             else shutdown_grace,
