@@ -12,17 +12,16 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import asyncpg
-import orjson
 import pytest
 import pytest_asyncio
-from click.testing import CliRunner, Result
 
 from skiplock import Client, JobState, ScheduleNotFound, TaskRegistry
-from skiplock.cli import cli
 from skiplock.queue.schedules import ScheduleDefinition
 from skiplock.queue.store import open_pool
 from skiplock.worker.scheduler import Scheduler
 from tests.helpers import wait_for
+from tests.integration.test_cli_flow import _json
+from tests.integration.test_cli_flow import _run as _cli
 
 
 def _definition(name: str = "tick", **kw: Any) -> ScheduleDefinition:
@@ -222,17 +221,6 @@ async def test_a_worker_runs_its_schedule(db_dsn: str, client: Client) -> None:
 
 
 # -- the command line --------------------------------------------------------------
-
-
-async def _cli(dsn: str, *args: str) -> Result:
-    runner = CliRunner()
-    argv = ["--database-url", dsn, *args]
-    return await anyio.to_thread.run_sync(lambda: runner.invoke(cli, argv))
-
-
-def _json(result: Result) -> Any:
-    assert result.exit_code == 0, result.output
-    return orjson.loads(result.stdout.strip().splitlines()[-1])
 
 
 async def test_schedules_from_the_command_line(db_dsn: str, client: Client) -> None:

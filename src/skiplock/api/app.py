@@ -11,7 +11,9 @@ Routes (JSON under ``/v1``; errors are ``application/problem+json``):
 - ``GET /v1/stats``;
 - for ``admin`` keys, flow control (:mod:`skiplock.api.flow`): ``GET /v1/admin/limits``,
   ``PUT`` and ``DELETE /v1/admin/limits/{pattern}``, ``GET /v1/admin/queues``,
-  ``POST /v1/admin/queues/{queue}/pause`` and ``/resume``;
+  ``POST /v1/admin/queues/{queue}/pause`` and ``/resume``; schedules
+  (:mod:`skiplock.api.schedules`): ``GET /v1/admin/schedules``,
+  ``POST /v1/admin/schedules/{name}/pause``, ``/resume`` and ``/trigger``;
 - ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
   ``GET /openapi.json``.
 
@@ -45,6 +47,12 @@ from skiplock.api.flow import (
 )
 from skiplock.api.jobs import cancel_job, create_job, get_job, list_jobs, retry_job
 from skiplock.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from skiplock.api.schedules import (
+    list_schedules,
+    pause_schedule,
+    resume_schedule,
+    trigger_schedule,
+)
 from skiplock.api.service import healthz, metrics_endpoint, openapi, readyz, stats
 from skiplock.api.settings import ApiSettings
 from skiplock.api.sharing import share_job, shared_events, shared_job
@@ -122,6 +130,10 @@ def create_app(settings: ApiSettings | None = None) -> Starlette:
         Route("/v1/admin/queues", list_flow_queues, methods=["GET"]),
         Route("/v1/admin/queues/{queue}/pause", pause_queue, methods=["POST"]),
         Route("/v1/admin/queues/{queue}/resume", resume_queue, methods=["POST"]),
+        Route("/v1/admin/schedules", list_schedules, methods=["GET"]),
+        Route("/v1/admin/schedules/{name}/pause", pause_schedule, methods=["POST"]),
+        Route("/v1/admin/schedules/{name}/resume", resume_schedule, methods=["POST"]),
+        Route("/v1/admin/schedules/{name}/trigger", trigger_schedule, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

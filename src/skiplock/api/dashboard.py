@@ -89,6 +89,12 @@ _PAGE = """<!doctype html>
           <th class="num">Running</th><th class="num">Throttled</th><th></th></tr></thead>
         <tbody></tbody>
       </table>
+      <h3>Schedules</h3>
+      <table id="schedules">
+        <thead><tr><th>Schedule</th><th>When</th><th>Task</th><th>State</th>
+          <th>Last tick</th><th>Next tick</th><th></th></tr></thead>
+        <tbody></tbody>
+      </table>
     </div>
   </section>
   <section>

@@ -26,9 +26,12 @@ from skiplock.api.schemas import (
     Problem,
     QueueSwitches,
     Readiness,
+    ScheduleDocument,
+    ScheduleList,
     SetLimitBody,
     ShareLink,
     Stats,
+    TriggeredJob,
 )
 from skiplock.api.settings import ApiSettings
 
@@ -175,6 +178,60 @@ def _admin_paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "parameters": [_QUEUE],
                 "responses": dict(switch),
+            }
+        },
+    }
+
+
+_SCHEDULE = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    """Periodic jobs for operators (admin keys): list, pause, resume, trigger."""
+    one = {
+        "200": _json(ScheduleDocument, "The schedule as stored."),
+        **_ADMIN_ERRORS,
+        "404": _problem("No such schedule (`schedule-not-found`)."),
+    }
+    return {
+        "/v1/admin/schedules": {
+            "get": {
+                "summary": "Every schedule: when it ticks, paused or not, its last and next tick",
+                "security": _SECURED,
+                "responses": {"200": _json(ScheduleList, "The schedules."), **_ADMIN_ERRORS},
+            }
+        },
+        "/v1/admin/schedules/{name}/pause": {
+            "post": {
+                "summary": "Pause a schedule: none of its ticks is enqueued",
+                "security": _SECURED,
+                "parameters": [_SCHEDULE],
+                "responses": dict(one),
+            }
+        },
+        "/v1/admin/schedules/{name}/resume": {
+            "post": {
+                "summary": "Resume a schedule from its next tick (missed ticks are not caught up)",
+                "security": _SECURED,
+                "parameters": [_SCHEDULE],
+                "responses": dict(one),
+            }
+        },
+        "/v1/admin/schedules/{name}/trigger": {
+            "post": {
+                "summary": "Enqueue the schedule's job now, outside its ticks",
+                "security": _SECURED,
+                "parameters": [_SCHEDULE],
+                "responses": {
+                    "202": _json(TriggeredJob, "The job enqueued."),
+                    **_ADMIN_ERRORS,
+                    "404": _problem("No such schedule (`schedule-not-found`)."),
+                },
             }
         },
     }
@@ -432,6 +489,7 @@ def _paths(settings: ApiSettings) -> dict[str, Any]:
             }
         },
         **_admin_paths(),
+        **_schedule_paths(),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(Health, "Alive.")}}},
         "/readyz": {
             "get": {

@@ -31,10 +31,13 @@ __all__ = [
     "QueueFlowDocument",
     "QueueSwitches",
     "Readiness",
+    "ScheduleDocument",
+    "ScheduleList",
     "SetLimitBody",
     "ShareLink",
     "Stats",
     "TaskWindow",
+    "TriggeredJob",
     "Windows",
     "render",
 ]
@@ -356,6 +359,42 @@ class FlowQueues(_Out):
     fair_weights: list[FairWeightDocument]
 
 
+class ScheduleDocument(_Out):
+    """A periodic job: when it ticks, what it enqueues, and where it is."""
+
+    name: str
+    task: str
+    cron: str | None = Field(description="Five-field cron expression, read in `timezone`.")
+    every_seconds: float | None = Field(description="Or: seconds between ticks.")
+    timezone: str
+    args: dict[str, Any] = Field(description="The arguments of each tick's job.")
+    queue: str
+    tenant: str
+    priority: int
+    max_attempts: int
+    catch_up: Literal["skip", "once", "all"]
+    paused: bool
+    last_tick: Timestamp = Field(description="The last tick handled (enqueued or passed over).")
+    next_tick: Timestamp = Field(description="The next tick due, as the workers computed it.")
+    last_job_id: str | None
+    declared_at: Timestamp = Field(description="When a worker last wrote the definition.")
+    updated_at: Timestamp
+
+
+class ScheduleList(_Out):
+    """Every schedule, by name."""
+
+    schedules: list[ScheduleDocument]
+
+
+class TriggeredJob(_Out):
+    """The job a manual trigger enqueued."""
+
+    schedule: str
+    job_id: str
+    queue: str
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document; ``code`` is stable and machine-readable."""
 
@@ -380,6 +419,9 @@ MODELS: tuple[type[BaseModel], ...] = (
     LimitList,
     QueueSwitches,
     FlowQueues,
+    ScheduleDocument,
+    ScheduleList,
+    TriggeredJob,
     Problem,
 )
 

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from skiplock.cli.common import echo_json, settings_of, table, ts, with_client
 from skiplock.queue import Client, Job, Schedule
+from skiplock.queue.schedules import schedule_document
 
 __all__ = ["schedules_group"]
-
-
-def _schedule_json(s: Schedule) -> dict[str, Any]:
-    return {
-        "name": s.name,
-        "task": s.task,
-        "cron": s.cron,
-        "every_seconds": s.every_seconds,
-        "timezone": s.timezone,
-        "args": s.args,
-        "queue": s.queue,
-        "tenant": s.tenant,
-        "priority": s.priority,
-        "max_attempts": s.max_attempts,
-        "catch_up": s.catch_up,
-        "paused": s.paused,
-        "last_tick": ts(s.last_tick),
-        "next_tick": ts(s.next_tick),
-        "last_job_id": None if s.last_job_id is None else str(s.last_job_id),
-        "declared_at": ts(s.declared_at),
-        "updated_at": ts(s.updated_at),
-    }
 
 
 @click.group("schedules")
@@ -46,7 +23,7 @@ def schedules_list(ctx: click.Context, as_json: bool) -> None:
     """Every schedule: when it ticks, its task, paused or not, its last and next tick."""
     schedules = with_client(settings_of(ctx), lambda client: client.schedules())
     if as_json:
-        echo_json({"schedules": [_schedule_json(s) for s in schedules]})
+        echo_json({"schedules": [schedule_document(s) for s in schedules]})
         return
     if not schedules:
         click.echo("no schedules")
@@ -70,7 +47,7 @@ def schedules_list(ctx: click.Context, as_json: bool) -> None:
 
 def _echo(schedule: Schedule, as_json: bool) -> None:
     if as_json:
-        echo_json(_schedule_json(schedule))
+        echo_json(schedule_document(schedule))
     else:
         state = "paused" if schedule.paused else "running"
         click.echo(f"schedule {schedule.name} ({schedule.when}): {state}")

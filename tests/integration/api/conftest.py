@@ -21,6 +21,8 @@ import pytest
 import pytest_asyncio
 
 from skiplock import Client, Worker
+from skiplock.api import create_api_key
+from skiplock.queue import Store
 from tests.integration.api.support import (
     WORKER_SETTINGS,
     Keys,
@@ -48,6 +50,17 @@ async def admin_execute(admin_dsn: str, statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture
+async def admin_key(db_dsn: str) -> str:
+    """An admin key of a third tenant, "ops"."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        made = await create_api_key(Store(), conn, tenant="ops", scopes=["admin"], name="ops")
+    finally:
+        await conn.close()
+    return made.secret
 
 
 @pytest_asyncio.fixture

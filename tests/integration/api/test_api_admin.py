@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-import pytest_asyncio
-
-from skiplock.api import create_api_key
-from skiplock.queue import Store
 from tests.integration.api.support import Keys, LiveApi, assert_problem, bearer, create_job, sse
-
-
-@pytest_asyncio.fixture
-async def admin_key(db_dsn: str) -> str:
-    """An admin key of a third tenant, "ops"."""
-    conn = await asyncpg.connect(db_dsn)
-    try:
-        made = await create_api_key(Store(), conn, tenant="ops", scopes=["admin"], name="ops")
-    finally:
-        await conn.close()
-    return made.secret
 
 
 async def test_admin_lists_every_tenant_or_the_one_it_names(

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import asyncpg
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from skiplock import Client
-from skiplock.api import create_api_key
-from skiplock.queue import Store
 from tests.integration.api.conftest import StartApi
 from tests.integration.api.support import Keys, LiveApi, assert_problem, bearer
 from tests.integration.test_flow_views import claim, enqueue_keyed
-
-
-@pytest_asyncio.fixture
-async def admin_key(db_dsn: str) -> str:
-    conn = await asyncpg.connect(db_dsn)
-    try:
-        made = await create_api_key(Store(), conn, tenant="ops", scopes=["admin"], name="ops")
-    finally:
-        await conn.close()
-    return made.secret
 
 
 def _path(pattern: str) -> str:

@@ -26,6 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from skiplock import Client, JobState, Worker
 from skiplock.api import create_api_key
 from skiplock.queue import Store
+from skiplock.queue.schedules import ScheduleDefinition
+from skiplock.worker.scheduler import Scheduler
 from tests.helpers import wait_for, wait_for_state
 from tests.integration.api.support import Keys, LiveApi, RenderControl, create_job
 
@@ -93,6 +95,7 @@ async def test_dashboard_has_a_flow_control_section(shared_api: LiveApi) -> None
         'id="limits"',
         'id="limit-keys"',
         'id="flow-queues"',
+        'id="schedules"',
         'id="limit-set"',
         'id="flow-note"',
     ):
@@ -101,6 +104,8 @@ async def test_dashboard_has_a_flow_control_section(shared_api: LiveApi) -> None
     for needed in (
         'api("/v1/admin/limits")',
         'api("/v1/admin/queues")',
+        'api("/v1/admin/schedules")',
+        '"/v1/admin/schedules/" + encodeURIComponent(name) + "/" + action',
         '"/v1/admin/limits/" + encodeURIComponent(pattern)',
         'method: "PUT"',
         'method: "DELETE"',
@@ -349,6 +354,12 @@ async def test_browser_flow_control_with_an_admin_key_and_without(
         )
     claimed = await client.store.claim_jobs(client.pool, ["default"], 10, 30.0, "w1")
     assert len(claimed) == 1
+    await Scheduler(
+        client.pool,
+        client.store,
+        [ScheduleDefinition(name="nightly", task="cleanup", cron="0 3 * * *")],
+        poll=1,
+    ).declare()
 
     async with browser(binary) as cdp:
         await cdp.call("Page.enable")
@@ -395,6 +406,27 @@ async def test_browser_flow_control_with_an_admin_key_and_without(
         assert [(x.pattern, x.max_running, x.max_starts, x.per_seconds) for x in made] == [
             ("provider:x", None, 5, 60.0)
         ]
+
+        # Schedules: the row is shown; Pause pauses it, Run now enqueues its job.
+        await shown_on_page(
+            "document.querySelector('#schedules tr[data-schedule=\"nightly\"]') !== null",
+            "the schedule's row",
+        )
+        await cdp.click('#schedules tr[data-schedule="nightly"] .pause')
+        await wait_for(client.schedules, lambda ss: ss[0].paused, timeout=30, what="paused")
+        await shown_on_page(
+            "document.querySelector('#schedules tr[data-schedule=\"nightly\"] .resume') !== null",
+            "the schedule's Resume button",
+        )
+        await cdp.click('#schedules tr[data-schedule="nightly"] .trigger')
+        await wait_for(
+            lambda: client.pool.fetchval(
+                "SELECT count(*) FROM skiplock.jobs WHERE meta->>'trigger' = 'manual'"
+            ),
+            lambda n: n == 1,
+            timeout=30,
+            what="the schedule's job enqueued by hand",
+        )
 
         await cdp.evaluate("sessionStorage.clear()")
         await cdp.call("Page.navigate", url=f"{api.url}/dashboard#key={keys.a_write}")

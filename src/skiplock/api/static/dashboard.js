@@ -275,13 +275,39 @@ function renderFlowQueues(doc) {
   document.querySelector("#flow-queues tbody").replaceChildren(...rows);
 }
 
+function renderSchedules(doc) {
+  const rows = doc.schedules.map((s) => {
+    const toggle = el("button", { type: "button", className: s.paused ? "resume" : "pause",
+      textContent: s.paused ? "Resume" : "Pause" });
+    toggle.addEventListener("click", () => scheduleAction(s.name, s.paused ? "resume" : "pause"));
+    const trigger = el("button", { type: "button", className: "trigger", textContent: "Run now" });
+    trigger.addEventListener("click", () => scheduleAction(s.name, "trigger"));
+    const when = s.cron !== null ? s.cron + " (" + s.timezone + ")" : "every " + s.every_seconds + " s";
+    const row = el("tr", {},
+      el("td", { textContent: s.name }),
+      el("td", { textContent: when }),
+      el("td", { textContent: s.task }),
+      el("td", { className: s.paused ? "paused" : "", textContent: s.paused ? "paused" : "running" }),
+      el("td", { textContent: s.last_tick || "-" }),
+      el("td", { textContent: s.next_tick || "-" }),
+      el("td", { className: "actions" }, toggle, trigger));
+    row.dataset.schedule = s.name;
+    row.dataset.paused = s.paused;
+    return row;
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 7, textContent: "No schedules." })));
+  document.querySelector("#schedules tbody").replaceChildren(...rows);
+}
+
 async function refreshFlow() {
   if (!flowAllowed || flowRefreshing) return;
   flowRefreshing = true;
   try {
-    const [limits, queues] = await Promise.all([api("/v1/admin/limits"), api("/v1/admin/queues")]);
+    const [limits, queues, schedules] = await Promise.all([
+      api("/v1/admin/limits"), api("/v1/admin/queues"), api("/v1/admin/schedules")]);
     if (changed("limits", limits)) renderLimits(limits);
     if (changed("queues", queues)) renderFlowQueues(queues);
+    if (changed("schedules", schedules)) renderSchedules(schedules);
     document.getElementById("flow-body").hidden = false;
     document.getElementById("flow-note").hidden = true;
   } catch (err) {
@@ -317,6 +343,11 @@ function removeLimit(pattern) {
 function switchQueue(queue, action) {
   flowAction(action, () =>
     api("/v1/admin/queues/" + encodeURIComponent(queue) + "/" + action, { method: "POST" }));
+}
+
+function scheduleAction(name, action) {
+  flowAction(action + " schedule", () =>
+    api("/v1/admin/schedules/" + encodeURIComponent(name) + "/" + action, { method: "POST" }));
 }
 
 function optionalNumber(id) {
