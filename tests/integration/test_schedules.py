@@ -190,6 +190,27 @@ async def test_a_broken_stored_expression_is_logged_and_left_for_an_hour(client:
     assert bad.next_tick - bad.updated_at > timedelta(minutes=59)
 
 
+async def test_a_row_that_makes_no_valid_job_is_passed_over_not_retried(client: Client) -> None:
+    """A schedule row edited by hand into one whose job would be refused (a tenant name
+    too long): its tick is logged and passed over, the other schedules' ticks go in."""
+    scheduler = Scheduler(
+        client.pool, client.store, [_definition("good"), _definition("bad")], poll=1
+    )
+    await scheduler.declare()
+    await client.pool.execute(
+        "UPDATE skiplock.schedules SET tenant = repeat('x', 500) WHERE name = 'bad'"
+    )
+    await _set_last_tick(client, "good", 90)
+    await _set_last_tick(client, "bad", 90)
+    await scheduler.run_once()
+    assert len(await _jobs(client, "good")) == 1
+    assert await _jobs(client, "bad") == []
+    bad = {s.name: s for s in await client.schedules()}["bad"]
+    assert bad.next_tick is not None
+    assert bad.last_tick is not None
+    assert await client.pool.fetchval("SELECT now()") - bad.last_tick < timedelta(minutes=1)
+
+
 async def test_a_worker_runs_its_schedule(db_dsn: str, client: Client) -> None:
     """End to end: a worker declares a 0.2 s schedule and runs its jobs."""
     from skiplock import Worker, WorkerSettings

@@ -32,7 +32,7 @@ from asyncpg.pool import PoolConnectionProxy
 from cronsim import CronSim, CronSimError
 
 from skiplock.queue.client import Client
-from skiplock.queue.errors import IdempotencyConflict, InvalidSetting
+from skiplock.queue.errors import IdempotencyConflict, InvalidJob, InvalidSetting
 from skiplock.queue.listener import TRANSIENT_DB_ERRORS
 from skiplock.queue.models import JobSpec
 from skiplock.queue.schedules import MAX_CATCH_UP, Schedule, ScheduleDefinition
@@ -183,6 +183,9 @@ class Scheduler:
                     pass  # more were due than one transaction takes: go on at once
             except TRANSIENT_DB_ERRORS as exc:
                 log.warning("scheduler_pass_failed", error=repr(exc))
+            except Exception:  # a bug here must not stop the worker's jobs: log, go on
+                log.exception("scheduler_pass_crashed")
+                await anyio.sleep(max(self._poll, 1.0))
             await anyio.sleep(self._poll)
 
     async def run_once(self) -> int:
@@ -205,8 +208,8 @@ class Scheduler:
             return
         last_job = None
         if plan.enqueue:
-            specs = [_spec(s, tick) for tick in plan.enqueue]
             try:
+                specs = [_spec(s, tick) for tick in plan.enqueue]
                 async with conn.transaction():  # a savepoint: one schedule's trouble is its own
                     jobs = await self._client.enqueue_many(specs, connection=conn)
                 last_job = jobs[-1].id
@@ -214,7 +217,21 @@ class Scheduler:
             except IdempotencyConflict:
                 # The tick's job exists with another request (the definition changed
                 # in between): the tick has its job.
-                log.warning("schedule_tick_exists", schedule=s.name, ticks=len(specs))
+                log.warning("schedule_tick_exists", schedule=s.name, ticks=len(plan.enqueue))
+            except (
+                InvalidJob,
+                asyncpg.DataError,
+                asyncpg.IntegrityConstraintViolationError,
+            ) as exc:
+                # A row this version cannot make a job of (written by hand, or by
+                # another version): its ticks are passed over, loudly, not retried
+                # in a loop.
+                log.error(
+                    "schedule_tick_refused",
+                    schedule=s.name,
+                    ticks=len(plan.enqueue),
+                    error=str(exc),
+                )
         if plan.missed:
             log.info(
                 "schedule_ticks_missed", schedule=s.name, missed=plan.missed, policy=s.catch_up
