@@ -107,6 +107,12 @@ class Client:
     (``"default"`` when omitted, as for :meth:`enqueue`). Only
     ``tenant=ALL_TENANTS`` reaches every tenant (operators' tools); ``None`` is
     refused with ValueError, so a missing user id never means "everyone".
+
+    :meth:`updates` and :meth:`wait` LISTEN on ``listen_dsn`` (:meth:`connect`
+    sets it to its DSN); a client made from a pool without one polls every
+    ``watch_poll_seconds``. Leaving ``async for job in client.updates(...)``
+    early ends the watch when the iterator is closed: wrap it in
+    :func:`contextlib.aclosing` to end it at once.
     """
 
     def __init__(
