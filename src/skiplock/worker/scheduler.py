@@ -191,29 +191,33 @@ class Scheduler:
     async def run_once(self) -> int:
         """One pass: the due schedules handled in one transaction; how many there were."""
         self.passes += 1
+        enqueued = 0
         async with self._pool.acquire() as conn, conn.transaction():
             schedules, now = await self._store.due_schedules(conn, BATCH)
             for s in schedules:
-                await self._handle(conn, s, now)
+                enqueued += await self._handle(conn, s, now)
+        self.enqueued += enqueued  # counted once committed
         return len(schedules)
 
     async def _handle(
         self, conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], s: Schedule, now: datetime
-    ) -> None:
+    ) -> int:
+        """Enqueue ``s``'s due ticks and advance it; the number of jobs enqueued."""
         try:
             plan = plan_ticks(s, s.last_tick, now)
         except InvalidSetting as exc:
             log.error("schedule_invalid", schedule=s.name, error=str(exc))
             await self._store.advance_schedule(conn, s.name, s.last_tick, now + BROKEN_RETRY, None)
-            return
+            return 0
         last_job = None
+        made = 0
         if plan.enqueue:
             try:
                 specs = [_spec(s, tick) for tick in plan.enqueue]
                 async with conn.transaction():  # a savepoint: one schedule's trouble is its own
                     jobs = await self._client.enqueue_many(specs, connection=conn)
                 last_job = jobs[-1].id
-                self.enqueued += len(jobs)
+                made = len(jobs)
             except IdempotencyConflict:
                 # The tick's job exists with another request (the definition changed
                 # in between): the tick has its job.
@@ -237,3 +241,4 @@ class Scheduler:
                 "schedule_ticks_missed", schedule=s.name, missed=plan.missed, policy=s.catch_up
             )
         await self._store.advance_schedule(conn, s.name, plan.last_tick, plan.next_tick, last_job)
+        return made
