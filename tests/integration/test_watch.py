@@ -20,6 +20,7 @@ import pytest_asyncio
 
 from skiplock import ALL_TENANTS, Client, Job, JobNotFound, JobState, SyncClient
 from skiplock.queue.store import Completion, ProgressWrite
+from tests.helpers import wait_for
 
 LEASE = 30.0
 
@@ -178,13 +179,18 @@ async def test_close_stops_watching(db_dsn: str) -> None:
     assert task.done()
     admin = await asyncpg.connect(db_dsn)
     try:
-        listening = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND query LIKE 'LISTEN%'"
+        # A backend leaves pg_stat_activity a moment after its client hung up.
+        await wait_for(
+            lambda: admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'LISTEN%'"
+            ),
+            lambda listening: listening == 0,
+            timeout=10,
+            what="the watch's LISTEN connection to go",
         )
     finally:
         await admin.close()
-    assert listening == 0
 
 
 # -- the synchronous client ------------------------------------------------------
