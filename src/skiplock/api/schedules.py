@@ -18,7 +18,7 @@ from skiplock.api.common import authorize, model_response, state_of
 from skiplock.api.problems import HTTPProblem
 from skiplock.api.schemas import ScheduleDocument, ScheduleList, TriggeredJob
 from skiplock.queue import ScheduleNotFound
-from skiplock.queue.schedules import schedule_document
+from skiplock.queue.document import schedule_document
 
 __all__ = ["list_schedules", "pause_schedule", "resume_schedule", "trigger_schedule"]
 

@@ -6,7 +6,7 @@ import click
 
 from skiplock.cli.common import echo_json, settings_of, table, ts, with_client
 from skiplock.queue import Client, Job, Schedule
-from skiplock.queue.schedules import schedule_document
+from skiplock.queue.document import schedule_document
 
 __all__ = ["schedules_group"]
 

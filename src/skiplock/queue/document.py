@@ -1,4 +1,4 @@
-"""The one JSON document of a job, for every interface that shows jobs.
+"""The one JSON document of a job (and of a schedule), for every interface that shows them.
 
 The status API serves the public form (:func:`job_document`): no tenant,
 arguments, tracebacks or lease details. The CLI, which is for operators, asks
@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from skiplock.queue.models import Job, JobError
+from skiplock.queue.schedules import Schedule
 
-__all__ = ["error_document", "job_document"]
+__all__ = ["error_document", "job_document", "schedule_document"]
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -100,3 +101,26 @@ def job_document(
     if links is not None:
         doc["links"] = dict(links)
     return doc
+
+
+def schedule_document(s: Schedule) -> dict[str, Any]:
+    """A schedule as JSON (the CLI's ``--json`` and the status API's admin routes)."""
+    return {
+        "name": s.name,
+        "task": s.task,
+        "cron": s.cron,
+        "every_seconds": s.every_seconds,
+        "timezone": s.timezone,
+        "args": s.args,
+        "queue": s.queue,
+        "tenant": s.tenant,
+        "priority": s.priority,
+        "max_attempts": s.max_attempts,
+        "catch_up": s.catch_up,
+        "paused": s.paused,
+        "last_tick": _ts(s.last_tick),
+        "next_tick": _ts(s.next_tick),
+        "last_job_id": None if s.last_job_id is None else str(s.last_job_id),
+        "declared_at": _ts(s.declared_at),
+        "updated_at": _ts(s.updated_at),
+    }

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from skiplock.queue.errors import InvalidSetting
 from skiplock.queue.jsoncodec import dumps, loads
 
-__all__ = ["MAX_CATCH_UP", "CatchUp", "Schedule", "ScheduleDefinition", "schedule_document"]
+__all__ = ["MAX_CATCH_UP", "CatchUp", "Schedule", "ScheduleDefinition"]
 
 CatchUp = Literal["skip", "once", "all"]
 MAX_CATCH_UP = 1000
@@ -153,30 +153,3 @@ class Schedule:
         if self.cron is not None:
             return f"{self.cron} ({self.timezone})"
         return f"every {self.every_seconds:g} s"
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def schedule_document(s: Schedule) -> dict[str, Any]:
-    """A schedule as JSON (the CLI's ``--json`` and the status API's admin routes)."""
-    return {
-        "name": s.name,
-        "task": s.task,
-        "cron": s.cron,
-        "every_seconds": s.every_seconds,
-        "timezone": s.timezone,
-        "args": s.args,
-        "queue": s.queue,
-        "tenant": s.tenant,
-        "priority": s.priority,
-        "max_attempts": s.max_attempts,
-        "catch_up": s.catch_up,
-        "paused": s.paused,
-        "last_tick": _ts(s.last_tick),
-        "next_tick": _ts(s.next_tick),
-        "last_job_id": None if s.last_job_id is None else str(s.last_job_id),
-        "declared_at": _ts(s.declared_at),
-        "updated_at": _ts(s.updated_at),
-    }

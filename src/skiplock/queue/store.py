@@ -926,11 +926,13 @@ class Store:
             d.catch_up,
         )
 
-    async def due_schedules(self, ex: Executor, limit: int) -> tuple[list[Schedule], datetime]:
-        """The due schedules, locked for the caller's transaction, and the database's now."""
+    async def due_schedules(
+        self, ex: Executor, limit: int
+    ) -> tuple[list[Schedule], datetime | None]:
+        """The due schedules, locked for the caller's transaction, and the database's now
+        (None when none is due: nothing needs it)."""
         rows = await ex.fetch(self._q("due_schedules"), limit)
-        now = rows[0]["now"] if rows else await ex.fetchval("SELECT now()")
-        return [Schedule.from_row(r) for r in rows], now
+        return [Schedule.from_row(r) for r in rows], rows[0]["now"] if rows else None
 
     async def advance_schedule(
         self,

@@ -195,6 +195,7 @@ class Scheduler:
         async with self._pool.acquire() as conn, conn.transaction():
             schedules, now = await self._store.due_schedules(conn, BATCH)
             for s in schedules:
+                assert now is not None  # read with the rows
                 enqueued += await self._handle(conn, s, now)
         self.enqueued += enqueued  # counted once committed
         return len(schedules)
